@@ -1,0 +1,1 @@
+"""Built-in tiny models, tokenizer and synthetic tasks, so the whole pipeline runs offline."""

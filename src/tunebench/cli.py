@@ -1,0 +1,181 @@
+"""`tunebench validate|plan|run|schema|stage`: thin wrappers over the library and Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from tunebench import layout
+from tunebench.matrix import MatrixError, baselines, expand
+from tunebench.spec import Experiment, key_path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_EXPERIMENT = "experiments/smoke.yaml"
+EXIT_INVALID = 2
+
+
+class ExperimentError(ValueError):
+    pass
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and validate an experiment file; ExperimentError names the key path or line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ExperimentError(f"{path}: no such experiment file") from err
+    except UnicodeDecodeError as err:
+        raise ExperimentError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ExperimentError(f"{where}: YAML syntax error: {getattr(err, 'problem', err)}") from err
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return validate_data(data, str(path))
+
+
+def validate_data(data: dict, source: str = "experiment") -> Experiment:
+    try:
+        exp = Experiment.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{key_path(e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ExperimentError(f"{source}: invalid experiment\n  " + "\n  ".join(lines)) from err
+    try:
+        expand(exp)
+    except MatrixError as err:
+        raise ExperimentError(f"{source}: invalid experiment\n  {err}") from err
+    return exp
+
+
+def cmd_validate(args) -> int:
+    exp = load_experiment(args.experiment)
+    runs = expand(exp)
+    print(f"{args.experiment}: valid, {len(runs)} runs + {len(baselines(exp))} baselines "
+          f"(experiment {exp.name!r})")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    exp = load_experiment(args.experiment)
+    table = Table(title=f"{exp.name}: {len(expand(exp))} runs")
+    columns = ["run_id", "model", "dataset", "method", "rank", "alpha", "quant_type",
+               "learning_rate", "seed"]
+    for col in columns:
+        table.add_column(col)
+    for run in expand(exp):
+        axes = run.axes() | {"run_id": run.run_id}
+        table.add_row(*["" if axes[c] is None else str(axes[c]) for c in columns])
+    Console(width=200).print(table)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              **Experiment.model_json_schema()}
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def retire_failed_runs(root: Path) -> list[str]:
+    """Move result files of failed runs aside (kept under attempts/) so a rerun retries them."""
+    retried = []
+    for result in root.glob("runs/*/train/result.json"):
+        status = json.loads(result.read_text()).get("status")
+        if status != "ok":
+            attempts = result.parent.parent / "attempts" / time.strftime("%Y%m%dT%H%M%S")
+            attempts.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(result), attempts / "train_result.json")
+            evaluation = result.parent.parent / "eval" / "result.json"
+            if evaluation.exists():
+                shutil.move(str(evaluation), attempts / "eval_result.json")
+            retried.append(result.parent.parent.name)
+    return retried
+
+
+def profile_args(profile: str | None) -> list[str]:
+    args = ["--workflow-profile", str(REPO / "workflow" / "profiles" / "default")]
+    if profile:
+        path = Path(profile) if Path(profile).is_dir() else REPO / "workflow" / "profiles" / profile
+        if not path.is_dir():
+            raise ExperimentError(f"--profile {profile}: no such profile ({path})")
+        args += ["--profile", str(path)]
+    return args
+
+
+def cmd_run(args) -> int:
+    exp = load_experiment(args.experiment)
+    root = layout.results_root(exp.name)
+    retried = retire_failed_runs(root) if root.exists() else []
+    if retried:
+        print(f"retrying {len(retried)} failed run(s): {', '.join(retried)}")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+               "--configfile", str(args.experiment), *profile_args(args.profile), *args.snakemake]
+    print("+ " + " ".join(command), flush=True)
+    code = subprocess.call(command)
+    table_path = root / "comparison.csv"
+    if table_path.is_file():
+        import pandas as pd
+
+        table = pd.read_csv(table_path)
+        failed = table[table["status"] != "ok"]
+        print(f"\ncomparison: {table_path} ({len(table)} rows)")
+        if len(failed):
+            print(f"{len(failed)} row(s) did not finish: "
+                  + ", ".join(f"{r.run_id} [{r.status}]" for r in failed.itertuples()))
+            return code or 1
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunebench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check an experiment file; print the number of runs")
+    p.add_argument("experiment")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("plan", help="list the runs an experiment expands to")
+    p.add_argument("experiment")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("schema", help="print (or write) the experiment JSON schema")
+    p.add_argument("--output")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("run", help="run an experiment through Snakemake",
+                       epilog="arguments after -- go to snakemake, e.g. -- --dry-run")
+    p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
+    p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
+    p.set_defaults(func=cmd_run)
+    from tunebench import stages
+
+    stages.add_parsers(sub)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.snakemake = extra
+    try:
+        return args.func(args) or 0
+    except ExperimentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Rule tokenize: render prepared examples with the tokenizer's chat template (or the alpaca
+template when it has none) and tokenise them once per dataset x tokenizer.
+
+Output columns: input_ids, completion_mask (1 on response tokens: the loss mask), prompt_length.
+Every run that uses this dataset and tokenizer reads the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+
+from tunebench.data.prepare import SPLITS
+from tunebench.io import atomic_path, read_jsonl, write_json
+
+ALPACA_PROMPT = "### Instruction:\n{user}\n\n### Response:\n"
+
+
+def render(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """(prompt text ending where the response starts, response text ending with EOS)."""
+    history, reply = messages[:-1], messages[-1]["content"]
+    if tokenizer.chat_template:
+        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    else:
+        user = "\n\n".join(m["content"] for m in history)
+        prompt = (tokenizer.bos_token or "") + ALPACA_PROMPT.format(user=user)
+    return prompt, reply + (tokenizer.eos_token or "")
+
+
+def tokenize_example(tokenizer, messages: list[dict]) -> dict:
+    prompt, completion = render(tokenizer, messages)
+    # The template already holds any BOS, so no special tokens are added here.
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+        "prompt_length": len(prompt_ids),
+    }
+
+
+def tokenize_dataset(tokenizer, data_dir: Path, out_dir: Path, tokenizer_source: str) -> dict:
+    lengths = {}
+    for name in SPLITS:
+        rows = [tokenize_example(tokenizer, ex["messages"]) | {"id": ex["id"]}
+                for ex in read_jsonl(data_dir / f"{name}.jsonl")]
+        columns = {k: [r[k] for r in rows] for k in ("id", "input_ids", "completion_mask",
+                                                     "prompt_length")}
+        with atomic_path(out_dir / f"{name}.parquet") as tmp:
+            Dataset.from_dict(columns).to_parquet(str(tmp))
+        lengths[name] = {"examples": len(rows),
+                         "max_tokens": max((len(r["input_ids"]) for r in rows), default=0),
+                         "tokens": sum(len(r["input_ids"]) for r in rows)}
+    manifest = {"tokenizer": tokenizer_source, "chat_template": bool(tokenizer.chat_template),
+                "splits": lengths}
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def load_split(tokenized_dir: Path, name: str) -> Dataset:
+    return Dataset.from_parquet(str(tokenized_dir / f"{name}.parquet"))

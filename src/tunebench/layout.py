@@ -1,0 +1,25 @@
+"""Where every artefact of an experiment lives, relative to results/<experiment>/.
+
+The Snakemake rules and the report both use these patterns, so one place names the layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOKENIZER = "tokenizers/{tokenizer}"
+BASE_MODEL = "base_models/{model}"
+DATA = "data/{dataset}"
+TOKENIZED = "data/{dataset}/tokenized/{tokenizer}"
+RUN = "runs/{run_id}"
+TRAIN_RESULT = "runs/{run_id}/train/result.json"
+EVAL_RESULT = "runs/{run_id}/eval/result.json"
+EVAL_SAMPLES = "runs/{run_id}/eval/samples.jsonl"
+BASELINE_RESULT = "baselines/{model}/{dataset}/eval/result.json"
+BASELINE_SAMPLES = "baselines/{model}/{dataset}/eval/samples.jsonl"
+LOG = "logs/{rule}/{name}.log"
+COMPARISON = ("comparison.csv", "comparison.md", "comparison.html")
+
+
+def results_root(experiment_name: str) -> Path:
+    return Path("results") / experiment_name

@@ -1,0 +1,225 @@
+"""Expand an Experiment into runs with stable ids, and name every artefact by content.
+
+A run id is a readable slug plus a short hash of the resolved run config: the same config gives
+the same id on any machine, and changing a hyperparameter gives a new id, so a finished run is
+never overwritten by a different one. Models, tokenizers and prepared datasets get content keys
+the same way, which is what lets one tokenised dataset serve every run that can share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from tunebench.spec import (
+    DatasetSpec,
+    Experiment,
+    FullMethod,
+    ModelSpec,
+    QLoraMethod,
+    Strict,
+    Training,
+)
+
+ID_VERSION = 1  # bump when the meaning of a config field changes, so old ids are not reused
+DEFAULT_ALPHA_RATIO = 2.0
+
+
+def short_hash(payload: Any, n: int = 8) -> str:
+    data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    text = json.dumps({"v": ID_VERSION, "data": data}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def model_key(model: ModelSpec) -> str:
+    return f"{model.name}-{short_hash(model)}"
+
+
+def dataset_key(dataset: DatasetSpec) -> str:
+    return f"{dataset.name}-{short_hash(dataset)}"
+
+
+def tokenizer_key(model: ModelSpec) -> str:
+    """Models that share a tokenizer share a key (all built-in models share one per corpus)."""
+    if model.builtin is not None:
+        b = model.builtin
+        spec = {"corpus": b.corpus, "words": b.corpus_words, "seed": b.corpus_seed, "vocab": b.vocab_size}
+        return f"builtin-{b.corpus}-{short_hash(spec)}"
+    return model_key(model)
+
+
+class RunConfig(Strict):
+    """Everything that determines what a training run computes."""
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    method: str
+    label: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    target_modules: str | list[str] | None = None
+    quant_type: str | None = None
+    double_quant: bool | None = None
+    compute_dtype: str | None = None
+    learning_rate: float
+    seed: int
+    training: Training
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.model.name, self.method]
+        if self.rank is not None:
+            parts.append(f"r{self.rank}")
+        if self.quant_type is not None:
+            parts.append(self.quant_type)
+        if self.label:
+            parts.append(self.label)
+        parts += [self.dataset.name, f"s{self.seed}"]
+        return "-".join(parts) + "-" + short_hash(self.model_dump(mode="json"))
+
+    def axes(self) -> dict[str, Any]:
+        """The flat fields that include/exclude selectors and tables refer to."""
+        return {
+            "model": self.model.name,
+            "dataset": self.dataset.name,
+            "method": self.method,
+            "label": self.label,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "quant_type": self.quant_type,
+            "double_quant": self.double_quant,
+            "compute_dtype": self.compute_dtype,
+            "learning_rate": self.learning_rate,
+            "seed": self.seed,
+        }
+
+
+SELECTOR_KEYS = set(RunConfig.model_fields) - {"model", "dataset", "training"} | {
+    "model",
+    "dataset",
+}
+
+
+class MatrixError(ValueError):
+    """A problem with include/exclude; `path` names the offending key."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+def _method_variants(method) -> list[dict[str, Any]]:
+    """One dict per point of the method's own axes (rank x alpha x quantisation x lr)."""
+    if isinstance(method, FullMethod):
+        return [{"method": "full", "label": method.label, "learning_rate": lr}
+                for lr in (method.learning_rate or [None])]
+    quant_axes: list[dict[str, Any]] = [{}]
+    if isinstance(method, QLoraMethod):
+        q = method.quantization
+        quant_axes = [
+            {"quant_type": t, "double_quant": d, "compute_dtype": c}
+            for t, d, c in itertools.product(q.quant_type, q.double_quant, q.compute_dtype)
+        ]
+    variants = []
+    for rank, lr, quant in itertools.product(
+        method.ranks, method.learning_rate or [None], quant_axes
+    ):
+        alphas = method.alpha or [r * rank for r in (method.alpha_ratio or [DEFAULT_ALPHA_RATIO])]
+        target = method.target_modules
+        for alpha in alphas:
+            variants.append({
+                "method": method.method, "label": method.label, "rank": rank, "alpha": alpha,
+                "dropout": method.dropout, "target_modules": target, "learning_rate": lr, **quant,
+            })
+    return variants
+
+
+def _resolve(exp: Experiment, model: ModelSpec, dataset: DatasetSpec, variant: dict, seed: int):
+    variant = dict(variant)
+    if variant.get("learning_rate") is None:
+        variant["learning_rate"] = exp.training.learning_rate
+    training = exp.training.model_copy(update={"seeds": [seed]})
+    return RunConfig(model=model, dataset=dataset, seed=seed, training=training, **variant)
+
+
+def _matches(run: RunConfig, selector: dict[str, Any]) -> bool:
+    axes = run.axes()
+    return all(axes.get(k) == v for k, v in selector.items())
+
+
+def _check_selector(where: str, selector: dict[str, Any]) -> None:
+    for key in selector:
+        if key not in SELECTOR_KEYS:
+            raise MatrixError(f"{where}.{key}", f"unknown field; use one of {sorted(SELECTOR_KEYS)}")
+
+
+def expand(exp: Experiment) -> list[RunConfig]:
+    """models x methods(axes) x datasets x seeds, minus exclude, plus include; ids unique."""
+    runs = [
+        _resolve(exp, model, dataset, variant, seed)
+        for model in exp.models
+        for method in exp.methods
+        for variant in _method_variants(method)
+        for dataset in exp.datasets
+        for seed in exp.training.seeds
+    ]
+    for i, selector in enumerate(exp.exclude):
+        _check_selector(f"exclude[{i}]", selector)
+        kept = [r for r in runs if not _matches(r, selector)]
+        if len(kept) == len(runs):
+            raise MatrixError(f"exclude[{i}]", f"matches no run: {selector}")
+        runs = kept
+    for i, selector in enumerate(exp.include):
+        runs.extend(_included(exp, i, selector))
+    unique = {r.run_id: r for r in runs}
+    if not unique:
+        raise MatrixError("exclude", "the matrix is empty: every run was excluded")
+    return list(unique.values())
+
+
+def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConfig]:
+    """An include entry names a model and a method entry (by method and optional label) and
+    overrides any of that method's axes, e.g. {model: tiny-s, method: lora, rank: 64}."""
+    where = f"include[{i}]"
+    _check_selector(where, selector)
+    models = {m.name: m for m in exp.models}
+    datasets = {d.name: d for d in exp.datasets}
+    for key in ("model", "method"):
+        if key not in selector:
+            raise MatrixError(f"{where}.{key}", "required in an include entry")
+    if selector["model"] not in models:
+        raise MatrixError(f"{where}.model", f"no model named {selector['model']!r}")
+    wanted_label = selector.get("label")
+    candidates = [m for m in exp.methods
+                  if m.method == selector["method"] and (wanted_label is None or m.label == wanted_label)]
+    if not candidates:
+        raise MatrixError(f"{where}.method", f"no methods entry with method={selector['method']!r}"
+                          + (f" and label={wanted_label!r}" if wanted_label else ""))
+    base = _method_variants(candidates[0])[0]
+    overrides = {k: v for k, v in selector.items() if k not in ("model", "dataset", "seed")}
+    if selector["method"] == "full" and any(k in overrides for k in ("rank", "alpha")):
+        raise MatrixError(where, "full fine-tuning has no rank or alpha")
+    if "rank" in overrides and "alpha" not in overrides and base.get("rank"):
+        overrides["alpha"] = base["alpha"] / base["rank"] * overrides["rank"]
+    variant = {**base, **overrides}
+    if selector.get("dataset") is not None and selector["dataset"] not in datasets:
+        raise MatrixError(f"{where}.dataset", f"no dataset named {selector['dataset']!r}")
+    chosen = [datasets[selector["dataset"]]] if "dataset" in selector else exp.datasets
+    seeds = [selector["seed"]] if "seed" in selector else exp.training.seeds
+    try:
+        return [_resolve(exp, models[selector["model"]], d, variant, s) for d in chosen for s in seeds]
+    except ValueError as err:
+        raise MatrixError(where, str(err).splitlines()[0]) from err
+
+
+def baselines(exp: Experiment) -> list[tuple[ModelSpec, DatasetSpec]]:
+    """One untuned baseline per (model, dataset) that the matrix trains on."""
+    seen: dict[tuple[str, str], tuple[ModelSpec, DatasetSpec]] = {}
+    for run in expand(exp):
+        seen.setdefault((run.model.name, run.dataset.name), (run.model, run.dataset))
+    return list(seen.values())

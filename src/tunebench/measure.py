@@ -1,0 +1,103 @@
+"""What a result records about where and how it was computed: peak memory (labelled by kind),
+hardware, package versions, git commit, container image, and cost. No environment variables
+are copied wholesale, so secrets (HF_TOKEN, WANDB_API_KEY, ...) cannot leak into results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("tunebench", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate",
+            "datasets", "tokenizers", "snakemake", "wandb", "unsloth")
+GIB = 1024**3
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict:
+    """CUDA: max reserved/allocated since the last reset. CPU: the process's peak RSS since it
+    started (imports included), which is the honest number a CPU user must provision."""
+    if torch.cuda.is_available():
+        return {
+            "memory_kind": "cuda_max_reserved",
+            "peak_memory_gb": torch.cuda.max_memory_reserved() / GIB,
+            "peak_memory_allocated_gb": torch.cuda.max_memory_allocated() / GIB,
+        }
+    # ru_maxrss is in KiB on Linux.
+    return {"memory_kind": "cpu_peak_rss",
+            "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    if torch.cuda.is_available():
+        return {"accelerator": torch.cuda.get_device_name(0), "accelerator_count": 1,
+                "device": "cuda", "host": platform.node()}
+    return {"accelerator": "cpu", "cpu": cpu_name(), "accelerator_count": 0,
+            "cpu_threads": torch.get_num_threads(), "device": "cpu", "host": platform.node()}
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    versions["python"] = platform.python_version()
+    if torch.cuda.is_available():
+        versions["cuda"] = torch.version.cuda
+    return versions
+
+
+def git_commit() -> dict:
+    """The commit of the tunebench checkout that ran, and whether it had local changes."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def provenance() -> dict:
+    return {
+        "packages": package_versions(),
+        "git": git_commit(),
+        "hardware": hardware(),
+        "container_image": os.environ.get("TUNEBENCH_CONTAINER_IMAGE", "host"),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def accelerator_hours(seconds: float, hw: dict) -> float:
+    """Billable device-hours: GPUs x hours on a GPU; hours of the (whole) machine on a CPU."""
+    return seconds / 3600 * max(1, hw.get("accelerator_count", 0))
+
+
+def price_per_hour(prices: dict[str, float], accelerator: str) -> float | None:
+    """The price whose key is the longest case-insensitive substring of the accelerator name."""
+    matches = [k for k in prices if k.lower() in accelerator.lower()]
+    return prices[max(matches, key=len)] if matches else None

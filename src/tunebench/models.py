@@ -1,0 +1,142 @@
+"""Load a base model + tokenizer (hub id, local folder, or a built-in model's folder) and apply
+a fine-tuning method: full, lora, dora, rslora, qlora (bitsandbytes 4-bit)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from tunebench.spec import ModelSpec
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def model_location(spec: ModelSpec, builtin_dir: Path | None) -> str:
+    """What to pass to from_pretrained: a hub id or a local folder."""
+    if spec.hub:
+        return spec.hub
+    folder = Path(spec.path) if spec.path else builtin_dir
+    if folder is None or not (folder / "config.json").is_file():
+        raise ModelNotFound(
+            f"model {spec.name!r}: no config.json in {folder} (models[].path must be a folder "
+            "written by save_pretrained; for a hub model use models[].hub)"
+        )
+    return str(folder)
+
+
+def _hub_kwargs(spec: ModelSpec) -> dict:
+    kwargs = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    token = os.environ.get("HF_TOKEN")
+    if spec.hub and token:
+        kwargs["token"] = token
+    return kwargs
+
+
+def load_tokenizer(spec: ModelSpec, location: str):
+    tokenizer = AutoTokenizer.from_pretrained(location, **_hub_kwargs(spec))
+    if tokenizer.pad_token is None:
+        # Llama-style tokenizers ship without a pad token; EOS is the usual stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def accelerator() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def training_dtype(precision: str) -> torch.dtype:
+    """auto: bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on a CPU."""
+    if precision != "auto":
+        return DTYPES[precision]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def disable_cpu_bf16_repacking(model) -> int:
+    """Work around a silent bitsandbytes CPU bug (../shared/NOTES.md): on CPUs with AVX512-BF16,
+    the first eval-mode forward of a Linear4bit repacks its weight and gradients stop flowing
+    afterwards. Returns the number of layers patched."""
+    import bitsandbytes as bnb
+
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            patched += 1
+    return patched
+
+
+def quantization_config(quant_type: str, double_quant: bool, compute_dtype: str):
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=DTYPES[compute_dtype],
+    )
+
+
+def load_base_model(spec: ModelSpec, location: str, dtype: torch.dtype, quant=None):
+    """Load the untuned model; with `quant` (a BitsAndBytesConfig) in 4-bit for QLoRA."""
+    kwargs = _hub_kwargs(spec) | {"dtype": dtype}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    elif torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    if quant is not None and not torch.cuda.is_available():
+        disable_cpu_bf16_repacking(model)
+    return model
+
+
+def lora_config(run):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=run.rank,
+        lora_alpha=run.alpha,
+        lora_dropout=run.dropout or 0.0,
+        target_modules=run.target_modules,
+        use_dora=run.method == "dora",
+        use_rslora=run.method == "rslora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_for_method(run, model, gradient_checkpointing: bool):
+    """Return (model, peft_config or None) for SFTTrainer."""
+    if run.method == "full":
+        return model, None
+    if run.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+    return model, lora_config(run)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total). 4-bit weights are packed two per byte, so count them as stored x 2."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total

@@ -1,0 +1,148 @@
+"""Rule compile: one row per run and per untuned baseline, rebuilt from the per-run result files
+(never appended to), as CSV, Markdown and HTML, plus a quality-vs-memory plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tunebench import layout, measure
+from tunebench.io import atomic_path, read_json
+from tunebench.matrix import baselines, dataset_key, expand, model_key
+from tunebench.spec import Experiment
+
+COLUMNS = [
+    "run_id", "model", "dataset", "method", "rank", "alpha", "quant_type", "learning_rate", "seed",
+    "status", "reason", "exact_match", "exact_match_normalised", "delta_exact_match_vs_base",
+    "test_loss", "test_perplexity", "validation_loss", "peak_memory_gb", "memory_kind",
+    "train_seconds", "tokens_per_second", "trainable_params", "total_params", "trainable_percent",
+    "accelerator", "accelerator_hours", "cost", "test_examples", "test_sha256",
+]
+
+
+def _read(path: Path) -> dict | None:
+    return read_json(path) if path.is_file() else None
+
+
+def _status(train: dict | None, evaluation: dict | None) -> tuple[str, str]:
+    if train is not None and train.get("status") != "ok":
+        return train["status"], train.get("reason", "")
+    if evaluation is None:
+        return "missing", "no evaluation result"
+    return evaluation["status"], evaluation.get("reason", "")
+
+
+def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experiment) -> dict:
+    status, reason = _status(train, evaluation)
+    evaluation = evaluation or {}
+    source = train or evaluation
+    hw = source.get("provenance", {}).get("hardware", {})
+    row = {**{k: axes.get(k) for k in ("model", "dataset", "method", "rank", "alpha",
+                                      "quant_type", "learning_rate", "seed")},
+           "run_id": (train or evaluation).get("run_id"), "status": status, "reason": reason,
+           "exact_match": evaluation.get("exact_match"),
+           "exact_match_normalised": evaluation.get("exact_match_normalised"),
+           "test_loss": evaluation.get("loss"), "test_perplexity": evaluation.get("perplexity"),
+           "test_examples": evaluation.get("examples"), "test_sha256": evaluation.get("test_sha256"),
+           "accelerator": hw.get("accelerator")}
+    memory_source = train if train is not None else evaluation
+    row["peak_memory_gb"] = memory_source.get("peak_memory_gb")
+    row["memory_kind"] = memory_source.get("memory_kind")
+    if train is not None:
+        row.update({k: train.get(k) for k in ("validation_loss", "train_seconds",
+                                              "tokens_per_second", "trainable_params",
+                                              "total_params", "accelerator_hours")})
+        if train.get("trainable_params") and train.get("total_params"):
+            row["trainable_percent"] = 100 * train["trainable_params"] / train["total_params"]
+        price = measure.price_per_hour(exp.cost.price_per_hour, row["accelerator"] or "")
+        if price is not None and train.get("accelerator_hours") is not None:
+            row["cost"] = price * train["accelerator_hours"]
+    return row
+
+
+def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
+    rows = []
+    for model, dataset in baselines(exp):
+        path = root / layout.BASELINE_RESULT.format(model=model_key(model),
+                                                    dataset=dataset_key(dataset))
+        evaluation = _read(path) or {"run_id": f"base-{model.name}-{dataset.name}"}
+        rows.append(_row({"model": model.name, "dataset": dataset.name, "method": "base"},
+                         None, evaluation, exp))
+    for run in expand(exp):
+        train = _read(root / layout.TRAIN_RESULT.format(run_id=run.run_id)) or {
+            "run_id": run.run_id, "status": "missing", "reason": "no training result"}
+        evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
+        rows.append(_row(run.axes(), train, evaluation, exp))
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    base = table[table["method"] == "base"].set_index(["model", "dataset"])["exact_match"]
+    table["delta_exact_match_vs_base"] = [
+        em - base.get((m, d)) if em is not None and base.get((m, d)) is not None else None
+        for em, m, d in zip(table["exact_match"], table["model"], table["dataset"], strict=True)]
+    _refuse_mismatched_test_sets(table)
+    table = table.rename(columns={"cost": f"cost_{exp.cost.currency.lower()}"})
+    return table
+
+
+def _refuse_mismatched_test_sets(table: pd.DataFrame) -> None:
+    """Rows of one dataset are comparable only if they were scored on the same examples."""
+    for dataset, group in table.groupby("dataset"):
+        hashes = set(group["test_sha256"].dropna())
+        if len(hashes) > 1:
+            raise ValueError(f"dataset {dataset!r}: rows were scored on different test sets "
+                             f"({sorted(hashes)}); re-run the stale evaluations")
+
+
+MARKDOWN_NOTES = """
+Columns: `exact_match` is the share of held-out test prompts whose greedy generation equals the
+reference; `delta_exact_match_vs_base` is the gain over the untuned base model on the same test
+set; `test_loss`/`test_perplexity` are over response tokens only; `peak_memory_gb` is labelled by
+`memory_kind` (`cuda_max_reserved` on a GPU, `cpu_peak_rss` = the process's peak resident memory on
+a CPU, imports included: the two are not comparable); `train_seconds` is the wall time of
+`trainer.train()`; `cost` is accelerator-hours x the experiment's price table.
+"""
+
+
+def write_outputs(table: pd.DataFrame, exp: Experiment, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "comparison.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    shown = table.drop(columns=["test_sha256"]).copy()
+    for col in shown.select_dtypes("float").columns:
+        shown[col] = shown[col].map(lambda v: f"{v:.4g}" if pd.notna(v) else "")
+    header = f"# {exp.name}: comparison\n\n{exp.description}\n"
+    with atomic_path(out_dir / "comparison.md") as tmp:
+        tmp.write_text(header + "\n" + shown.to_markdown(index=False) + "\n" + MARKDOWN_NOTES)
+    with atomic_path(out_dir / "comparison.html") as tmp:
+        tmp.write_text(f"<h1>{exp.name}</h1>\n" + shown.to_html(index=False, na_rep=""))
+    plot_quality_vs_memory(table, out_dir / "plots" / "quality_vs_memory.png")
+
+
+def plot_quality_vs_memory(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = table[(table["status"] == "ok") & table["exact_match"].notna()]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, group in done.groupby("method"):
+        ax.scatter(group["peak_memory_gb"], group["exact_match"], label=method)
+        for _, r in group.iterrows():
+            ax.annotate(f"{r['model']}" + (f" r{int(r['rank'])}" if pd.notna(r["rank"]) else ""),
+                        (r["peak_memory_gb"], r["exact_match"]), fontsize=7)
+    kinds = ", ".join(sorted(done["memory_kind"].dropna().unique()))
+    ax.set_xlabel(f"peak memory, GB ({kinds})")
+    ax.set_ylabel("exact match (held-out)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def compile_comparison(exp: Experiment, root: Path, out_dir: Path) -> pd.DataFrame:
+    table = comparison_table(exp, root)
+    write_outputs(table, exp, out_dir)
+    return table

@@ -1,0 +1,263 @@
+"""The experiment file: a pydantic model whose JSON schema is exported to workflow/schemas/.
+
+One experiment = models x methods (with their axes) x datasets x seeds, shaped by include/exclude.
+Unknown keys are errors everywhere (extra="forbid").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
+PositiveFloat = Annotated[float, Field(gt=0, le=1e6)]
+Dtype = Literal["bfloat16", "float16", "float32"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def as_list(value: Any) -> Any:
+    """Axes accept a scalar or a list; a scalar is a one-value axis."""
+    return value if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------- models
+
+
+class BuiltinModel(Strict):
+    """A tiny Llama-architecture model built from this config and pre-trained locally."""
+
+    corpus: Literal["wordops"] = "wordops"
+    corpus_words: PositiveInt = Field(600, description="lexicon size of the pre-training corpus")
+    corpus_seed: int = 0
+    vocab_size: Annotated[int, Field(ge=300, le=65536)] = 512
+    hidden_size: PositiveInt = 64
+    intermediate_size: PositiveInt = 192
+    layers: PositiveInt = 2
+    heads: PositiveInt = 4
+    max_position_embeddings: PositiveInt = 256
+    pretrain_steps: PositiveInt = 600
+    pretrain_batch_size: PositiveInt = 32
+    pretrain_learning_rate: PositiveFloat = 3e-3
+    block_size: PositiveInt = 64
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def heads_divide_hidden(self) -> BuiltinModel:
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+        return self
+
+
+class ModelSpec(Strict):
+    """Exactly one of `hub`, `path` or `builtin`."""
+
+    name: Name
+    hub: str | None = Field(None, description="Hugging Face hub id, e.g. meta-llama/Llama-3.2-1B")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    path: str | None = Field(None, description="local folder with a saved model and tokenizer")
+    builtin: BuiltinModel | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def one_source(self) -> ModelSpec:
+        given = [k for k in ("hub", "path", "builtin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of hub, path, builtin (got {given or 'none'})")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision only applies to a hub model")
+        return self
+
+    @property
+    def source(self) -> str:
+        return "hub" if self.hub else "path" if self.path else "builtin"
+
+
+# ---------------------------------------------------------------- methods
+
+
+class FullMethod(Strict):
+    method: Literal["full"]
+    label: Name | None = None
+    learning_rate: PositiveFloat | list[PositiveFloat] | None = None
+
+    _as_list = field_validator("learning_rate", mode="before")(
+        lambda v: None if v is None else as_list(v)
+    )
+
+
+AdapterRank = Annotated[int, Field(gt=0, le=65536)]
+
+
+class LoraMethod(Strict):
+    """LoRA and its variants: `dora` (weight-decomposed), `rslora` (rank-stabilised scaling)."""
+
+    method: Literal["lora", "dora", "rslora"]
+    label: Name | None = None
+    ranks: list[AdapterRank] = Field(min_length=1)
+    alpha: list[PositiveFloat] | None = None
+    alpha_ratio: list[PositiveFloat] | None = Field(
+        None, description="alpha = ratio x rank (default 2 when neither alpha nor alpha_ratio)"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[Name] = "all-linear"
+    learning_rate: list[PositiveFloat] | None = None
+
+    _as_list = field_validator("ranks", "alpha", "alpha_ratio", "learning_rate", mode="before")(
+        lambda v: None if v is None else as_list(v)
+    )
+
+    @model_validator(mode="after")
+    def alpha_or_ratio(self):
+        if self.alpha is not None and self.alpha_ratio is not None:
+            raise ValueError("give alpha or alpha_ratio, not both")
+        return self
+
+
+class Quantization(Strict):
+    """bitsandbytes 4-bit settings for QLoRA."""
+
+    quant_type: list[Literal["nf4", "fp4"]] = ["nf4"]
+    double_quant: list[bool] = [True]
+    compute_dtype: list[Dtype] = ["bfloat16"]
+
+    _as_list = field_validator("quant_type", "double_quant", "compute_dtype", mode="before")(
+        as_list
+    )
+
+
+class QLoraMethod(LoraMethod):
+    method: Literal["qlora"]
+    quantization: Quantization
+
+
+MethodSpec = Annotated[FullMethod | LoraMethod | QLoraMethod, Field(discriminator="method")]
+
+
+# ---------------------------------------------------------------- data, training, evaluation
+
+
+class DatasetSpec(Strict):
+    """A dataset and how to split it. Built-in tasks are generated from a seed."""
+
+    name: Name
+    builtin: Literal["wordops"] | None = None
+    path: str | None = Field(None, description="local JSONL file with alpaca rows")
+    n_words: PositiveInt = Field(600, description="built-in wordops: size of the lexicon")
+    operations: list[Literal["reverse", "first", "last", "count"]] = [
+        "reverse", "first", "last", "count"
+    ]
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    validation_fraction: float = Field(0.05, ge=0, lt=1)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def one_source(self):
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of builtin, path")
+        if self.test_fraction + self.validation_fraction >= 1:
+            raise ValueError("test_fraction + validation_fraction must leave training data")
+        return self
+
+
+class Training(Strict):
+    max_steps: PositiveInt | None = None
+    epochs: PositiveFloat | None = None
+    learning_rate: PositiveFloat = 2e-4
+    batch_size: PositiveInt = 8
+    gradient_accumulation: PositiveInt = 1
+    max_length: PositiveInt = 512
+    seeds: list[int] = Field([0], min_length=1)
+    optimizer: str = Field("adamw_torch", description="a transformers `optim` name")
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    packing: bool = False
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, else fp32"
+    )
+    logging_steps: PositiveInt = 10
+    save_steps: PositiveInt | None = Field(None, description="checkpoint interval (default: end)")
+
+    _as_list = field_validator("seeds", mode="before")(as_list)
+
+    @model_validator(mode="after")
+    def steps_or_epochs(self):
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of max_steps, epochs")
+        return self
+
+
+class Evaluation(Strict):
+    max_new_tokens: PositiveInt = 32
+    batch_size: PositiveInt = 32
+    max_examples: PositiveInt | None = Field(None, description="cap on test examples scored")
+    metric: Literal["exact_match"] = "exact_match"
+
+
+class Cost(Strict):
+    """Price per accelerator-hour, keyed by a substring of the accelerator name ("A100", "cpu")."""
+
+    price_per_hour: dict[str, Annotated[float, Field(ge=0)]] = {"cpu": 0.0}
+    currency: str = "USD"
+
+
+class Resources(Strict):
+    """What one job may use. `threads` is also the torch thread count."""
+
+    threads: PositiveInt = 1
+
+
+class Tracking(Strict):
+    wandb: bool = Field(False, description="log to W&B (offline unless WANDB_API_KEY is set)")
+    project: str = "tunebench"
+
+
+Selector = dict[str, Any]
+
+
+class Experiment(Strict):
+    name: Name
+    description: str = ""
+    models: list[ModelSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    training: Training
+    evaluation: Evaluation = Evaluation()
+    cost: Cost = Cost()
+    resources: Resources = Resources()
+    tracking: Tracking = Tracking()
+    include: list[Selector] = Field([], description="extra runs: {model, method, rank, ...}")
+    exclude: list[Selector] = Field([], description="drop runs whose fields all match")
+
+    @model_validator(mode="after")
+    def unique_names(self):
+        for kind in ("models", "datasets"):
+            names = [item.name for item in getattr(self, kind)]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: duplicate name(s) {dupes}")
+        return self
+
+
+def key_path(loc: tuple) -> str:
+    """('methods', 1, 'lora', 'ranks', 0) -> 'methods[1].ranks[0]' (drops union tags)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("full", "lora", "dora", "rslora", "qlora") or re.fullmatch(
+            r"function-(before|after|wrap)\[.*\]", str(part)
+        ):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"

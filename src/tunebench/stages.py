@@ -1,0 +1,177 @@
+"""`tunebench stage NAME ...`: the commands that Snakemake rules run, one per rule.
+
+Rules pass resolved specs as JSON (from the experiment, via `params`) and every path explicitly,
+so each stage is a plain function of its arguments, testable without Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from tunebench.spec import DatasetSpec, Evaluation, Experiment, ModelSpec, Tracking
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def build_tokenizer(a) -> None:
+    from tunebench.builtin import wordops
+    from tunebench.builtin.tokenizer import train_tokenizer
+    from tunebench.io import atomic_dir
+
+    spec = ModelSpec.model_validate_json(a.model).builtin
+    words = wordops.make_lexicon(spec.corpus_words, seed=spec.corpus_seed)
+    texts = wordops.corpus_lines(words, seed=spec.corpus_seed) + [
+        r["instruction"] for r in wordops.instruction_rows(words[:50], list(wordops.OPERATIONS))
+    ]
+    with atomic_dir(a.out) as tmp:
+        tokenizer = train_tokenizer(texts, spec.vocab_size, tmp)
+    print(f"tokenizer: {len(tokenizer)} tokens -> {a.out}")
+
+
+def pretrain(a) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from tunebench.builtin import wordops
+    from tunebench.builtin.pretrain import pretrain as run_pretrain
+    from tunebench.io import atomic_dir, write_json
+
+    torch.set_num_threads(a.threads)
+    spec = ModelSpec.model_validate_json(a.model).builtin
+    tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
+    words = wordops.make_lexicon(spec.corpus_words, seed=spec.corpus_seed)
+    lines = wordops.corpus_lines(words, seed=spec.corpus_seed)
+    with atomic_dir(a.out) as tmp:
+        stats = run_pretrain(spec, tokenizer, lines, tmp, Path(a.work), spec.seed)
+        write_json(tmp / "pretrain_stats.json", stats)
+    print(f"pretrained {stats['parameters']:,} parameters, final loss {stats['log_history'][-2]}")
+
+
+def prepare_data(a) -> None:
+    from tunebench.data.prepare import prepare
+
+    manifest = prepare(DatasetSpec.model_validate_json(a.dataset), Path(a.out))
+    print(json.dumps(manifest["counts"]))
+
+
+def _tokenizer_location(model: ModelSpec, model_dir: str | None) -> str:
+    from tunebench import models
+
+    return models.model_location(model, Path(model_dir) if model_dir else None)
+
+
+def tokenize(a) -> None:
+    from tunebench import models
+    from tunebench.data.tokenize import tokenize_dataset
+
+    model = ModelSpec.model_validate_json(a.model)
+    location = a.tokenizer_dir or _tokenizer_location(model, a.model_dir)
+    tokenizer = models.load_tokenizer(model, location)
+    manifest = tokenize_dataset(tokenizer, Path(a.data), Path(a.out), location)
+    print(json.dumps(manifest["splits"]))
+
+
+def train(a) -> None:
+    from tunebench.matrix import RunConfig
+    from tunebench.train import run_and_record
+
+    run = RunConfig.model_validate_json(a.run)
+    result = run_and_record(run, Path(a.model_dir) if a.model_dir else None, Path(a.tokenized),
+                            Path(a.run_dir), Path(a.result), Tracking.model_validate_json(a.tracking),
+                            a.threads)
+    print(f"{run.run_id}: {result['status']} {result.get('reason', '')}")
+
+
+def evaluate(a) -> None:
+    import torch
+
+    from tunebench import evaluate as ev
+    from tunebench import models
+    from tunebench.io import read_json
+    from tunebench.matrix import RunConfig
+
+    torch.set_num_threads(a.threads)
+    settings = Evaluation.model_validate_json(a.evaluation)
+    data_dir, tokenized = Path(a.data), Path(a.tokenized)
+
+    if a.run:
+        run = RunConfig.model_validate_json(a.run)
+        spec, identity = run.model, {"run_id": run.run_id, "axes": run.axes(), "kind": "run"}
+        trained = read_json(a.train_result)
+    else:
+        spec = ModelSpec.model_validate_json(a.model)
+        identity = {"run_id": f"base-{spec.name}-{json.loads(a.dataset_name)}",
+                    "axes": {"model": spec.name, "dataset": json.loads(a.dataset_name),
+                             "method": "base"}, "kind": "baseline"}
+        trained = None
+
+    def work():
+        if trained is not None and trained["status"] != "ok":
+            raise ev.SkipEvaluation(f"training did not finish ({trained['status']})")
+        location = _tokenizer_location(spec, a.model_dir)
+        tokenizer = models.load_tokenizer(spec, location)
+        if trained is None:
+            model = ev.load_for_eval(spec, location, None, None)
+        elif run.method == "full":
+            model = ev.load_for_eval(spec, location, None, Path(a.run_dir) / "model")
+        else:
+            quant = (models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
+                     if run.method == "qlora" else None)
+            model = ev.load_for_eval(spec, location, Path(a.run_dir) / "model", None, quant)
+        return ev.evaluate_model(model, tokenizer, data_dir, tokenized, settings)
+
+    result = ev.record(Path(a.result), Path(a.samples), identity, data_dir, work)
+    print(f"{identity['run_id']}: {result['status']} EM={result.get('exact_match')}")
+
+
+def compile_report(a) -> None:
+    from tunebench.report import compile_comparison
+
+    exp = Experiment.model_validate_json(a.experiment)
+    compile_comparison(exp, Path(a.results), Path(a.out))
+
+
+STAGES = {
+    "build-tokenizer": (build_tokenizer, ["model", "out"]),
+    "pretrain": (pretrain, ["model", "tokenizer", "out", "work"]),
+    "prepare-data": (prepare_data, ["dataset", "out"]),
+    "tokenize": (tokenize, ["model", "model-dir", "tokenizer-dir", "data", "out"]),
+    "train": (train, ["run", "model-dir", "tokenized", "run-dir", "result", "tracking"]),
+    "evaluate": (evaluate, ["run", "train-result", "run-dir", "model", "dataset-name", "model-dir",
+                            "data", "tokenized", "evaluation", "result", "samples"]),
+    "compile": (compile_report, ["experiment", "results", "out"]),
+}
+
+
+def add_parsers(subparsers) -> None:
+    stage = subparsers.add_parser("stage", help="run one workflow step (used by the Snakemake rules)")
+    stages = stage.add_subparsers(dest="stage", required=True)
+    for name, (func, options) in STAGES.items():
+        p = stages.add_parser(name)
+        for option in options:
+            p.add_argument(f"--{option}", default=None)
+        p.add_argument("--threads", type=int, default=1)
+        p.set_defaults(func=lambda a, f=func: _run_stage(f, a))
+
+
+def _run_stage(func, args) -> int:
+    _quiet_libraries()
+    func(args)
+    return 0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="tunebench stage")
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    args.func(args)

@@ -1,0 +1,184 @@
+"""Rule train: one run of the matrix with TRL's SFTTrainer (+ PEFT, + bitsandbytes for QLoRA).
+
+A failure inside training (an exception, an out-of-memory) is a result, not a crash: the result
+file records status and reason and the job exits 0, so the rest of the matrix goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from tunebench import measure, models
+from tunebench.data.tokenize import load_split
+from tunebench.io import write_json
+from tunebench.matrix import RunConfig
+
+log = logging.getLogger("tunebench.train")
+
+
+class LossGuard(TrainerCallback):
+    """Stop early on a NaN/inf loss instead of training on garbage for hours."""
+
+    def __init__(self):
+        self.bad_loss = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not torch.isfinite(torch.tensor(float(loss))):
+            self.bad_loss = (state.global_step, loss)
+            control.should_training_stop = True
+
+
+def fit_length(dataset, max_length: int):
+    """Drop examples longer than max_length (response tokens would be cut off); count them."""
+    kept = dataset.filter(lambda ex: len(ex["input_ids"]) <= max_length)
+    return kept.remove_columns(["id", "prompt_length"]), len(dataset) - len(kept)
+
+
+def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
+    t = run.training
+    dtype = models.training_dtype(t.precision)
+    schedule = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.epochs}
+    save = {"save_strategy": "steps", "save_steps": t.save_steps} if t.save_steps else {
+        "save_strategy": "no"}
+    return SFTConfig(
+        output_dir=str(out_dir),
+        **schedule,
+        **save,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=run.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        gradient_checkpointing=t.gradient_checkpointing,
+        packing=t.packing,
+        max_length=t.max_length,
+        completion_only_loss=True,
+        bf16=dtype == torch.bfloat16 and run.method != "qlora",
+        fp16=dtype == torch.float16 and run.method != "qlora",
+        use_cpu=not torch.cuda.is_available(),
+        seed=run.seed,
+        data_seed=run.seed,
+        logging_steps=t.logging_steps,
+        report_to=report_to,
+        run_name=run.run_id,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _tracking(tracking, run_dir: Path) -> str:
+    """W&B offline unless an API key is set; the key itself never reaches config or results."""
+    if not tracking.wandb:
+        return "none"
+    os.environ.setdefault("WANDB_PROJECT", tracking.project)
+    os.environ["WANDB_DIR"] = str(run_dir)
+    if not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_MODE"] = "offline"
+    return "wandb"
+
+
+def train_run(run: RunConfig, model_location: str, tokenized_dir: Path, run_dir: Path,
+              tracking) -> dict:
+    set_seed(run.seed)
+    measure.reset_peak_memory()
+    tokenizer = models.load_tokenizer(run.model, model_location)
+    train_set, dropped_train = fit_length(load_split(tokenized_dir, "train"), run.training.max_length)
+    val_set, dropped_val = fit_length(load_split(tokenized_dir, "validation"), run.training.max_length)
+    dtype = models.training_dtype(run.training.precision)
+    quant = None
+    if run.method == "qlora":
+        quant = models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
+        dtype = models.DTYPES[run.compute_dtype]
+    model = models.load_base_model(run.model, model_location, dtype, quant)
+    model, peft_config = models.prepare_for_method(run, model, run.training.gradient_checkpointing)
+    guard = LossGuard()
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(run, run_dir / "checkpoints", _tracking(tracking, run_dir)),
+        train_dataset=train_set,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[guard],
+    )
+    if run.method == "qlora" and not torch.cuda.is_available():
+        models.disable_cpu_bf16_repacking(trainer.model)
+    trainable, total = models.count_parameters(trainer.model)
+    started = time.perf_counter()
+    output = trainer.train()
+    train_seconds = time.perf_counter() - started
+    memory = measure.peak_memory()
+    if guard.bad_loss is not None:
+        step, loss = guard.bad_loss
+        return {"status": "failed", "reason": f"non-finite loss {loss} at step {step}",
+                "trainable_params": trainable, "total_params": total, **memory}
+    val_loss = trainer.evaluate(val_set)["eval_loss"] if len(val_set) else None
+    trainer.save_model(str(run_dir / "model"))
+    tokenizer.save_pretrained(str(run_dir / "model"))
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "status": "ok",
+        "reason": "",
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_seconds": train_seconds,
+        "train_tokens": tokens,
+        "tokens_per_second": tokens / train_seconds if train_seconds else None,
+        "steps": output.global_step,
+        "train_loss_mean": output.training_loss,
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "validation_loss": val_loss,
+        "dropped_too_long": {"train": dropped_train, "validation": dropped_val},
+        "log_history": trainer.state.log_history,
+        **memory,
+    }
+
+
+def failure_status(err: BaseException) -> str:
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        return "oom"
+    if isinstance(err, models.ModelNotFound):
+        return "missing_model"
+    return "failed"
+
+
+def run_and_record(run: RunConfig, builtin_dir: Path | None, tokenized_dir: Path,
+                   run_dir: Path, result_path: Path, tracking, threads: int) -> dict:
+    """Train and always write a result file; return it."""
+    torch.set_num_threads(threads)
+    started = time.time()
+    try:
+        location = models.model_location(run.model, builtin_dir)
+        outcome = train_run(run, location, tokenized_dir, run_dir, tracking)
+    except (Exception, torch.OutOfMemoryError) as err:  # a failed run is a row, not a crash
+        traceback.print_exc()
+        outcome = {"status": failure_status(err),
+                   "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                   **measure.peak_memory()}
+    hw = measure.hardware()
+    result = {
+        "run_id": run.run_id,
+        "config": run.model_dump(mode="json"),
+        "axes": run.axes(),
+        **outcome,
+        "wall_seconds": time.time() - started,
+        "accelerator_hours": measure.accelerator_hours(outcome.get("train_seconds") or 0, hw),
+        "seed": run.seed,
+        "provenance": measure.provenance(),
+    }
+    write_json(result_path, result)
+    return result

@@ -1,0 +1,24 @@
+# The comparison table, rebuilt from the per-run result files every time.
+
+
+rule compile:
+    input:
+        runs=expand(at_root(layout.EVAL_RESULT), run_id=sorted(RUNS)),
+        baselines=[
+            at_root(layout.BASELINE_RESULT.format(model=m, dataset=d)) for m, d in BASELINES
+        ],
+    output:
+        comparison_outputs(),
+        plot=report(
+            at_root("plots/quality_vs_memory.png"),
+            caption="../report/quality_vs_memory.rst",
+            category="Comparison",
+        ),
+    params:
+        experiment=EXPERIMENT.model_dump_json(),
+        root=ROOT,
+    log:
+        log_path("compile", "comparison"),
+    shell:
+        "tunebench stage compile --experiment {params.experiment:q} --results {params.root}"
+        " --out {params.root} > {log} 2>&1"
