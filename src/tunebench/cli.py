@@ -34,13 +34,17 @@ def load_experiment(path: str | Path) -> Experiment:
     except FileNotFoundError as err:
         raise ExperimentError(f"{path}: no such experiment file") from err
     except UnicodeDecodeError as err:
-        raise ExperimentError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+        raise ExperimentError(
+            f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})"
+        ) from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ExperimentError(f"{where}: YAML syntax error: {getattr(err, 'problem', err)}") from err
+        raise ExperimentError(
+            f"{where}: YAML syntax error: {getattr(err, 'problem', err)}"
+        ) from err
     if not isinstance(data, dict):
         raise ExperimentError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     return validate_data(data, str(path))
@@ -62,8 +66,10 @@ def validate_data(data: dict, source: str = "experiment") -> Experiment:
 def cmd_validate(args) -> int:
     exp = load_experiment(args.experiment)
     runs = expand(exp)
-    print(f"{args.experiment}: valid, {len(runs)} runs + {len(baselines(exp))} baselines "
-          f"(experiment {exp.name!r})")
+    print(
+        f"{args.experiment}: valid, {len(runs)} runs + {len(baselines(exp))} baselines "
+        f"(experiment {exp.name!r})"
+    )
     return 0
 
 
@@ -73,8 +79,17 @@ def cmd_plan(args) -> int:
 
     exp = load_experiment(args.experiment)
     table = Table(title=f"{exp.name}: {len(expand(exp))} runs")
-    columns = ["run_id", "model", "dataset", "method", "rank", "alpha", "quant_type",
-               "learning_rate", "seed"]
+    columns = [
+        "run_id",
+        "model",
+        "dataset",
+        "method",
+        "rank",
+        "alpha",
+        "quant_type",
+        "learning_rate",
+        "seed",
+    ]
     for col in columns:
         table.add_column(col)
     for run in expand(exp):
@@ -85,8 +100,10 @@ def cmd_plan(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-              **Experiment.model_json_schema()}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **Experiment.model_json_schema(),
+    }
     text = json.dumps(schema, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
@@ -95,19 +112,27 @@ def cmd_schema(args) -> int:
     return 0
 
 
+# Result files that record a failure; moving them aside makes Snakemake redo just those steps.
+FAILURE_RECORDS = (
+    "runs/*/train/result.json",
+    "runs/*/eval/result.json",
+    "baselines/*/*/eval/result.json",
+    "data/*/tokenized/*/manifest.json",
+)
+
+
 def retire_failed_runs(root: Path) -> list[str]:
-    """Move result files of failed runs aside (kept under attempts/) so a rerun retries them."""
+    """Move failed results aside (kept under attempts/ beside them) so a rerun retries them."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
     retried = []
-    for result in root.glob("runs/*/train/result.json"):
-        status = json.loads(result.read_text()).get("status")
-        if status != "ok":
-            attempts = result.parent.parent / "attempts" / time.strftime("%Y%m%dT%H%M%S")
+    for pattern in FAILURE_RECORDS:
+        for record in root.glob(pattern):
+            if json.loads(record.read_text()).get("status", "ok") == "ok":
+                continue
+            attempts = record.parent / "attempts" / stamp
             attempts.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(result), attempts / "train_result.json")
-            evaluation = result.parent.parent / "eval" / "result.json"
-            if evaluation.exists():
-                shutil.move(str(evaluation), attempts / "eval_result.json")
-            retried.append(result.parent.parent.name)
+            shutil.move(str(record), attempts / record.name)
+            retried.append(str(record.relative_to(root)))
     return retried
 
 
@@ -126,9 +151,18 @@ def cmd_run(args) -> int:
     root = layout.results_root(exp.name)
     retried = retire_failed_runs(root) if root.exists() else []
     if retried:
-        print(f"retrying {len(retried)} failed run(s): {', '.join(retried)}")
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-               "--configfile", str(args.experiment), *profile_args(args.profile), *args.snakemake]
+        print(f"retrying {len(retried)} failed step(s): {', '.join(retried)}")
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(args.experiment),
+        *profile_args(args.profile),
+        *args.snakemake,
+    ]
     print("+ " + " ".join(command), flush=True)
     code = subprocess.call(command)
     table_path = root / "comparison.csv"
@@ -139,8 +173,10 @@ def cmd_run(args) -> int:
         failed = table[table["status"] != "ok"]
         print(f"\ncomparison: {table_path} ({len(table)} rows)")
         if len(failed):
-            print(f"{len(failed)} row(s) did not finish: "
-                  + ", ".join(f"{r.run_id} [{r.status}]" for r in failed.itertuples()))
+            print(
+                f"{len(failed)} row(s) did not finish: "
+                + ", ".join(f"{r.run_id} [{r.status}]" for r in failed.itertuples())
+            )
             return code or 1
     return code
 
@@ -157,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("schema", help="print (or write) the experiment JSON schema")
     p.add_argument("--output")
     p.set_defaults(func=cmd_schema)
-    p = sub.add_parser("run", help="run an experiment through Snakemake",
-                       epilog="arguments after -- go to snakemake, e.g. -- --dry-run")
+    p = sub.add_parser(
+        "run",
+        help="run an experiment through Snakemake",
+        epilog="arguments after -- go to snakemake, e.g. -- --dry-run",
+    )
     p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
     p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
     p.set_defaults(func=cmd_run)

@@ -10,7 +10,17 @@ from pathlib import Path
 TOKENIZER = "tokenizers/{tokenizer}"
 BASE_MODEL = "base_models/{model}"
 DATA = "data/{dataset}"
+DATA_MANIFEST = "data/{dataset}/manifest.json"
+DATA_SPLITS = (
+    "data/{dataset}/train.jsonl",
+    "data/{dataset}/validation.jsonl",
+    "data/{dataset}/test.jsonl",
+)
 TOKENIZED = "data/{dataset}/tokenized/{tokenizer}"
+TOKENIZED_MANIFEST = "data/{dataset}/tokenized/{tokenizer}/manifest.json"
+TOKENIZED_SPLITS = tuple(
+    f"{TOKENIZED}/{split}.parquet" for split in ("train", "validation", "test")
+)
 RUN = "runs/{run_id}"
 TRAIN_RESULT = "runs/{run_id}/train/result.json"
 EVAL_RESULT = "runs/{run_id}/eval/result.json"

@@ -25,12 +25,17 @@ from tunebench.spec import (
     Training,
 )
 
-ID_VERSION = 1  # bump when the meaning of a config field changes, so old ids are not reused
+# Ids hash only the settings that differ from their defaults, so adding a new setting (with a
+# default that keeps the old behaviour) does not orphan existing results. Bump ID_VERSION when
+# the meaning of a setting or of a default changes, so old ids are not reused.
+ID_VERSION = 1
 DEFAULT_ALPHA_RATIO = 2.0
 
 
 def short_hash(payload: Any, n: int = 8) -> str:
-    data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json", exclude_defaults=True)
+    data = payload
     text = json.dumps({"v": ID_VERSION, "data": data}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
@@ -47,7 +52,12 @@ def tokenizer_key(model: ModelSpec) -> str:
     """Models that share a tokenizer share a key (all built-in models share one per corpus)."""
     if model.builtin is not None:
         b = model.builtin
-        spec = {"corpus": b.corpus, "words": b.corpus_words, "seed": b.corpus_seed, "vocab": b.vocab_size}
+        spec = {
+            "corpus": b.corpus,
+            "words": b.corpus_words,
+            "seed": b.corpus_seed,
+            "vocab": b.vocab_size,
+        }
         return f"builtin-{b.corpus}-{short_hash(spec)}"
     return model_key(model)
 
@@ -80,7 +90,7 @@ class RunConfig(Strict):
         if self.label:
             parts.append(self.label)
         parts += [self.dataset.name, f"s{self.seed}"]
-        return "-".join(parts) + "-" + short_hash(self.model_dump(mode="json"))
+        return "-".join(parts) + "-" + short_hash(self)
 
     def axes(self) -> dict[str, Any]:
         """The flat fields that include/exclude selectors and tables refer to."""
@@ -116,8 +126,10 @@ class MatrixError(ValueError):
 def _method_variants(method) -> list[dict[str, Any]]:
     """One dict per point of the method's own axes (rank x alpha x quantisation x lr)."""
     if isinstance(method, FullMethod):
-        return [{"method": "full", "label": method.label, "learning_rate": lr}
-                for lr in (method.learning_rate or [None])]
+        return [
+            {"method": "full", "label": method.label, "learning_rate": lr}
+            for lr in (method.learning_rate or [None])
+        ]
     quant_axes: list[dict[str, Any]] = [{}]
     if isinstance(method, QLoraMethod):
         q = method.quantization
@@ -132,10 +144,18 @@ def _method_variants(method) -> list[dict[str, Any]]:
         alphas = method.alpha or [r * rank for r in (method.alpha_ratio or [DEFAULT_ALPHA_RATIO])]
         target = method.target_modules
         for alpha in alphas:
-            variants.append({
-                "method": method.method, "label": method.label, "rank": rank, "alpha": alpha,
-                "dropout": method.dropout, "target_modules": target, "learning_rate": lr, **quant,
-            })
+            variants.append(
+                {
+                    "method": method.method,
+                    "label": method.label,
+                    "rank": rank,
+                    "alpha": alpha,
+                    "dropout": method.dropout,
+                    "target_modules": target,
+                    "learning_rate": lr,
+                    **quant,
+                }
+            )
     return variants
 
 
@@ -155,7 +175,9 @@ def _matches(run: RunConfig, selector: dict[str, Any]) -> bool:
 def _check_selector(where: str, selector: dict[str, Any]) -> None:
     for key in selector:
         if key not in SELECTOR_KEYS:
-            raise MatrixError(f"{where}.{key}", f"unknown field; use one of {sorted(SELECTOR_KEYS)}")
+            raise MatrixError(
+                f"{where}.{key}", f"unknown field; use one of {sorted(SELECTOR_KEYS)}"
+            )
 
 
 def expand(exp: Experiment) -> list[RunConfig]:
@@ -195,11 +217,17 @@ def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConf
     if selector["model"] not in models:
         raise MatrixError(f"{where}.model", f"no model named {selector['model']!r}")
     wanted_label = selector.get("label")
-    candidates = [m for m in exp.methods
-                  if m.method == selector["method"] and (wanted_label is None or m.label == wanted_label)]
+    candidates = [
+        m
+        for m in exp.methods
+        if m.method == selector["method"] and (wanted_label is None or m.label == wanted_label)
+    ]
     if not candidates:
-        raise MatrixError(f"{where}.method", f"no methods entry with method={selector['method']!r}"
-                          + (f" and label={wanted_label!r}" if wanted_label else ""))
+        raise MatrixError(
+            f"{where}.method",
+            f"no methods entry with method={selector['method']!r}"
+            + (f" and label={wanted_label!r}" if wanted_label else ""),
+        )
     base = _method_variants(candidates[0])[0]
     overrides = {k: v for k, v in selector.items() if k not in ("model", "dataset", "seed")}
     if selector["method"] == "full" and any(k in overrides for k in ("rank", "alpha")):
@@ -212,7 +240,9 @@ def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConf
     chosen = [datasets[selector["dataset"]]] if "dataset" in selector else exp.datasets
     seeds = [selector["seed"]] if "seed" in selector else exp.training.seeds
     try:
-        return [_resolve(exp, models[selector["model"]], d, variant, s) for d in chosen for s in seeds]
+        return [
+            _resolve(exp, models[selector["model"]], d, variant, s) for d in chosen for s in seeds
+        ]
     except ValueError as err:
         raise MatrixError(where, str(err).splitlines()[0]) from err
 

@@ -14,8 +14,20 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("tunebench", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate",
-            "datasets", "tokenizers", "snakemake", "wandb", "unsloth")
+PACKAGES = (
+    "tunebench",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "snakemake",
+    "wandb",
+    "unsloth",
+)
 GIB = 1024**3
 
 
@@ -34,8 +46,10 @@ def peak_memory() -> dict:
             "peak_memory_allocated_gb": torch.cuda.max_memory_allocated() / GIB,
         }
     # ru_maxrss is in KiB on Linux.
-    return {"memory_kind": "cpu_peak_rss",
-            "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
+    return {
+        "memory_kind": "cpu_peak_rss",
+        "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
+    }
 
 
 def cpu_name() -> str:
@@ -50,10 +64,20 @@ def cpu_name() -> str:
 
 def hardware() -> dict:
     if torch.cuda.is_available():
-        return {"accelerator": torch.cuda.get_device_name(0), "accelerator_count": 1,
-                "device": "cuda", "host": platform.node()}
-    return {"accelerator": "cpu", "cpu": cpu_name(), "accelerator_count": 0,
-            "cpu_threads": torch.get_num_threads(), "device": "cpu", "host": platform.node()}
+        return {
+            "accelerator": torch.cuda.get_device_name(0),
+            "accelerator_count": 1,
+            "device": "cuda",
+            "host": platform.node(),
+        }
+    return {
+        "accelerator": "cpu",
+        "cpu": cpu_name(),
+        "accelerator_count": 0,
+        "cpu_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "host": platform.node(),
+    }
 
 
 def package_versions() -> dict:
@@ -73,10 +97,22 @@ def git_commit() -> dict:
     """The commit of the tunebench checkout that ran, and whether it had local changes."""
     repo = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}

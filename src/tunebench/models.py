@@ -43,7 +43,19 @@ def _hub_kwargs(spec: ModelSpec) -> dict:
 
 
 def load_tokenizer(spec: ModelSpec, location: str):
-    tokenizer = AutoTokenizer.from_pretrained(location, **_hub_kwargs(spec))
+    """The first hub access of a run, so a missing or unreachable model fails here, clearly."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **_hub_kwargs(spec))
+    except OSError as err:
+        hint = (
+            " HF_HUB_OFFLINE=1 is set: download the model into the HF cache first"
+            " (huggingface-cli download), or unset it."
+            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+            else " Check the id, the revision and HF_TOKEN."
+        )
+        raise ModelNotFound(
+            f"model {spec.name!r}: cannot load {location!r} ({str(err).splitlines()[0]}).{hint}"
+        ) from err
     if tokenizer.pad_token is None:
         # Llama-style tokenizers ship without a pad token; EOS is the usual stand-in.
         tokenizer.pad_token = tokenizer.eos_token

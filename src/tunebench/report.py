@@ -13,11 +13,35 @@ from tunebench.matrix import baselines, dataset_key, expand, model_key
 from tunebench.spec import Experiment
 
 COLUMNS = [
-    "run_id", "model", "dataset", "method", "rank", "alpha", "quant_type", "learning_rate", "seed",
-    "status", "reason", "exact_match", "exact_match_normalised", "delta_exact_match_vs_base",
-    "test_loss", "test_perplexity", "validation_loss", "peak_memory_gb", "memory_kind",
-    "train_seconds", "tokens_per_second", "trainable_params", "total_params", "trainable_percent",
-    "accelerator", "accelerator_hours", "cost", "test_examples", "test_sha256",
+    "run_id",
+    "model",
+    "dataset",
+    "method",
+    "rank",
+    "alpha",
+    "quant_type",
+    "learning_rate",
+    "seed",
+    "status",
+    "reason",
+    "exact_match",
+    "exact_match_normalised",
+    "delta_exact_match_vs_base",
+    "test_loss",
+    "test_perplexity",
+    "validation_loss",
+    "peak_memory_gb",
+    "memory_kind",
+    "train_seconds",
+    "tokens_per_second",
+    "trainable_params",
+    "total_params",
+    "trainable_percent",
+    "accelerator",
+    "accelerator_hours",
+    "cost",
+    "test_examples",
+    "test_sha256",
 ]
 
 
@@ -38,21 +62,48 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
     evaluation = evaluation or {}
     source = train or evaluation
     hw = source.get("provenance", {}).get("hardware", {})
-    row = {**{k: axes.get(k) for k in ("model", "dataset", "method", "rank", "alpha",
-                                      "quant_type", "learning_rate", "seed")},
-           "run_id": (train or evaluation).get("run_id"), "status": status, "reason": reason,
-           "exact_match": evaluation.get("exact_match"),
-           "exact_match_normalised": evaluation.get("exact_match_normalised"),
-           "test_loss": evaluation.get("loss"), "test_perplexity": evaluation.get("perplexity"),
-           "test_examples": evaluation.get("examples"), "test_sha256": evaluation.get("test_sha256"),
-           "accelerator": hw.get("accelerator")}
+    row = {
+        **{
+            k: axes.get(k)
+            for k in (
+                "model",
+                "dataset",
+                "method",
+                "rank",
+                "alpha",
+                "quant_type",
+                "learning_rate",
+                "seed",
+            )
+        },
+        "run_id": (train or evaluation).get("run_id"),
+        "status": status,
+        "reason": reason,
+        "exact_match": evaluation.get("exact_match"),
+        "exact_match_normalised": evaluation.get("exact_match_normalised"),
+        "test_loss": evaluation.get("loss"),
+        "test_perplexity": evaluation.get("perplexity"),
+        "test_examples": evaluation.get("examples"),
+        "test_sha256": evaluation.get("test_sha256"),
+        "accelerator": hw.get("accelerator"),
+    }
     memory_source = train if train is not None else evaluation
     row["peak_memory_gb"] = memory_source.get("peak_memory_gb")
     row["memory_kind"] = memory_source.get("memory_kind")
     if train is not None:
-        row.update({k: train.get(k) for k in ("validation_loss", "train_seconds",
-                                              "tokens_per_second", "trainable_params",
-                                              "total_params", "accelerator_hours")})
+        row.update(
+            {
+                k: train.get(k)
+                for k in (
+                    "validation_loss",
+                    "train_seconds",
+                    "tokens_per_second",
+                    "trainable_params",
+                    "total_params",
+                    "accelerator_hours",
+                )
+            }
+        )
         if train.get("trainable_params") and train.get("total_params"):
             row["trainable_percent"] = 100 * train["trainable_params"] / train["total_params"]
         price = measure.price_per_hour(exp.cost.price_per_hour, row["accelerator"] or "")
@@ -64,21 +115,32 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
 def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
     rows = []
     for model, dataset in baselines(exp):
-        path = root / layout.BASELINE_RESULT.format(model=model_key(model),
-                                                    dataset=dataset_key(dataset))
+        path = root / layout.BASELINE_RESULT.format(
+            model=model_key(model), dataset=dataset_key(dataset)
+        )
         evaluation = _read(path) or {"run_id": f"base-{model.name}-{dataset.name}"}
-        rows.append(_row({"model": model.name, "dataset": dataset.name, "method": "base"},
-                         None, evaluation, exp))
+        rows.append(
+            _row(
+                {"model": model.name, "dataset": dataset.name, "method": "base"},
+                None,
+                evaluation,
+                exp,
+            )
+        )
     for run in expand(exp):
         train = _read(root / layout.TRAIN_RESULT.format(run_id=run.run_id)) or {
-            "run_id": run.run_id, "status": "missing", "reason": "no training result"}
+            "run_id": run.run_id,
+            "status": "missing",
+            "reason": "no training result",
+        }
         evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
         rows.append(_row(run.axes(), train, evaluation, exp))
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     base = table[table["method"] == "base"].set_index(["model", "dataset"])["exact_match"]
     table["delta_exact_match_vs_base"] = [
         em - base.get((m, d)) if em is not None and base.get((m, d)) is not None else None
-        for em, m, d in zip(table["exact_match"], table["model"], table["dataset"], strict=True)]
+        for em, m, d in zip(table["exact_match"], table["model"], table["dataset"], strict=True)
+    ]
     _refuse_mismatched_test_sets(table)
     table = table.rename(columns={"cost": f"cost_{exp.cost.currency.lower()}"})
     return table
@@ -89,8 +151,10 @@ def _refuse_mismatched_test_sets(table: pd.DataFrame) -> None:
     for dataset, group in table.groupby("dataset"):
         hashes = set(group["test_sha256"].dropna())
         if len(hashes) > 1:
-            raise ValueError(f"dataset {dataset!r}: rows were scored on different test sets "
-                             f"({sorted(hashes)}); re-run the stale evaluations")
+            raise ValueError(
+                f"dataset {dataset!r}: rows were scored on different test sets "
+                f"({sorted(hashes)}); re-run the stale evaluations"
+            )
 
 
 MARKDOWN_NOTES = """
@@ -129,8 +193,11 @@ def plot_quality_vs_memory(table: pd.DataFrame, path: Path) -> None:
     for method, group in done.groupby("method"):
         ax.scatter(group["peak_memory_gb"], group["exact_match"], label=method)
         for _, r in group.iterrows():
-            ax.annotate(f"{r['model']}" + (f" r{int(r['rank'])}" if pd.notna(r["rank"]) else ""),
-                        (r["peak_memory_gb"], r["exact_match"]), fontsize=7)
+            ax.annotate(
+                f"{r['model']}" + (f" r{int(r['rank'])}" if pd.notna(r["rank"]) else ""),
+                (r["peak_memory_gb"], r["exact_match"]),
+                fontsize=7,
+            )
     kinds = ", ".join(sorted(done["memory_kind"].dropna().unique()))
     ax.set_xlabel(f"peak memory, GB ({kinds})")
     ax.set_ylabel("exact match (held-out)")

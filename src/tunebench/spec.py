@@ -51,7 +51,9 @@ class BuiltinModel(Strict):
     @model_validator(mode="after")
     def heads_divide_hidden(self) -> BuiltinModel:
         if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}"
+            )
         return self
 
 
@@ -151,7 +153,10 @@ class DatasetSpec(Strict):
     path: str | None = Field(None, description="local JSONL file with alpaca rows")
     n_words: PositiveInt = Field(600, description="built-in wordops: size of the lexicon")
     operations: list[Literal["reverse", "first", "last", "count"]] = [
-        "reverse", "first", "last", "count"
+        "reverse",
+        "first",
+        "last",
+        "count",
     ]
     test_fraction: float = Field(0.15, gt=0, lt=1)
     validation_fraction: float = Field(0.05, ge=0, lt=1)

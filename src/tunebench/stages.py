@@ -64,7 +64,7 @@ def prepare_data(a) -> None:
     print(json.dumps(manifest["counts"]))
 
 
-def _tokenizer_location(model: ModelSpec, model_dir: str | None) -> str:
+def _model_location(model: ModelSpec, model_dir: str | None) -> str:
     from tunebench import models
 
     return models.model_location(model, Path(model_dir) if model_dir else None)
@@ -72,11 +72,17 @@ def _tokenizer_location(model: ModelSpec, model_dir: str | None) -> str:
 
 def tokenize(a) -> None:
     from tunebench import models
-    from tunebench.data.tokenize import tokenize_dataset
+    from tunebench.data.tokenize import tokenize_dataset, write_unavailable
 
     model = ModelSpec.model_validate_json(a.model)
-    location = a.tokenizer_dir or _tokenizer_location(model, a.model_dir)
-    tokenizer = models.load_tokenizer(model, location)
+    try:
+        location = a.tokenizer_dir or _model_location(model, a.model_dir)
+        tokenizer = models.load_tokenizer(model, location)
+    except models.ModelNotFound as err:
+        # Not a crash of the matrix: every run of this model becomes a `missing_model` row.
+        write_unavailable(Path(a.out), "missing_model", str(err))
+        print(f"error: {err}")
+        return
     manifest = tokenize_dataset(tokenizer, Path(a.data), Path(a.out), location)
     print(json.dumps(manifest["splits"]))
 
@@ -86,9 +92,15 @@ def train(a) -> None:
     from tunebench.train import run_and_record
 
     run = RunConfig.model_validate_json(a.run)
-    result = run_and_record(run, Path(a.model_dir) if a.model_dir else None, Path(a.tokenized),
-                            Path(a.run_dir), Path(a.result), Tracking.model_validate_json(a.tracking),
-                            a.threads)
+    result = run_and_record(
+        run,
+        Path(a.model_dir) if a.model_dir else None,
+        Path(a.tokenized),
+        Path(a.run_dir),
+        Path(a.result),
+        Tracking.model_validate_json(a.tracking),
+        a.threads,
+    )
     print(f"{run.run_id}: {result['status']} {result.get('reason', '')}")
 
 
@@ -97,6 +109,7 @@ def evaluate(a) -> None:
 
     from tunebench import evaluate as ev
     from tunebench import models
+    from tunebench.data.tokenize import check_available
     from tunebench.io import read_json
     from tunebench.matrix import RunConfig
 
@@ -110,24 +123,23 @@ def evaluate(a) -> None:
         trained = read_json(a.train_result)
     else:
         spec = ModelSpec.model_validate_json(a.model)
-        identity = {"run_id": f"base-{spec.name}-{json.loads(a.dataset_name)}",
-                    "axes": {"model": spec.name, "dataset": json.loads(a.dataset_name),
-                             "method": "base"}, "kind": "baseline"}
+        identity = {
+            "run_id": f"base-{spec.name}-{a.dataset_name}",
+            "axes": {"model": spec.name, "dataset": a.dataset_name, "method": "base"},
+            "kind": "baseline",
+        }
         trained = None
 
     def work():
         if trained is not None and trained["status"] != "ok":
             raise ev.SkipEvaluation(f"training did not finish ({trained['status']})")
-        location = _tokenizer_location(spec, a.model_dir)
+        check_available(tokenized)
+        location = _model_location(spec, a.model_dir)
         tokenizer = models.load_tokenizer(spec, location)
         if trained is None:
             model = ev.load_for_eval(spec, location, None, None)
-        elif run.method == "full":
-            model = ev.load_for_eval(spec, location, None, Path(a.run_dir) / "model")
         else:
-            quant = (models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
-                     if run.method == "qlora" else None)
-            model = ev.load_for_eval(spec, location, Path(a.run_dir) / "model", None, quant)
+            model = ev.load_trained(run, location, Path(a.run_dir))
         return ev.evaluate_model(model, tokenizer, data_dir, tokenized, settings)
 
     result = ev.record(Path(a.result), Path(a.samples), identity, data_dir, work)
@@ -147,14 +159,30 @@ STAGES = {
     "prepare-data": (prepare_data, ["dataset", "out"]),
     "tokenize": (tokenize, ["model", "model-dir", "tokenizer-dir", "data", "out"]),
     "train": (train, ["run", "model-dir", "tokenized", "run-dir", "result", "tracking"]),
-    "evaluate": (evaluate, ["run", "train-result", "run-dir", "model", "dataset-name", "model-dir",
-                            "data", "tokenized", "evaluation", "result", "samples"]),
+    "evaluate": (
+        evaluate,
+        [
+            "run",
+            "train-result",
+            "run-dir",
+            "model",
+            "dataset-name",
+            "model-dir",
+            "data",
+            "tokenized",
+            "evaluation",
+            "result",
+            "samples",
+        ],
+    ),
     "compile": (compile_report, ["experiment", "results", "out"]),
 }
 
 
 def add_parsers(subparsers) -> None:
-    stage = subparsers.add_parser("stage", help="run one workflow step (used by the Snakemake rules)")
+    stage = subparsers.add_parser(
+        "stage", help="run one workflow step (used by the Snakemake rules)"
+    )
     stages = stage.add_subparsers(dest="stage", required=True)
     for name, (func, options) in STAGES.items():
         p = stages.add_parser(name)

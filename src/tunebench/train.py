@@ -17,7 +17,7 @@ from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from tunebench import measure, models
-from tunebench.data.tokenize import load_split
+from tunebench.data.tokenize import TokenizedUnavailable, check_available, load_split
 from tunebench.io import write_json
 from tunebench.matrix import RunConfig
 
@@ -47,8 +47,11 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
     t = run.training
     dtype = models.training_dtype(t.precision)
     schedule = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.epochs}
-    save = {"save_strategy": "steps", "save_steps": t.save_steps} if t.save_steps else {
-        "save_strategy": "no"}
+    save = (
+        {"save_strategy": "steps", "save_steps": t.save_steps}
+        if t.save_steps
+        else {"save_strategy": "no"}
+    )
     return SFTConfig(
         output_dir=str(out_dir),
         **schedule,
@@ -90,13 +93,18 @@ def _tracking(tracking, run_dir: Path) -> str:
     return "wandb"
 
 
-def train_run(run: RunConfig, model_location: str, tokenized_dir: Path, run_dir: Path,
-              tracking) -> dict:
+def train_run(
+    run: RunConfig, model_location: str, tokenized_dir: Path, run_dir: Path, tracking
+) -> dict:
     set_seed(run.seed)
     measure.reset_peak_memory()
     tokenizer = models.load_tokenizer(run.model, model_location)
-    train_set, dropped_train = fit_length(load_split(tokenized_dir, "train"), run.training.max_length)
-    val_set, dropped_val = fit_length(load_split(tokenized_dir, "validation"), run.training.max_length)
+    train_set, dropped_train = fit_length(
+        load_split(tokenized_dir, "train"), run.training.max_length
+    )
+    val_set, dropped_val = fit_length(
+        load_split(tokenized_dir, "validation"), run.training.max_length
+    )
     dtype = models.training_dtype(run.training.precision)
     quant = None
     if run.method == "qlora":
@@ -122,8 +130,13 @@ def train_run(run: RunConfig, model_location: str, tokenized_dir: Path, run_dir:
     memory = measure.peak_memory()
     if guard.bad_loss is not None:
         step, loss = guard.bad_loss
-        return {"status": "failed", "reason": f"non-finite loss {loss} at step {step}",
-                "trainable_params": trainable, "total_params": total, **memory}
+        return {
+            "status": "failed",
+            "reason": f"non-finite loss {loss} at step {step}",
+            "trainable_params": trainable,
+            "total_params": total,
+            **memory,
+        }
     val_loss = trainer.evaluate(val_set)["eval_loss"] if len(val_set) else None
     trainer.save_model(str(run_dir / "model"))
     tokenizer.save_pretrained(str(run_dir / "model"))
@@ -153,22 +166,34 @@ def failure_status(err: BaseException) -> str:
         return "oom"
     if isinstance(err, models.ModelNotFound):
         return "missing_model"
+    if isinstance(err, TokenizedUnavailable):
+        return err.status
     return "failed"
 
 
-def run_and_record(run: RunConfig, builtin_dir: Path | None, tokenized_dir: Path,
-                   run_dir: Path, result_path: Path, tracking, threads: int) -> dict:
+def run_and_record(
+    run: RunConfig,
+    builtin_dir: Path | None,
+    tokenized_dir: Path,
+    run_dir: Path,
+    result_path: Path,
+    tracking,
+    threads: int,
+) -> dict:
     """Train and always write a result file; return it."""
     torch.set_num_threads(threads)
     started = time.time()
     try:
+        check_available(tokenized_dir)
         location = models.model_location(run.model, builtin_dir)
         outcome = train_run(run, location, tokenized_dir, run_dir, tracking)
     except (Exception, torch.OutOfMemoryError) as err:  # a failed run is a row, not a crash
         traceback.print_exc()
-        outcome = {"status": failure_status(err),
-                   "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-                   **measure.peak_memory()}
+        outcome = {
+            "status": failure_status(err),
+            "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            **measure.peak_memory(),
+        }
     hw = measure.hardware()
     result = {
         "run_id": run.run_id,

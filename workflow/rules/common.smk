@@ -1,7 +1,7 @@
 # The experiment -> wildcards and input functions. The matrix itself is computed by the
 # tunebench library (src/tunebench/matrix.py), the same code `tunebench plan` runs.
 
-import json
+import os
 
 from tunebench import layout
 from tunebench.cli import validate_data
@@ -9,7 +9,11 @@ from tunebench.matrix import baselines, dataset_key, model_key, tokenizer_key
 from tunebench.matrix import expand as expand_matrix
 
 EXPERIMENT = validate_data(dict(config), "experiment config")
-validate(EXPERIMENT.model_dump(mode="json"), "../schemas/experiment.schema.json")
+validate(
+    EXPERIMENT.model_dump(mode="json"),
+    "../schemas/experiment.schema.json",
+    set_default=False,
+)
 
 ROOT = str(layout.results_root(EXPERIMENT.name))
 RUNS = {run.run_id: run for run in expand_matrix(EXPERIMENT)}
@@ -29,8 +33,10 @@ wildcard_constraints:
     tokenizer=r"[^/]+",
 
 
-def at_root(pattern):
-    return f"{ROOT}/{pattern}"
+def at_root(pattern, **fields):
+    """A path under results/<experiment>/; fields fill some of the pattern's wildcards."""
+    path = f"{ROOT}/{pattern}"
+    return path.format(**fields) if fields else path
 
 
 def log_path(rule_name, name_pattern):
@@ -41,22 +47,58 @@ def base_model_dir(model):
     """The folder of a built-in base model (a DAG output); None for hub or local models."""
     if model.builtin is None:
         return None
-    return at_root(layout.BASE_MODEL.format(model=model_key(model)))
+    return at_root(layout.BASE_MODEL, model=model_key(model))
 
 
 def tokenized_dir(model, dataset):
     return at_root(
-        layout.TOKENIZED.format(dataset=dataset_key(dataset), tokenizer=tokenizer_key(model))
+        layout.TOKENIZED, dataset=dataset_key(dataset), tokenizer=tokenizer_key(model)
     )
 
 
-def model_inputs(model):
+def model_and_data_inputs(model, dataset):
+    """What a job needs to load a model and score it on a dataset."""
+    inputs = {
+        "tokenized": at_root(
+            layout.TOKENIZED_MANIFEST,
+            dataset=dataset_key(dataset),
+            tokenizer=tokenizer_key(model),
+        ),
+        "data": at_root(layout.DATA_MANIFEST, dataset=dataset_key(dataset)),
+    }
     folder = base_model_dir(model)
-    return [folder] if folder else []
+    if folder:
+        inputs["model"] = folder
+    return inputs
 
 
 def run_of(wildcards):
     return RUNS[wildcards.run_id]
+
+
+def train_inputs(wildcards):
+    run = run_of(wildcards)
+    return model_and_data_inputs(run.model, run.dataset)
+
+
+def evaluate_inputs(wildcards):
+    run = run_of(wildcards)
+    return {
+        "train": at_root(layout.TRAIN_RESULT, run_id=wildcards.run_id),
+        **model_and_data_inputs(run.model, run.dataset),
+    }
+
+
+def evaluate_base_inputs(wildcards):
+    return model_and_data_inputs(MODELS[wildcards.model], DATASETS[wildcards.dataset])
+
+
+def tokenizer_source(wildcards):
+    """A built-in tokenizer is a DAG output; a hub/local model brings its own."""
+    model = TOKENIZER_OWNER[wildcards.tokenizer]
+    if model.builtin is not None:
+        return {"tokenizer": at_root(layout.TOKENIZER, tokenizer=wildcards.tokenizer)}
+    return {}
 
 
 def comparison_outputs():

@@ -1,46 +1,29 @@
 # Held-out evaluation of every run, and of every untuned base model on the same test set.
 
 
-def evaluate_inputs(wildcards):
-    run = run_of(wildcards)
-    return {
-        "train": at_root(layout.TRAIN_RESULT),
-        "tokenized": tokenized_dir(run.model, run.dataset) + "/manifest.json",
-        "data": at_root(layout.DATA.format(dataset=dataset_key(run.dataset))) + "/manifest.json",
-        "model": model_inputs(run.model),
-    }
-
-
 rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
         result=at_root(layout.EVAL_RESULT),
         samples=at_root(layout.EVAL_SAMPLES),
+    log:
+        log_path("evaluate", "{run_id}"),
+    benchmark:
+        at_root("benchmarks/evaluate/{run_id}.tsv")
+    threads: EXPERIMENT.resources.threads
     params:
         run=lambda w: run_of(w).model_dump_json(),
         model_dir=lambda w: base_model_dir(run_of(w).model) or "",
         tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
-        data=lambda w: at_root(layout.DATA.format(dataset=dataset_key(run_of(w).dataset))),
-        run_dir=lambda w: at_root(layout.RUN.format(run_id=w.run_id)),
+        data=lambda w: at_root(layout.DATA, dataset=dataset_key(run_of(w).dataset)),
+        run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
-    threads: EXPERIMENT.resources.threads
-    log:
-        log_path("evaluate", "{run_id}"),
     shell:
         "tunebench stage evaluate --run {params.run:q} --train-result {input.train}"
-        " --run-dir {params.run_dir} --model-dir {params.model_dir:q} --data {params.data}"
+        " --run-dir {params.run_dir} --model-dir={params.model_dir:q} --data {params.data}"
         " --tokenized {params.tokenized} --evaluation {params.evaluation:q}"
         " --result {output.result} --samples {output.samples} --threads {threads} > {log} 2>&1"
-
-
-def evaluate_base_inputs(wildcards):
-    model, dataset = MODELS[wildcards.model], DATASETS[wildcards.dataset]
-    return {
-        "tokenized": tokenized_dir(model, dataset) + "/manifest.json",
-        "data": at_root(layout.DATA) + "/manifest.json",
-        "model": model_inputs(model),
-    }
 
 
 rule evaluate_base:
@@ -49,18 +32,18 @@ rule evaluate_base:
     output:
         result=at_root(layout.BASELINE_RESULT),
         samples=at_root(layout.BASELINE_SAMPLES),
-    params:
-        model=lambda w: MODELS[w.model].model_dump_json(),
-        dataset_name=lambda w: json.dumps(DATASETS[w.dataset].name),
-        model_dir=lambda w: base_model_dir(MODELS[w.model]) or "",
-        tokenized=lambda w: tokenized_dir(MODELS[w.model], DATASETS[w.dataset]),
-        data=lambda w: at_root(layout.DATA.format(dataset=w.dataset)),
-        evaluation=EXPERIMENT.evaluation.model_dump_json(),
-    threads: EXPERIMENT.resources.threads
     log:
         log_path("evaluate_base", "{model}.{dataset}"),
+    threads: EXPERIMENT.resources.threads
+    params:
+        model=lambda w: MODELS[w.model].model_dump_json(),
+        dataset_name=lambda w: DATASETS[w.dataset].name,
+        model_dir=lambda w: base_model_dir(MODELS[w.model]) or "",
+        tokenized=lambda w: tokenized_dir(MODELS[w.model], DATASETS[w.dataset]),
+        data=lambda w: at_root(layout.DATA, dataset=w.dataset),
+        evaluation=EXPERIMENT.evaluation.model_dump_json(),
     shell:
         "tunebench stage evaluate --model {params.model:q} --dataset-name {params.dataset_name:q}"
-        " --model-dir {params.model_dir:q} --data {params.data} --tokenized {params.tokenized}"
+        " --model-dir={params.model_dir:q} --data {params.data} --tokenized {params.tokenized}"
         " --evaluation {params.evaluation:q} --result {output.result}"
         " --samples {output.samples} --threads {threads} > {log} 2>&1"

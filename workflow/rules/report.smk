@@ -5,7 +5,7 @@ rule compile:
     input:
         runs=expand(at_root(layout.EVAL_RESULT), run_id=sorted(RUNS)),
         baselines=[
-            at_root(layout.BASELINE_RESULT.format(model=m, dataset=d)) for m, d in BASELINES
+            at_root(layout.BASELINE_RESULT, model=m, dataset=d) for m, d in BASELINES
         ],
     output:
         comparison_outputs(),
@@ -14,11 +14,11 @@ rule compile:
             caption="../report/quality_vs_memory.rst",
             category="Comparison",
         ),
-    params:
-        experiment=EXPERIMENT.model_dump_json(),
-        root=ROOT,
     log:
         log_path("compile", "comparison"),
+    params:
+        experiment=EXPERIMENT.model_dump_json(),
+        root=lambda w, output: os.path.dirname(output[0]),
     shell:
         "tunebench stage compile --experiment {params.experiment:q} --results {params.root}"
         " --out {params.root} > {log} 2>&1"

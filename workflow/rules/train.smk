@@ -2,29 +2,23 @@
 # and exits 0, so one failure does not cost the rest of the matrix.
 
 
-def train_inputs(wildcards):
-    run = run_of(wildcards)
-    return {
-        "tokenized": tokenized_dir(run.model, run.dataset) + "/manifest.json",
-        "model": model_inputs(run.model),
-    }
-
-
 rule train:
     input:
         unpack(train_inputs),
     output:
         at_root(layout.TRAIN_RESULT),
+    log:
+        log_path("train", "{run_id}"),
+    benchmark:
+        at_root("benchmarks/train/{run_id}.tsv")
+    threads: EXPERIMENT.resources.threads
     params:
         run=lambda w: run_of(w).model_dump_json(),
         model_dir=lambda w: base_model_dir(run_of(w).model) or "",
         tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
-        run_dir=lambda w: at_root(layout.RUN.format(run_id=w.run_id)),
+        run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
         tracking=EXPERIMENT.tracking.model_dump_json(),
-    threads: EXPERIMENT.resources.threads
-    log:
-        log_path("train", "{run_id}"),
     shell:
-        "tunebench stage train --run {params.run:q} --model-dir {params.model_dir:q}"
+        "tunebench stage train --run {params.run:q} --model-dir={params.model_dir:q}"
         " --tokenized {params.tokenized} --run-dir {params.run_dir} --result {output}"
         " --tracking {params.tracking:q} --threads {threads} > {log} 2>&1"

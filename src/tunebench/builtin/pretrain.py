@@ -36,7 +36,7 @@ def build_model(spec, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
 
 
 def packed_blocks(lines: list[str], tokenizer, block_size: int) -> Dataset:
-    """Concatenate the corpus (eos between lines) and cut it into equal blocks: standard LM packing."""
+    """Concatenate the corpus (EOS between lines) and cut it into equal blocks (LM packing)."""
     ids: list[int] = []
     for line in lines:
         ids.extend(tokenizer(line, add_special_tokens=False)["input_ids"])

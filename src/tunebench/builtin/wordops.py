@@ -60,8 +60,9 @@ def make_lexicon(n_words: int, seed: int, min_len: int = 3, max_len: int = 6) ->
     while len(words) < n_words:
         length = rng.randint(min_len, max_len)
         word = "".join(
-            rng.choice(CONSONANTS if i % 2 == 0 else VOWELS) if rng.random() < 0.8 else
-            rng.choice(LETTERS)
+            rng.choice(CONSONANTS if i % 2 == 0 else VOWELS)
+            if rng.random() < 0.8
+            else rng.choice(LETTERS)
             for i in range(length)
         )
         words.add(word)
@@ -96,5 +97,7 @@ def instruction_rows(words: list[str], operations: list[str]) -> list[dict]:
     for word in words:
         for op in operations:
             prompt, answer = OPERATIONS[op]
-            rows.append({"instruction": prompt.format(s=spaced(word)), "input": "", "output": answer(word)})
+            rows.append(
+                {"instruction": prompt.format(s=spaced(word)), "input": "", "output": answer(word)}
+            )
     return rows

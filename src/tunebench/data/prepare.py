@@ -30,7 +30,9 @@ def _check_alpaca(row: object, where: str) -> dict:
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for field in ("instruction", "output"):
         if field not in row:
-            raise DataError(f"{where}: missing field {field!r} (alpaca rows need instruction, output)")
+            raise DataError(
+                f"{where}: missing field {field!r} (alpaca rows need instruction, output)"
+            )
         if not isinstance(row[field], str):
             raise DataError(f"{where}: field {field!r} must be a string")
     if not row["output"].strip():
@@ -45,8 +47,10 @@ def load_rows(spec: DatasetSpec) -> tuple[list[dict], dict]:
         return wordops.instruction_rows(words, spec.operations), {"builtin": "wordops"}
     path = Path(spec.path)
     if not path.is_file():
-        raise DataError(f"{path}: dataset file not found (datasets[].path is relative to the "
-                        "directory you run tunebench from)")
+        raise DataError(
+            f"{path}: dataset file not found (datasets[].path is relative to the "
+            "directory you run tunebench from)"
+        )
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -74,7 +78,7 @@ def deduplicate(examples: list[dict]) -> tuple[list[dict], dict]:
     counts = {"exact_duplicates": 0, "normalised_duplicates": 0}
     for ex in examples:
         exact = json.dumps(ex["messages"], sort_keys=True)
-        norm = normalised(exact)
+        norm = tuple((m["role"], normalised(m["content"])) for m in ex["messages"])
         if exact in seen_exact:
             counts["exact_duplicates"] += 1
         elif norm in seen_norm:
@@ -92,8 +96,10 @@ def split(examples: list[dict], spec: DatasetSpec) -> dict[str, list[dict]]:
     n_test = max(1, round(len(order) * spec.test_fraction))
     n_val = round(len(order) * spec.validation_fraction)
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return {name: [examples[i] for i in sorted(idx)] for name, idx in
-            (("train", train), ("validation", val), ("test", test))}
+    return {
+        name: [examples[i] for i in sorted(idx)]
+        for name, idx in (("train", train), ("validation", val), ("test", test))
+    }
 
 
 def remove_leakage(splits: dict[str, list[dict]]) -> int:
@@ -114,16 +120,22 @@ def prepare(spec: DatasetSpec, out_dir: Path) -> dict:
     splits = split(examples, spec)
     leaked = remove_leakage(splits)
     if not splits["train"] or not splits["test"]:
-        raise DataError(f"dataset {spec.name!r}: too few examples for a train and a test split "
-                        f"({len(rows)} rows read)")
+        raise DataError(
+            f"dataset {spec.name!r}: too few examples for a train and a test split "
+            f"({len(rows)} rows read)"
+        )
     for name in SPLITS:
         write_jsonl(out_dir / f"{name}.jsonl", splits[name])
     manifest = {
         "dataset": spec.model_dump(mode="json"),
         "source": source,
         "format": "alpaca",
-        "counts": {"read": len(rows), **dup_counts, "leaked_prompts_removed": leaked,
-                   **{name: len(splits[name]) for name in SPLITS}},
+        "counts": {
+            "read": len(rows),
+            **dup_counts,
+            "leaked_prompts_removed": leaked,
+            **{name: len(splits[name]) for name in SPLITS},
+        },
         "test_sha256": hashlib.sha256((out_dir / "test.jsonl").read_bytes()).hexdigest(),
     }
     write_json(out_dir / "manifest.json", manifest)

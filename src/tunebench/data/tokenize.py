@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from tunebench.data.prepare import SPLITS
-from tunebench.io import atomic_path, read_jsonl, write_json
+from tunebench.io import atomic_path, read_json, read_jsonl, write_json
 
 ALPACA_PROMPT = "### Instruction:\n{user}\n\n### Response:\n"
 
@@ -43,20 +43,52 @@ def tokenize_example(tokenizer, messages: list[dict]) -> dict:
 def tokenize_dataset(tokenizer, data_dir: Path, out_dir: Path, tokenizer_source: str) -> dict:
     lengths = {}
     for name in SPLITS:
-        rows = [tokenize_example(tokenizer, ex["messages"]) | {"id": ex["id"]}
-                for ex in read_jsonl(data_dir / f"{name}.jsonl")]
-        columns = {k: [r[k] for r in rows] for k in ("id", "input_ids", "completion_mask",
-                                                     "prompt_length")}
+        rows = [
+            tokenize_example(tokenizer, ex["messages"]) | {"id": ex["id"]}
+            for ex in read_jsonl(data_dir / f"{name}.jsonl")
+        ]
+        columns = {
+            k: [r[k] for r in rows] for k in ("id", "input_ids", "completion_mask", "prompt_length")
+        }
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             Dataset.from_dict(columns).to_parquet(str(tmp))
-        lengths[name] = {"examples": len(rows),
-                         "max_tokens": max((len(r["input_ids"]) for r in rows), default=0),
-                         "tokens": sum(len(r["input_ids"]) for r in rows)}
-    manifest = {"tokenizer": tokenizer_source, "chat_template": bool(tokenizer.chat_template),
-                "splits": lengths}
+        lengths[name] = {
+            "examples": len(rows),
+            "max_tokens": max((len(r["input_ids"]) for r in rows), default=0),
+            "tokens": sum(len(r["input_ids"]) for r in rows),
+        }
+    manifest = {
+        "status": "ok",
+        "tokenizer": tokenizer_source,
+        "chat_template": bool(tokenizer.chat_template),
+        "splits": lengths,
+    }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 
 def load_split(tokenized_dir: Path, name: str) -> Dataset:
     return Dataset.from_parquet(str(tokenized_dir / f"{name}.parquet"))
+
+
+def write_unavailable(out_dir: Path, status: str, reason: str) -> None:
+    """Record that this tokenizer could not be loaded; runs that need it report the reason."""
+    for name in SPLITS:
+        with atomic_path(out_dir / f"{name}.parquet") as tmp:
+            Dataset.from_dict(
+                {"id": [], "input_ids": [], "completion_mask": [], "prompt_length": []}
+            ).to_parquet(str(tmp))
+    write_json(out_dir / "manifest.json", {"status": status, "reason": reason})
+
+
+class TokenizedUnavailable(RuntimeError):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def check_available(tokenized_dir: Path) -> None:
+    """Raise TokenizedUnavailable if tokenisation recorded a failure (e.g. a missing model)."""
+    manifest = read_json(tokenized_dir / "manifest.json")
+    if manifest.get("status", "ok") != "ok":
+        raise TokenizedUnavailable(manifest["status"], manifest["reason"])

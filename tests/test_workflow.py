@@ -1,0 +1,124 @@
+"""End to end: `tunebench run` drives real Snakemake jobs on a tiny experiment in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, tiny_experiment
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def tunebench(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [str(BIN / "tunebench"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def snakemake_dry_run(cwd: Path, experiment: Path) -> str:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            str(experiment),
+            "--dry-run",
+            "--cores",
+            "2",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    table = dry_run_output.split("Job stats:")[1] if "Job stats:" in dry_run_output else ""
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A tiny matrix plus a model whose folder does not exist; run once for the module."""
+    work = tmp_path_factory.mktemp("workflow")
+    exp = tiny_experiment()
+    exp["models"].append({"name": "ghost", "path": "models/not-there"})
+    path = work / "tiny.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    result = tunebench(work, "run", str(path), "--", "--cores", "2")
+    return work, path, exp, result
+
+
+def test_the_table_has_a_row_per_run_and_baseline(finished):
+    work, _, _, result = finished
+    table = pd.read_csv(work / "results" / "tiny" / "comparison.csv")
+    assert (work / "results" / "tiny" / "comparison.md").is_file(), result.stderr[-3000:]
+    assert (work / "results" / "tiny" / "plots" / "quality_vs_memory.png").stat().st_size > 1000
+    assert len(table) == 2 + 4  # baselines of m and ghost, full + lora for each
+    ok = table[table["model"] == "m"]
+    assert set(ok["status"]) == {"ok"}, ok[["run_id", "status", "reason"]].to_string()
+    base = ok[ok["method"] == "base"].iloc[0]
+    for _, row in ok[ok["method"] != "base"].iterrows():
+        # Fine-tuning on the task must beat the untuned model on held-out loss.
+        assert row["test_loss"] < base["test_loss"] - 0.2, row["run_id"]
+        assert row["trainable_params"] > 0 and row["train_seconds"] > 0
+        assert row["memory_kind"] == "cpu_peak_rss" and row["cost_usd"] > 0
+        assert row["test_sha256"] == base["test_sha256"]
+    samples = work / "results" / "tiny" / "runs" / ok.iloc[1]["run_id"] / "eval" / "samples.jsonl"
+    assert len(samples.read_text().splitlines()) == 40
+
+
+def test_a_missing_model_is_a_row_and_the_exit_code_says_so(finished):
+    work, _, _, result = finished
+    table = pd.read_csv(work / "results" / "tiny" / "comparison.csv")
+    ghost = table[table["model"] == "ghost"]
+    assert set(ghost["status"]) == {"missing_model"}
+    assert all("models/not-there" in reason for reason in ghost["reason"])
+    assert result.returncode == 1
+    assert "did not finish" in result.stdout
+
+
+def test_rerun_does_nothing_and_one_more_run_trains_only_that(finished):
+    work, path, exp, _ = finished
+    assert "Nothing to be done" in snakemake_dry_run(work, path)
+    exp = {**exp, "methods": [*exp["methods"], {"method": "lora", "ranks": [8], "label": "r8"}]}
+    path.write_text(yaml.safe_dump(exp))
+    jobs = planned_jobs(snakemake_dry_run(work, path))
+    assert jobs.get("train") == 2  # the new lora r8 run, for m and for ghost
+    assert jobs.get("evaluate") == 2
+    assert "pretrain_base" not in jobs and "prepare_data" not in jobs
+    assert "tokenize" not in jobs and "evaluate_base" not in jobs
+
+
+def test_rerun_retries_failed_steps(finished):
+    work, path, _, _ = finished
+    from tunebench.cli import retire_failed_runs
+
+    retried = retire_failed_runs(work / "results" / "tiny")
+    assert any("tokenized" in r for r in retried) and any("train" in r for r in retried)
+    jobs = planned_jobs(snakemake_dry_run(work, path))
+    assert jobs.get("tokenize") == 1  # the missing model's tokenizer, retried
