@@ -103,3 +103,10 @@ def test_schema_rejects_what_pydantic_rejects():
     jsonschema.validate(good, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**good, "surprise": 1}, schema)
+
+
+def test_every_shipped_experiment_is_valid():
+    files = sorted((REPO / "experiments").rglob("*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        load_experiment(path)

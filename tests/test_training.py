@@ -179,3 +179,16 @@ def test_failed_training_is_a_result_not_a_crash(tiny_model, tiny_data, tmp_path
 def test_without_the_workaround_this_cpu_loses_gradients():
     """Proves the test above can fail here: the bug is real on this CPU."""
     assert not _linear4bit_passes_input_grad(after_eval=True, workaround=False)
+
+
+def test_wandb_tracks_offline_without_a_key(tiny_model, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    _, model_dir = tiny_model
+    _, _, tokenized = tiny_data
+    run = run_for(METHODS["lora"], max_steps=4)
+    result = run_and_record(run, model_dir, tokenized, tmp_path, tmp_path / "result.json",
+                            Tracking(wandb=True, project="tunebench-test"), threads=1)
+    assert result["status"] == "ok", result["reason"]
+    offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from tunebench import layout
-from tunebench.matrix import MatrixError, baselines, expand
+from tunebench.matrix import SHOWN_AXES, MatrixError, baselines, expand
 from tunebench.spec import Experiment, key_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,17 +79,7 @@ def cmd_plan(args) -> int:
 
     exp = load_experiment(args.experiment)
     table = Table(title=f"{exp.name}: {len(expand(exp))} runs")
-    columns = [
-        "run_id",
-        "model",
-        "dataset",
-        "method",
-        "rank",
-        "alpha",
-        "quant_type",
-        "learning_rate",
-        "seed",
-    ]
+    columns = ["run_id", *SHOWN_AXES]
     for col in columns:
         table.add_column(col)
     for run in expand(exp):

@@ -62,6 +62,10 @@ def tokenizer_key(model: ModelSpec) -> str:
     return model_key(model)
 
 
+# The axes shown for each run in `tunebench plan` and the comparison table.
+SHOWN_AXES = ("model", "dataset", "method", "rank", "alpha", "quant_type", "learning_rate", "seed")
+
+
 class RunConfig(Strict):
     """Everything that determines what a training run computes."""
 

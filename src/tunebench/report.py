@@ -9,19 +9,12 @@ import pandas as pd
 
 from tunebench import layout, measure
 from tunebench.io import atomic_path, read_json
-from tunebench.matrix import baselines, dataset_key, expand, model_key
+from tunebench.matrix import SHOWN_AXES, baselines, dataset_key, expand, model_key
 from tunebench.spec import Experiment
 
 COLUMNS = [
     "run_id",
-    "model",
-    "dataset",
-    "method",
-    "rank",
-    "alpha",
-    "quant_type",
-    "learning_rate",
-    "seed",
+    *SHOWN_AXES,
     "status",
     "reason",
     "exact_match",
@@ -63,19 +56,7 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
     source = train or evaluation
     hw = source.get("provenance", {}).get("hardware", {})
     row = {
-        **{
-            k: axes.get(k)
-            for k in (
-                "model",
-                "dataset",
-                "method",
-                "rank",
-                "alpha",
-                "quant_type",
-                "learning_rate",
-                "seed",
-            )
-        },
+        **{k: axes.get(k) for k in SHOWN_AXES},
         "run_id": (train or evaluation).get("run_id"),
         "status": status,
         "reason": reason,
@@ -174,6 +155,7 @@ def write_outputs(table: pd.DataFrame, exp: Experiment, out_dir: Path) -> None:
     shown = table.drop(columns=["test_sha256"]).copy()
     for col in shown.select_dtypes("float").columns:
         shown[col] = shown[col].map(lambda v: f"{v:.4g}" if pd.notna(v) else "")
+    shown = shown.astype(object).where(shown.notna(), "")
     header = f"# {exp.name}: comparison\n\n{exp.description}\n"
     with atomic_path(out_dir / "comparison.md") as tmp:
         tmp.write_text(header + "\n" + shown.to_markdown(index=False) + "\n" + MARKDOWN_NOTES)
