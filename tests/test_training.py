@@ -187,8 +187,15 @@ def test_wandb_tracks_offline_without_a_key(tiny_model, tiny_data, tmp_path, mon
     _, model_dir = tiny_model
     _, _, tokenized = tiny_data
     run = run_for(METHODS["lora"], max_steps=4)
-    result = run_and_record(run, model_dir, tokenized, tmp_path, tmp_path / "result.json",
-                            Tracking(wandb=True, project="tunebench-test"), threads=1)
+    result = run_and_record(
+        run,
+        model_dir,
+        tokenized,
+        tmp_path,
+        tmp_path / "result.json",
+        Tracking(wandb=True, project="tunebench-test"),
+        threads=1,
+    )
     assert result["status"] == "ok", result["reason"]
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
