@@ -78,5 +78,5 @@ def tiny_data(tmp_path_factory, tiny_model) -> tuple[DatasetSpec, Path, Path]:
     spec = DatasetSpec(name="words", builtin="wordops", n_words=120)
     prepare(spec, root / "data")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model[1])
-    tokenize_dataset(tokenizer, root / "data", root / "tokenized", str(tiny_model[1]))
+    tokenize_dataset(tokenizer, spec, root / "data", root / "tokenized", str(tiny_model[1]))
     return spec, root / "data", root / "tokenized"

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunebench import measure, models
-from tunebench.data.prepare import normalised
+from tunebench import measure, metrics, models
+from tunebench.data.templates import cut_at_stop, render
 from tunebench.data.tokenize import TokenizedUnavailable, load_split
 from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
 
@@ -71,18 +71,6 @@ def generate(model, tokenizer, examples: list[dict], batch_size: int, max_new_to
     return [o.strip() for o in outputs]
 
 
-def score(predictions: list[str], references: list[str]) -> dict:
-    n = max(len(references), 1)
-    return {
-        "exact_match": sum(p == r.strip() for p, r in zip(predictions, references, strict=True))
-        / n,
-        "exact_match_normalised": sum(
-            normalised(p) == normalised(r) for p, r in zip(predictions, references, strict=True)
-        )
-        / n,
-    }
-
-
 def load_for_eval(
     spec, base_location: str, adapter_dir: Path | None, full_dir: Path | None, quant=None
 ):
@@ -109,36 +97,84 @@ def load_trained(run, base_location: str, run_dir: Path):
     return load_for_eval(run.model, base_location, run_dir / "model", None, quant)
 
 
+@torch.no_grad()
+def multiple_choice_accuracy(model, tokenizer, records: list[dict], spec, batch_size: int) -> dict:
+    """Pick the choice with the highest log-likelihood after the prompt (lm-eval's `acc`)."""
+    correct, picks = 0, []
+    device = model.device
+    for record in records:
+        prompt = render(record, tokenizer, spec.template, spec.custom_template).prompt
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        choice_ids = [
+            tokenizer(c, add_special_tokens=False)["input_ids"] for c in record["choices"]
+        ]
+        scores = []
+        for batch in _batches(choice_ids, batch_size):
+            seqs = [prompt_ids + c for c in batch]
+            ids = _pad(seqs, tokenizer.pad_token_id, left=False).to(device)
+            mask = _pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
+            logprobs = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logprobs = logprobs.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+            for row, c in zip(logprobs, batch, strict=True):
+                start = len(prompt_ids) - 1  # logits at t predict token t + 1
+                scores.append(row[start : start + len(c)].sum().item())
+        pick = max(range(len(scores)), key=scores.__getitem__)
+        picks.append(pick)
+        correct += pick == record["answer_index"]
+    return {"multiple_choice_accuracy": correct / max(len(records), 1)}, picks
+
+
 def evaluate_model(
-    model, tokenizer, data_dir: Path, tokenized_dir: Path, settings
+    model, tokenizer, data_dir: Path, tokenized_dir: Path, settings, spec
 ) -> tuple[dict, list]:
+    """Loss/perplexity on response tokens; the dataset's generation and choice metrics."""
     examples = load_split(tokenized_dir, "test").to_list()
     if settings.max_examples:
         examples = examples[: settings.max_examples]
-    references = {
-        ex["id"]: ex["messages"][-1]["content"] for ex in read_jsonl(data_dir / "test.jsonl")
-    }
-    refs = [references[ex["id"]] for ex in examples]
+    records = {ex["id"]: ex for ex in read_jsonl(data_dir / "test.jsonl")}
+    chosen = [records[ex["id"]] for ex in examples]
+    wanted = spec.evaluation.metrics
     started = time.perf_counter()
-    loss = heldout_loss(model, examples, tokenizer.pad_token_id, settings.batch_size)
-    predictions = generate(model, tokenizer, examples, settings.batch_size, settings.max_new_tokens)
-    metrics = {
-        **loss,
-        **score(predictions, refs),
-        "examples": len(examples),
-        "eval_seconds": time.perf_counter() - started,
-    }
+    results = {**heldout_loss(model, examples, tokenizer.pad_token_id, settings.batch_size)}
     samples = [
-        {
-            "id": ex["id"],
-            "prompt": tokenizer.decode(ex["input_ids"][: ex["prompt_length"]]),
-            "reference": ref,
-            "prediction": pred,
-            "exact_match": pred == ref.strip(),
-        }
-        for ex, ref, pred in zip(examples, refs, predictions, strict=True)
+        {"id": ex["id"], "prompt": tokenizer.decode(ex["input_ids"][: ex["prompt_length"]])}
+        for ex in examples
     ]
-    return metrics, samples
+    generation_metrics = [m for m in wanted if m in metrics.METRICS]
+    if generation_metrics and chosen and "messages" in chosen[0]:
+        template = read_json(tokenized_dir / "manifest.json")["template"]
+        raw = generate(model, tokenizer, examples, settings.batch_size, settings.max_new_tokens)
+        predictions = [cut_at_stop(p, template) for p in raw]
+        references = [r["messages"][-1]["content"] for r in chosen]
+        results |= metrics.corpus_scores(
+            predictions, references, generation_metrics, spec.evaluation.answer_pattern
+        )
+        for sample, pred, ref in zip(samples, predictions, references, strict=True):
+            sample |= {
+                "reference": ref,
+                "prediction": pred,
+                **metrics.example_scores(
+                    pred, ref, generation_metrics, spec.evaluation.answer_pattern
+                ),
+            }
+    if "multiple_choice_accuracy" in wanted:
+        if not all("choices" in r for r in chosen):
+            raise ValueError(
+                "multiple_choice_accuracy needs examples with choices "
+                "(datasets[].format: multiple_choice)"
+            )
+        scores, picks = multiple_choice_accuracy(
+            model, tokenizer, chosen, spec, settings.batch_size
+        )
+        results |= scores
+        for sample, record, pick in zip(samples, chosen, picks, strict=True):
+            sample |= {
+                "choices": record["choices"],
+                "answer_index": record["answer_index"],
+                "picked_index": pick,
+            }
+    results |= {"examples": len(examples), "eval_seconds": time.perf_counter() - started}
+    return results, samples
 
 
 class SkipEvaluation(RuntimeError):

@@ -32,9 +32,13 @@ ID_VERSION = 1
 DEFAULT_ALPHA_RATIO = 2.0
 
 
-def short_hash(payload: Any, n: int = 8) -> str:
+# Settings that only change how results are scored, not what is computed before scoring.
+SCORING_ONLY = {"dataset": {"evaluation"}}
+
+
+def short_hash(payload: Any, n: int = 8, exclude: dict | set | None = None) -> str:
     if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json", exclude_defaults=True)
+        payload = payload.model_dump(mode="json", exclude_defaults=True, exclude=exclude)
     data = payload
     text = json.dumps({"v": ID_VERSION, "data": data}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:n]
@@ -45,7 +49,7 @@ def model_key(model: ModelSpec) -> str:
 
 
 def dataset_key(dataset: DatasetSpec) -> str:
-    return f"{dataset.name}-{short_hash(dataset)}"
+    return f"{dataset.name}-{short_hash(dataset, exclude={'evaluation'})}"
 
 
 def tokenizer_key(model: ModelSpec) -> str:
@@ -94,7 +98,7 @@ class RunConfig(Strict):
         if self.label:
             parts.append(self.label)
         parts += [self.dataset.name, f"s{self.seed}"]
-        return "-".join(parts) + "-" + short_hash(self)
+        return "-".join(parts) + "-" + short_hash(self, exclude=SCORING_ONLY)
 
     def axes(self) -> dict[str, Any]:
         """The flat fields that include/exclude selectors and tables refer to."""

@@ -10,16 +10,11 @@ import pandas as pd
 from tunebench import layout, measure
 from tunebench.io import atomic_path, read_json
 from tunebench.matrix import SHOWN_AXES, baselines, dataset_key, expand, model_key
-from tunebench.spec import Experiment
+from tunebench.spec import METRIC_NAMES, Experiment
 
-COLUMNS = [
-    "run_id",
-    *SHOWN_AXES,
-    "status",
-    "reason",
-    "exact_match",
-    "exact_match_normalised",
-    "delta_exact_match_vs_base",
+IDENTITY = ["run_id", *SHOWN_AXES, "status", "reason"]
+# Metric columns, each followed by its delta vs the untuned base model, go between these two.
+MEASURES = [
     "test_loss",
     "test_perplexity",
     "validation_loss",
@@ -60,8 +55,8 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
         "run_id": (train or evaluation).get("run_id"),
         "status": status,
         "reason": reason,
-        "exact_match": evaluation.get("exact_match"),
-        "exact_match_normalised": evaluation.get("exact_match_normalised"),
+        **{metric: evaluation.get(metric) for metric in METRIC_NAMES},
+        **{k: v for k, v in evaluation.items() if k.startswith("lm_eval/")},
         "test_loss": evaluation.get("loss"),
         "test_perplexity": evaluation.get("perplexity"),
         "test_examples": evaluation.get("examples"),
@@ -116,12 +111,18 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
         }
         evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
         rows.append(_row(run.axes(), train, evaluation, exp))
-    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    base = table[table["method"] == "base"].set_index(["model", "dataset"])["exact_match"]
-    table["delta_exact_match_vs_base"] = [
-        em - base.get((m, d)) if em is not None and base.get((m, d)) is not None else None
-        for em, m, d in zip(table["exact_match"], table["model"], table["dataset"], strict=True)
-    ]
+    metrics = [m for m in METRIC_NAMES if any(r.get(m) is not None for r in rows)]
+    metrics += sorted({k for r in rows for k in r if k.startswith("lm_eval/")})
+    metric_columns = [c for m in metrics for c in (m, f"delta_{m}_vs_base")]
+    table = pd.DataFrame(rows).reindex(columns=IDENTITY + metric_columns + MEASURES)
+    table.attrs["metrics"] = metrics
+    keys = list(zip(table["model"], table["dataset"], strict=True))
+    for metric in metrics:
+        base = table[table["method"] == "base"].set_index(["model", "dataset"])[metric]
+        table[f"delta_{metric}_vs_base"] = [
+            value - base.get(key) if pd.notna(value) and pd.notna(base.get(key)) else None
+            for value, key in zip(table[metric], keys, strict=True)
+        ]
     _refuse_mismatched_test_sets(table)
     table = table.rename(columns={"cost": f"cost_{exp.cost.currency.lower()}"})
     return table
@@ -148,17 +149,39 @@ a CPU, imports included: the two are not comparable); `train_seconds` is the wal
 """
 
 
+def by_configuration(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of every finished configuration."""
+    keys = [axis for axis in SHOWN_AXES if axis != "seed"]
+    values = [*table.attrs.get("metrics", []), "test_loss", "train_seconds", "peak_memory_gb"]
+    done = table[table["status"] == "ok"]
+    grouped = done.groupby(keys, dropna=False, sort=False)[values]
+    summary = grouped.agg(["mean", "std"])
+    summary.columns = [f"{value}_{stat}" for value, stat in summary.columns]
+    summary.insert(0, "seeds", grouped.size())
+    return summary.reset_index()
+
+
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    shown = frame.copy()
+    for col in shown.select_dtypes("float").columns:
+        shown[col] = shown[col].map(lambda v: f"{v:.4g}" if pd.notna(v) else "")
+    return shown.astype(object).where(shown.notna(), "")
+
+
 def write_outputs(table: pd.DataFrame, exp: Experiment, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "comparison.csv") as tmp:
         table.to_csv(tmp, index=False)
-    shown = table.drop(columns=["test_sha256"]).copy()
-    for col in shown.select_dtypes("float").columns:
-        shown[col] = shown[col].map(lambda v: f"{v:.4g}" if pd.notna(v) else "")
-    shown = shown.astype(object).where(shown.notna(), "")
-    header = f"# {exp.name}: comparison\n\n{exp.description}\n"
+    summary = by_configuration(table)
+    with atomic_path(out_dir / "comparison_by_config.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    shown = _display(table.drop(columns=["test_sha256"]))
+    text = f"# {exp.name}: comparison\n\n{exp.description}\n\n" + shown.to_markdown(index=False)
+    if len(summary) and summary["seeds"].max() > 1:
+        text += "\n\n## Mean and standard deviation over seeds\n\n"
+        text += _display(summary).to_markdown(index=False)
     with atomic_path(out_dir / "comparison.md") as tmp:
-        tmp.write_text(header + "\n" + shown.to_markdown(index=False) + "\n" + MARKDOWN_NOTES)
+        tmp.write_text(text + "\n" + MARKDOWN_NOTES)
     with atomic_path(out_dir / "comparison.html") as tmp:
         tmp.write_text(f"<h1>{exp.name}</h1>\n" + shown.to_html(index=False, na_rep=""))
     plot_quality_vs_memory(table, out_dir / "plots" / "quality_vs_memory.png")
@@ -170,19 +193,20 @@ def plot_quality_vs_memory(table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = table[(table["status"] == "ok") & table["exact_match"].notna()]
+    metric = (table.attrs.get("metrics") or ["test_loss"])[0]
+    done = table[(table["status"] == "ok") & table[metric].notna()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, group in done.groupby("method"):
-        ax.scatter(group["peak_memory_gb"], group["exact_match"], label=method)
+        ax.scatter(group["peak_memory_gb"], group[metric], label=method)
         for _, r in group.iterrows():
             ax.annotate(
                 f"{r['model']}" + (f" r{int(r['rank'])}" if pd.notna(r["rank"]) else ""),
-                (r["peak_memory_gb"], r["exact_match"]),
+                (r["peak_memory_gb"], r[metric]),
                 fontsize=7,
             )
     kinds = ", ".join(sorted(done["memory_kind"].dropna().unique()))
     ax.set_xlabel(f"peak memory, GB ({kinds})")
-    ax.set_ylabel("exact match (held-out)")
+    ax.set_ylabel(f"{metric} (held-out test split)")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

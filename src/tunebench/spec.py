@@ -145,12 +145,92 @@ MethodSpec = Annotated[FullMethod | LoraMethod | QLoraMethod, Field(discriminato
 # ---------------------------------------------------------------- data, training, evaluation
 
 
+FORMATS = (
+    "alpaca",
+    "messages",
+    "sharegpt",
+    "prompt_completion",
+    "text",
+    "preference",
+    "multiple_choice",
+)
+METRIC_NAMES = (
+    "exact_match",
+    "exact_match_normalised",
+    "answer_accuracy",
+    "rouge_l",
+    "bleu",
+    "chrf",
+    "multiple_choice_accuracy",
+)
+
+
+class HubDataset(Strict):
+    """A Hugging Face hub dataset (or anything `datasets.load_dataset` accepts)."""
+
+    id: str
+    config: str | None = None
+    split: str | None = Field(
+        None,
+        description="one split to load and split by fractions; default: the dataset's own "
+        "train/validation/test splits when it has them",
+    )
+    revision: str | None = None
+
+
+class SplitFiles(Strict):
+    """A dataset that comes already split: one file per split."""
+
+    train: str
+    validation: str | None = None
+    test: str
+
+
+class DatasetEvaluation(Strict):
+    """How a dataset is scored. Not part of dataset keys or run ids: changing it re-scores only."""
+
+    metrics: list[Literal[METRIC_NAMES]] = Field(
+        ["exact_match", "exact_match_normalised"], min_length=1
+    )
+    answer_pattern: str | None = Field(
+        None,
+        description="regex whose last match (group 1) is the answer for answer_accuracy; "
+        "default: '#### 42', 'The answer is 42', else the last number",
+    )
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def compiles(cls, pattern):
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from err
+        return pattern
+
+
 class DatasetSpec(Strict):
-    """A dataset and how to split it. Built-in tasks are generated from a seed."""
+    """Exactly one source: builtin, path (one file), files (one per split) or hub."""
 
     name: Name
     builtin: Literal["wordops"] | None = None
-    path: str | None = Field(None, description="local JSONL file with alpaca rows")
+    path: str | None = Field(None, description="a .jsonl/.json/.csv/.tsv/.parquet file")
+    files: SplitFiles | None = None
+    hub: HubDataset | None = None
+    format: Literal[("auto", *FORMATS)] = "auto"
+    columns: dict[str, str] = Field(
+        {},
+        description="canonical field -> column in your data, "
+        "e.g. {instruction: question, output: answer}",
+    )
+    system_prompt: str | None = None
+    template: Literal["auto", "model", "alpaca", "chatml", "custom"] = Field(
+        "auto", description="auto: the model's chat template if it has one, else alpaca"
+    )
+    custom_template: str | None = Field(
+        None, description="a Jinja chat template (template: custom)"
+    )
+    loss_on: Literal["response", "all"] = "response"
     n_words: PositiveInt = Field(600, description="built-in wordops: size of the lexicon")
     operations: list[Literal["reverse", "first", "last", "count"]] = [
         "reverse",
@@ -158,16 +238,36 @@ class DatasetSpec(Strict):
         "last",
         "count",
     ]
-    test_fraction: float = Field(0.15, gt=0, lt=1)
-    validation_fraction: float = Field(0.05, ge=0, lt=1)
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="default 0.15")
+    validation_fraction: float | None = Field(None, ge=0, lt=1, description="default 0.05")
+    test_size: PositiveInt | None = Field(None, description="a count instead of a fraction")
+    validation_size: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     split_seed: int = 0
+    deduplicate: bool = True
+    leakage: Literal["remove", "report"] = Field(
+        "remove", description="held-out prompts that also occur in train"
+    )
+    bad_rows: Literal["error", "skip"] = Field("error", description="skip: count and drop them")
+    too_long: Literal["drop", "truncate"] = Field(
+        "drop", description="examples over training.max_length"
+    )
+    evaluation: DatasetEvaluation = DatasetEvaluation()
 
     @model_validator(mode="after")
-    def one_source(self):
-        if (self.builtin is None) == (self.path is None):
-            raise ValueError("give exactly one of builtin, path")
-        if self.test_fraction + self.validation_fraction >= 1:
+    def consistent(self):
+        given = [k for k in ("builtin", "path", "files", "hub") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of builtin, path, files, hub (got {given or 'none'})"
+            )
+        if self.test_fraction is not None and self.test_size is not None:
+            raise ValueError("give test_fraction or test_size, not both")
+        if self.validation_fraction is not None and self.validation_size is not None:
+            raise ValueError("give validation_fraction or validation_size, not both")
+        if (self.test_fraction or 0) + (self.validation_fraction or 0) >= 1:
             raise ValueError("test_fraction + validation_fraction must leave training data")
+        if (self.template == "custom") != (self.custom_template is not None):
+            raise ValueError("template: custom goes with custom_template (a Jinja template)")
         return self
 
 
@@ -201,11 +301,21 @@ class Training(Strict):
         return self
 
 
+class HarnessTasks(Strict):
+    """lm-evaluation-harness tasks, run on the base model and every fine-tuned model."""
+
+    tasks: list[str] = Field(min_length=1, description="task or group names, e.g. [hellaswag]")
+    include_path: str | None = Field(None, description="a folder of your own task YAML files")
+    num_fewshot: Annotated[int, Field(ge=0, le=100)] | None = None
+    limit: PositiveInt | None = Field(None, description="examples per task (all by default)")
+    batch_size: PositiveInt = 8
+
+
 class Evaluation(Strict):
+    lm_eval: HarnessTasks | None = Field(None, description="optional lm-evaluation-harness tasks")
     max_new_tokens: PositiveInt = 32
     batch_size: PositiveInt = 32
     max_examples: PositiveInt | None = Field(None, description="cap on test examples scored")
-    metric: Literal["exact_match"] = "exact_match"
 
 
 class Cost(Strict):

@@ -83,7 +83,8 @@ def tokenize(a) -> None:
         write_unavailable(Path(a.out), "missing_model", str(err))
         print(f"error: {err}")
         return
-    manifest = tokenize_dataset(tokenizer, Path(a.data), Path(a.out), location)
+    dataset = DatasetSpec.model_validate_json(a.dataset)
+    manifest = tokenize_dataset(tokenizer, dataset, Path(a.data), Path(a.out), location)
     print(json.dumps(manifest["splits"]))
 
 
@@ -115,6 +116,7 @@ def evaluate(a) -> None:
 
     torch.set_num_threads(a.threads)
     settings = Evaluation.model_validate_json(a.evaluation)
+    dataset = DatasetSpec.model_validate_json(a.dataset)
     data_dir, tokenized = Path(a.data), Path(a.tokenized)
 
     if a.run:
@@ -124,8 +126,8 @@ def evaluate(a) -> None:
     else:
         spec = ModelSpec.model_validate_json(a.model)
         identity = {
-            "run_id": f"base-{spec.name}-{a.dataset_name}",
-            "axes": {"model": spec.name, "dataset": a.dataset_name, "method": "base"},
+            "run_id": f"base-{spec.name}-{dataset.name}",
+            "axes": {"model": spec.name, "dataset": dataset.name, "method": "base"},
             "kind": "baseline",
         }
         trained = None
@@ -140,7 +142,22 @@ def evaluate(a) -> None:
             model = ev.load_for_eval(spec, location, None, None)
         else:
             model = ev.load_trained(run, location, Path(a.run_dir))
-        return ev.evaluate_model(model, tokenizer, data_dir, tokenized, settings)
+        scores, samples = ev.evaluate_model(
+            model, tokenizer, data_dir, tokenized, settings, dataset
+        )
+        if settings.lm_eval is not None:
+            from tunebench import harness
+
+            del model  # the harness loads its own copy
+            trained_dir = Path(a.run_dir) / "model" if trained is not None else None
+            full = trained is not None and run.method == "full"
+            scores |= harness.run_tasks(
+                settings.lm_eval,
+                location,
+                adapter_dir=None if full else trained_dir,
+                full_dir=trained_dir if full else None,
+            )
+        return scores, samples
 
     result = ev.record(Path(a.result), Path(a.samples), identity, data_dir, work)
     print(f"{identity['run_id']}: {result['status']} EM={result.get('exact_match')}")
@@ -157,7 +174,7 @@ STAGES = {
     "build-tokenizer": (build_tokenizer, ["model", "out"]),
     "pretrain": (pretrain, ["model", "tokenizer", "out", "work"]),
     "prepare-data": (prepare_data, ["dataset", "out"]),
-    "tokenize": (tokenize, ["model", "model-dir", "tokenizer-dir", "data", "out"]),
+    "tokenize": (tokenize, ["model", "dataset", "model-dir", "tokenizer-dir", "data", "out"]),
     "train": (train, ["run", "model-dir", "tokenized", "run-dir", "result", "tracking"]),
     "evaluate": (
         evaluate,
@@ -166,7 +183,7 @@ STAGES = {
             "train-result",
             "run-dir",
             "model",
-            "dataset-name",
+            "dataset",
             "model-dir",
             "data",
             "tokenized",

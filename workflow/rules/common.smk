@@ -5,7 +5,13 @@ import os
 
 from tunebench import layout
 from tunebench.cli import validate_data
-from tunebench.matrix import baselines, dataset_key, model_key, tokenizer_key
+from tunebench.matrix import (
+    SCORING_ONLY,
+    baselines,
+    dataset_key,
+    model_key,
+    tokenizer_key,
+)
 from tunebench.matrix import expand as expand_matrix
 
 EXPERIMENT = validate_data(dict(config), "experiment config")
@@ -74,6 +80,11 @@ def model_and_data_inputs(model, dataset):
 
 def run_of(wildcards):
     return RUNS[wildcards.run_id]
+
+
+def run_json(wildcards):
+    """The run's config without scoring-only settings: changing a metric must not retrain."""
+    return run_of(wildcards).model_dump_json(exclude=SCORING_ONLY)
 
 
 def train_inputs(wildcards):

@@ -58,6 +58,7 @@ rule tokenize:
         log_path("tokenize", "{dataset}.{tokenizer}"),
     params:
         model=lambda w: TOKENIZER_OWNER[w.tokenizer].model_dump_json(),
+        dataset=lambda w: DATASETS[w.dataset].model_dump_json(),
         tokenizer_dir=lambda w, input: (
             f"--tokenizer-dir {input.tokenizer}" if "tokenizer" in input.keys() else ""
         ),
@@ -66,5 +67,6 @@ rule tokenize:
             layout.TOKENIZED, dataset=w.dataset, tokenizer=w.tokenizer
         ),
     shell:
-        "tunebench stage tokenize --model {params.model:q} {params.tokenizer_dir}"
+        "tunebench stage tokenize --model {params.model:q} --dataset {params.dataset:q}"
+        " {params.tokenizer_dir}"
         " --data {params.data} --out {params.out} > {log} 2>&1"

@@ -13,14 +13,16 @@ rule evaluate:
         at_root("benchmarks/evaluate/{run_id}.tsv")
     threads: EXPERIMENT.resources.threads
     params:
-        run=lambda w: run_of(w).model_dump_json(),
+        run=run_json,
+        dataset=lambda w: DATASETS[dataset_key(run_of(w).dataset)].model_dump_json(),
         model_dir=lambda w: base_model_dir(run_of(w).model) or "",
         tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
         data=lambda w: at_root(layout.DATA, dataset=dataset_key(run_of(w).dataset)),
         run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
     shell:
-        "tunebench stage evaluate --run {params.run:q} --train-result {input.train}"
+        "tunebench stage evaluate --run {params.run:q} --dataset {params.dataset:q}"
+        " --train-result {input.train}"
         " --run-dir {params.run_dir} --model-dir={params.model_dir:q} --data {params.data}"
         " --tokenized {params.tokenized} --evaluation {params.evaluation:q}"
         " --result {output.result} --samples {output.samples} --threads {threads} > {log} 2>&1"
@@ -37,13 +39,13 @@ rule evaluate_base:
     threads: EXPERIMENT.resources.threads
     params:
         model=lambda w: MODELS[w.model].model_dump_json(),
-        dataset_name=lambda w: DATASETS[w.dataset].name,
+        dataset=lambda w: DATASETS[w.dataset].model_dump_json(),
         model_dir=lambda w: base_model_dir(MODELS[w.model]) or "",
         tokenized=lambda w: tokenized_dir(MODELS[w.model], DATASETS[w.dataset]),
         data=lambda w: at_root(layout.DATA, dataset=w.dataset),
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
     shell:
-        "tunebench stage evaluate --model {params.model:q} --dataset-name {params.dataset_name:q}"
+        "tunebench stage evaluate --model {params.model:q} --dataset {params.dataset:q}"
         " --model-dir={params.model_dir:q} --data {params.data} --tokenized {params.tokenized}"
         " --evaluation {params.evaluation:q} --result {output.result}"
         " --samples {output.samples} --threads {threads} > {log} 2>&1"

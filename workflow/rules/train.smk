@@ -13,7 +13,7 @@ rule train:
         at_root("benchmarks/train/{run_id}.tsv")
     threads: EXPERIMENT.resources.threads
     params:
-        run=lambda w: run_of(w).model_dump_json(),
+        run=run_json,
         model_dir=lambda w: base_model_dir(run_of(w).model) or "",
         tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
         run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),

@@ -1,141 +1,238 @@
-"""Rule prepare_data: load -> normalise to chat messages -> de-duplicate -> seeded split ->
-leakage check -> train/validation/test JSONL + manifest.json. Once per dataset key."""
+"""Rule prepare_data: load -> normalise to chat messages (or plain text) -> de-duplicate ->
+split -> leakage check -> train/validation/test JSONL + manifest.json. Once per dataset key.
+
+Every check runs before anything is written, so a bad input leaves no half-prepared dataset.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
-import re
+from collections import Counter
 from pathlib import Path
 
 from tunebench.builtin import wordops
+from tunebench.data import formats, sources
+from tunebench.data.sources import DataError
 from tunebench.io import write_json, write_jsonl
 from tunebench.spec import DatasetSpec
 
 SPLITS = ("train", "validation", "test")
+DEFAULT_TEST_FRACTION = 0.15
+DEFAULT_VALIDATION_FRACTION = 0.05
+MAX_REPORTED_BAD_ROWS = 20
+
+__all__ = ["SPLITS", "DataError", "prepare"]
+
+Records = list[tuple[str, dict]]
 
 
-class DataError(ValueError):
-    """A bad input row; the message names file and line."""
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def alpaca_to_messages(row: dict) -> list[dict]:
-    user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-
-
-def _check_alpaca(row: object, where: str) -> dict:
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for field in ("instruction", "output"):
-        if field not in row:
-            raise DataError(
-                f"{where}: missing field {field!r} (alpaca rows need instruction, output)"
-            )
-        if not isinstance(row[field], str):
-            raise DataError(f"{where}: field {field!r} must be a string")
-    if not row["output"].strip():
-        raise DataError(f"{where}: empty response in field 'output'")
-    return row
-
-
-def load_rows(spec: DatasetSpec) -> tuple[list[dict], dict]:
-    """Rows as alpaca dicts, plus source facts for the manifest."""
+def load_records(spec: DatasetSpec, bad: list[str]) -> tuple[dict[str, Records] | Records, dict]:
+    """Raw records with their locations: one list, or a dict of the source's own splits.
+    With bad_rows: skip, unreadable rows (bad JSON, wrong field count) are appended to `bad`."""
+    skipped = bad if spec.bad_rows == "skip" else None
     if spec.builtin == "wordops":
         words = wordops.make_lexicon(spec.n_words, seed=spec.split_seed)
-        return wordops.instruction_rows(words, spec.operations), {"builtin": "wordops"}
-    path = Path(spec.path)
-    if not path.is_file():
+        rows = wordops.instruction_rows(words, spec.operations)
+        return [(f"builtin:wordops:row {i + 1}", r) for i, r in enumerate(rows)], {
+            "builtin": "wordops"
+        }
+    if spec.path is not None:
+        return sources.read_file(Path(spec.path), skipped), {
+            "path": spec.path,
+            "sha256": _file_sha256(spec.path),
+        }
+    if spec.files is not None:
+        given = {s: getattr(spec.files, s) for s in SPLITS if getattr(spec.files, s)}
+        records = {s: sources.read_file(Path(p), skipped) for s, p in given.items()}
+        return records, {
+            "files": {s: {"path": p, "sha256": _file_sha256(p)} for s, p in given.items()}
+        }
+    hub = spec.hub
+    facts = {"hub": hub.id, "config": hub.config, "revision": hub.revision}
+    if hub.split:
+        return sources.read_hub(hub.id, hub.config, hub.split, hub.revision), {
+            **facts,
+            "split": hub.split,
+        }
+    available = sources.hub_splits(hub.id, hub.config, hub.revision)
+    own = {s: s for s in SPLITS if s in available}
+    if "train" in own and "test" in own:
+        return {s: sources.read_hub(hub.id, hub.config, s, hub.revision) for s in own}, {
+            **facts,
+            "splits": sorted(own),
+        }
+    return sources.read_hub(hub.id, hub.config, "train", hub.revision), {**facts, "split": "train"}
+
+
+def normalise_all(records: Records, spec: DatasetSpec, counts: Counter, bad: list) -> list[dict]:
+    """Internal examples; a bad row raises, or with bad_rows: skip is counted and dropped."""
+    examples = []
+    for where, record in records:
+        try:
+            examples.append(normalise_record(record, spec, where))
+        except DataError as err:
+            if spec.bad_rows == "error":
+                raise
+            counts["skipped_bad_rows"] += 1
+            bad.append(str(err))
+    return examples
+
+
+def normalise_record(record: dict, spec: DatasetSpec, where: str) -> dict:
+    columns = spec.columns or None
+    fmt = spec.format
+    if fmt == "multiple_choice" or (fmt == "auto" and "choices" in _mapped(record, columns)):
+        return multiple_choice(_mapped(record, columns), where, spec.system_prompt)
+    if fmt == "auto":
+        fmt = formats.detect_format(record, columns, where)
+    return formats.normalise(record, fmt, columns, where, spec.system_prompt)
+
+
+def _mapped(record: dict, columns: dict | None) -> dict:
+    if not columns:
+        return record
+    renamed = {
+        canonical: record[actual] for canonical, actual in columns.items() if actual in record
+    }
+    return {**record, **renamed}
+
+
+def multiple_choice(record: dict, where: str, system_prompt: str | None) -> dict:
+    """{question, choices: [...], answer: index or choice text or letter} -> a chat example
+    whose response is the correct choice, plus the choices for log-likelihood scoring."""
+    for field in ("question", "choices", "answer"):
+        if field not in record:
+            raise DataError(
+                f"{where}: missing field {field!r} (multiple_choice rows need "
+                "question, choices, answer)"
+            )
+    choices, answer = record["choices"], record["answer"]
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c.strip() for c in choices)
+    ):
         raise DataError(
-            f"{path}: dataset file not found (datasets[].path is relative to the "
-            "directory you run tunebench from)"
+            f"{where}: field 'choices' must be a list of at least two non-empty strings"
         )
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
-            rows.append(_check_alpaca(row, f"{path}:{lineno}"))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return rows, {"path": str(path), "sha256": digest}
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        index = answer
+    elif isinstance(answer, str) and answer in choices:
+        index = choices.index(answer)
+    elif isinstance(answer, str) and len(answer) == 1 and answer.upper() in letters:
+        index = letters.index(answer.upper())
+    else:
+        raise DataError(
+            f"{where}: field 'answer' must be a choice index, a letter or one of the "
+            f"choices, got {answer!r}"
+        )
+    messages = [
+        {"role": "user", "content": str(record["question"])},
+        {"role": "assistant", "content": choices[index]},
+    ]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return {"messages": messages, "choices": choices, "answer_index": index}
 
 
-def normalised(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def prompt_key(messages: list[dict]) -> str:
-    return normalised(" ".join(m["content"] for m in messages[:-1]))
-
-
-def deduplicate(examples: list[dict]) -> tuple[list[dict], dict]:
-    seen_exact, seen_norm, kept = set(), set(), []
-    counts = {"exact_duplicates": 0, "normalised_duplicates": 0}
+def deduplicate(examples: list[dict], counts: Counter) -> list[dict]:
+    seen_exact, seen_normalised, kept = set(), set(), []
     for ex in examples:
-        exact = json.dumps(ex["messages"], sort_keys=True)
-        norm = tuple((m["role"], normalised(m["content"])) for m in ex["messages"])
+        exact = json.dumps(ex, sort_keys=True)
+        normal = formats.prompt_text(ex) + "\x00" + _response_text(ex)
         if exact in seen_exact:
             counts["exact_duplicates"] += 1
-        elif norm in seen_norm:
+        elif normal in seen_normalised:
             counts["normalised_duplicates"] += 1
         else:
             kept.append(ex)
         seen_exact.add(exact)
-        seen_norm.add(norm)
-    return kept, counts
+        seen_normalised.add(normal)
+    return kept
+
+
+def _response_text(example: dict) -> str:
+    if "messages" in example:
+        return " ".join(example["messages"][-1]["content"].lower().split())
+    return ""
+
+
+def _size(n: int, fraction: float | None, size: int | None, default: float) -> int:
+    if size is not None:
+        return size
+    return round(n * (default if fraction is None else fraction))
 
 
 def split(examples: list[dict], spec: DatasetSpec) -> dict[str, list[dict]]:
+    """Seeded split by fractions or counts; the order of each split follows the source."""
     order = list(range(len(examples)))
     random.Random(spec.split_seed).shuffle(order)
-    n_test = max(1, round(len(order) * spec.test_fraction))
-    n_val = round(len(order) * spec.validation_fraction)
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return {
-        name: [examples[i] for i in sorted(idx)]
-        for name, idx in (("train", train), ("validation", val), ("test", test))
+    n_test = max(1, _size(len(order), spec.test_fraction, spec.test_size, DEFAULT_TEST_FRACTION))
+    n_val = _size(
+        len(order), spec.validation_fraction, spec.validation_size, DEFAULT_VALIDATION_FRACTION
+    )
+    if n_test + n_val >= len(order):
+        raise DataError(
+            f"dataset {spec.name!r}: {len(order)} examples cannot give {n_test} test "
+            f"and {n_val} validation examples and still leave training data"
+        )
+    parts = {
+        "test": order[:n_test],
+        "validation": order[n_test : n_test + n_val],
+        "train": order[n_test + n_val :],
     }
+    return {name: [examples[i] for i in sorted(parts[name])] for name in SPLITS}
 
 
-def remove_leakage(splits: dict[str, list[dict]]) -> int:
-    """Drop held-out examples whose prompt also occurs in train; return how many."""
-    train_prompts = {prompt_key(ex["messages"]) for ex in splits["train"]}
-    removed = 0
+def check_leakage(splits: dict[str, list[dict]], spec: DatasetSpec, counts: Counter) -> None:
+    """Held-out examples whose prompt also occurs in train: removed (default) or reported."""
+    train_prompts = {formats.prompt_text(ex) for ex in splits["train"]}
     for name in ("validation", "test"):
-        kept = [ex for ex in splits[name] if prompt_key(ex["messages"]) not in train_prompts]
-        removed += len(splits[name]) - len(kept)
-        splits[name] = kept
-    return removed
+        clean = [ex for ex in splits[name] if formats.prompt_text(ex) not in train_prompts]
+        counts[f"{name}_prompts_in_train"] = len(splits[name]) - len(clean)
+        if spec.leakage == "remove":
+            splits[name] = clean
 
 
 def prepare(spec: DatasetSpec, out_dir: Path) -> dict:
-    rows, source = load_rows(spec)
-    examples = [{"id": i, "messages": alpaca_to_messages(r)} for i, r in enumerate(rows)]
-    examples, dup_counts = deduplicate(examples)
-    splits = split(examples, spec)
-    leaked = remove_leakage(splits)
+    bad: list[str] = []
+    loaded, source = load_records(spec, bad)
+    counts: Counter = Counter({"skipped_bad_rows": len(bad)})
+    if isinstance(loaded, dict):  # the source's own splits
+        counts["read"] = sum(len(r) for r in loaded.values())
+        splits = {
+            name: deduplicate(normalise_all(loaded.get(name, []), spec, counts, bad), counts)
+            for name in SPLITS
+        }
+    else:
+        counts["read"] = len(loaded)
+        splits = split(deduplicate(normalise_all(loaded, spec, counts, bad), counts), spec)
+    check_leakage(splits, spec, counts)
     if not splits["train"] or not splits["test"]:
         raise DataError(
-            f"dataset {spec.name!r}: too few examples for a train and a test split "
-            f"({len(rows)} rows read)"
+            f"dataset {spec.name!r}: no training or no test examples left "
+            f"({counts['read']} rows read, {dict(counts)})"
         )
+    next_id = 0
+    for name in SPLITS:
+        for ex in splits[name]:
+            ex["id"] = next_id
+            next_id += 1
+        counts[name] = len(splits[name])
     for name in SPLITS:
         write_jsonl(out_dir / f"{name}.jsonl", splits[name])
     manifest = {
-        "dataset": spec.model_dump(mode="json"),
+        "dataset": spec.model_dump(mode="json", exclude={"evaluation"}),
         "source": source,
-        "format": "alpaca",
-        "counts": {
-            "read": len(rows),
-            **dup_counts,
-            "leaked_prompts_removed": leaked,
-            **{name: len(splits[name]) for name in SPLITS},
-        },
+        "counts": dict(counts),
+        "bad_rows": bad[:MAX_REPORTED_BAD_ROWS],
         "test_sha256": hashlib.sha256((out_dir / "test.jsonl").read_bytes()).hexdigest(),
     }
     write_json(out_dir / "manifest.json", manifest)

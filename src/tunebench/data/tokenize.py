@@ -12,39 +12,31 @@ from pathlib import Path
 from datasets import Dataset
 
 from tunebench.data.prepare import SPLITS
+from tunebench.data.templates import render, resolve
 from tunebench.io import atomic_path, read_json, read_jsonl, write_json
-
-ALPACA_PROMPT = "### Instruction:\n{user}\n\n### Response:\n"
-
-
-def render(tokenizer, messages: list[dict]) -> tuple[str, str]:
-    """(prompt text ending where the response starts, response text ending with EOS)."""
-    history, reply = messages[:-1], messages[-1]["content"]
-    if tokenizer.chat_template:
-        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-    else:
-        user = "\n\n".join(m["content"] for m in history)
-        prompt = (tokenizer.bos_token or "") + ALPACA_PROMPT.format(user=user)
-    return prompt, reply + (tokenizer.eos_token or "")
+from tunebench.spec import DatasetSpec
 
 
-def tokenize_example(tokenizer, messages: list[dict]) -> dict:
-    prompt, completion = render(tokenizer, messages)
+def tokenize_example(tokenizer, example: dict, spec: DatasetSpec) -> dict:
+    rendered = render(example, tokenizer, spec.template, spec.custom_template)
     # The template already holds any BOS, so no special tokens are added here.
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(rendered.prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(rendered.response, add_special_tokens=False)["input_ids"]
+    loss_on_prompt = 1 if spec.loss_on == "all" else 0
     return {
-        "input_ids": prompt_ids + completion_ids,
-        "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+        "input_ids": prompt_ids + response_ids,
+        "completion_mask": [loss_on_prompt] * len(prompt_ids) + [1] * len(response_ids),
         "prompt_length": len(prompt_ids),
     }
 
 
-def tokenize_dataset(tokenizer, data_dir: Path, out_dir: Path, tokenizer_source: str) -> dict:
+def tokenize_dataset(
+    tokenizer, spec: DatasetSpec, data_dir: Path, out_dir: Path, tokenizer_source: str
+) -> dict:
     lengths = {}
     for name in SPLITS:
         rows = [
-            tokenize_example(tokenizer, ex["messages"]) | {"id": ex["id"]}
+            tokenize_example(tokenizer, ex, spec) | {"id": ex["id"]}
             for ex in read_jsonl(data_dir / f"{name}.jsonl")
         ]
         columns = {
@@ -60,7 +52,8 @@ def tokenize_dataset(tokenizer, data_dir: Path, out_dir: Path, tokenizer_source:
     manifest = {
         "status": "ok",
         "tokenizer": tokenizer_source,
-        "chat_template": bool(tokenizer.chat_template),
+        "template": resolve(spec.template, tokenizer),
+        "loss_on": spec.loss_on,
         "splits": lengths,
     }
     write_json(out_dir / "manifest.json", manifest)
