@@ -82,3 +82,94 @@ def test_tokenised_masks_cover_exactly_the_response(tiny_data, tiny_model):
     ]
     assert sum(example["completion_mask"]) == len(example["input_ids"]) - example["prompt_length"]
     assert tokenizer.decode(response) == reference + tokenizer.eos_token
+
+
+ROWS_BY_FORMAT = {
+    "alpaca": lambda i: {"instruction": f"Say {i}", "input": "", "output": f"word {i}"},
+    "messages": lambda i: {
+        "messages": [
+            {"role": "user", "content": f"Say {i}"},
+            {"role": "assistant", "content": f"word {i}"},
+        ]
+    },
+    "sharegpt": lambda i: {
+        "conversations": [
+            {"from": "human", "value": f"Say {i}"},
+            {"from": "gpt", "value": f"word {i}"},
+        ]
+    },
+    "prompt_completion": lambda i: {"prompt": f"Say {i}", "completion": f"word {i}"},
+    "text": lambda i: {"text": f"the word {i} is a word"},
+    "preference": lambda i: {"prompt": f"Say {i}", "chosen": f"word {i}", "rejected": "no"},
+    "multiple_choice": lambda i: {
+        "question": f"Say {i}",
+        "choices": [f"word {i}", "no"],
+        "answer": 0,
+    },
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(ROWS_BY_FORMAT))
+@pytest.mark.parametrize("template", ["auto", "chatml"])
+def test_each_format_round_trips_to_the_training_text(fmt, template, tmp_path, tiny_model):
+    """Prepared and tokenised examples decode back to exactly the rendered training text,
+    with the loss mask starting where the response starts."""
+    from transformers import AutoTokenizer
+
+    from tunebench.data.templates import render
+    from tunebench.data.tokenize import tokenize_dataset
+
+    path = alpaca_file(tmp_path, [ROWS_BY_FORMAT[fmt](i) for i in range(30)])
+    spec = DatasetSpec(name="f", path=str(path), template=template)
+    manifest = prepare(spec, tmp_path / "data")
+    assert manifest["counts"]["read"] == 30
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model[1])
+    tokenize_dataset(tokenizer, spec, tmp_path / "data", tmp_path / "tok", "tiny")
+    example = read_jsonl(tmp_path / "data" / "train.jsonl")[0]
+    tokens = load_split(tmp_path / "tok", "train")[0]
+    rendered = render(example, tokenizer, template)
+    assert tokenizer.decode(tokens["input_ids"]) == rendered.prompt + rendered.response
+    response = [t for t, m in zip(tokens["input_ids"], tokens["completion_mask"], strict=True) if m]
+    assert tokenizer.decode(response) == rendered.response
+    if fmt == "text":
+        assert example["text"].startswith("the word")
+    else:
+        assert example["messages"][-1]["content"].startswith("word")
+
+
+def test_bad_rows_can_be_skipped_and_counted(tmp_path):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(30)]
+    rows[3] = {"instruction": "q3", "output": ""}
+    rows[7] = "{broken\n"
+    path = alpaca_file(tmp_path, rows)
+    manifest = prepare(DatasetSpec(name="f", path=str(path), bad_rows="skip"), tmp_path / "out")
+    assert manifest["counts"]["skipped_bad_rows"] == 2
+    assert any("rows.jsonl:8" in msg for msg in manifest["bad_rows"])
+    assert sum(manifest["counts"][s] for s in ("train", "validation", "test")) == 28
+
+
+def test_a_dataset_with_its_own_splits_keeps_them(tmp_path):
+    (tmp_path / "tr").mkdir()
+    train = alpaca_file(
+        tmp_path / "tr", [{"instruction": f"q{i}", "output": "a"} for i in range(9)]
+    )
+    test = tmp_path / "test.csv"
+    test.write_text("instruction,output\nt1,a\nt2,b\n")
+    spec = DatasetSpec(name="f", files={"train": str(train), "test": str(test)})
+    manifest = prepare(spec, tmp_path / "out")
+    assert manifest["counts"]["train"] == 9 and manifest["counts"]["test"] == 2
+    assert manifest["source"]["files"]["test"]["sha256"]
+
+
+@pytest.mark.parametrize("mode", ["drop", "truncate"])
+def test_too_long_examples_are_dropped_or_truncated(tiny_data, mode):
+    from tunebench.train import fit_length
+
+    _, _, tokenized = tiny_data
+    train = load_split(tokenized, "train")
+    limit = sorted(len(ids) for ids in train["input_ids"])[len(train) // 2]
+    over = sum(len(ids) > limit for ids in train["input_ids"])
+    fitted, affected = fit_length(train, limit, mode)
+    assert affected == over > 0
+    assert max(len(ids) for ids in fitted["input_ids"]) <= limit
+    assert len(fitted) == (len(train) if mode == "truncate" else len(train) - over)

@@ -122,3 +122,63 @@ def test_rerun_retries_failed_steps(finished):
     assert any("tokenized" in r for r in retried) and any("train" in r for r in retried)
     jobs = planned_jobs(snakemake_dry_run(work, path))
     assert jobs.get("tokenize") == 1  # the missing model's tokenizer, retried
+
+
+def test_user_files_from_disk_with_metrics_and_seeds(tmp_path):
+    """An alpaca JSON file and a messages JSONL file of the user's, two seeds, several metrics."""
+    import json
+
+    from tunebench.builtin import wordops
+
+    words = wordops.make_lexicon(120, seed=0)
+    alpaca = wordops.instruction_rows(words, ["reverse"])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "reverse.json").write_text(json.dumps(alpaca))
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": r["instruction"]},
+                {"role": "assistant", "content": r["output"]},
+            ]
+        }
+        for r in wordops.instruction_rows(words, ["count"])
+    ]
+    (tmp_path / "data" / "count.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    metrics = ["exact_match", "answer_accuracy", "rouge_l", "bleu", "chrf"]
+    exp = tiny_experiment(
+        methods=[{"method": "lora", "ranks": [4], "learning_rate": 5e-3}],
+        datasets=[
+            {"name": "reverse", "path": "data/reverse.json", "test_size": 20},
+            {
+                "name": "count",
+                "path": "data/count.jsonl",
+                "test_size": 20,
+                "evaluation": {"metrics": metrics},
+            },
+        ],
+    )
+    exp["training"]["seeds"] = [0, 1]
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    result = tunebench(tmp_path, "run", "exp.yaml", "--", "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "comparison.csv")
+    assert len(table) == 2 + 2 * 2 and set(table["status"]) == {"ok"}
+    count_rows = table[table["dataset"] == "count"]
+    for metric in metrics:
+        assert count_rows[metric].notna().all(), metric
+        assert f"delta_{metric}_vs_base" in table.columns
+    assert table[table["dataset"] == "reverse"]["rouge_l"].isna().all()
+    assert table.groupby("dataset")["test_sha256"].nunique().eq(1).all()
+    assert table["test_sha256"].nunique() == 2
+    by_config = pd.read_csv(tmp_path / "results" / "tiny" / "comparison_by_config.csv")
+    assert set(by_config[by_config["method"] != "base"]["seeds"]) == {2}
+    assert {"exact_match_mean", "exact_match_std"} <= set(by_config.columns)
+    assert (
+        "Mean and standard deviation over seeds"
+        in (tmp_path / "results" / "tiny" / "comparison.md").read_text()
+    )
+    manifest = json.loads(
+        next((tmp_path / "results" / "tiny" / "data").glob("count-*/manifest.json")).read_text()
+    )
+    assert manifest["counts"]["read"] == 120 and manifest["counts"]["test"] == 20

@@ -37,10 +37,20 @@ class LossGuard(TrainerCallback):
             control.should_training_stop = True
 
 
-def fit_length(dataset, max_length: int):
-    """Drop examples longer than max_length (response tokens would be cut off); count them."""
-    kept = dataset.filter(lambda ex: len(ex["input_ids"]) <= max_length)
-    return kept.remove_columns(["id", "prompt_length"]), len(dataset) - len(kept)
+def fit_length(dataset, max_length: int, too_long: str):
+    """Examples over max_length are dropped (default: their response would be cut) or truncated
+    (keeping the start, as TRL does). Returns the dataset and how many were affected."""
+    over = sum(len(ids) > max_length for ids in dataset["input_ids"])
+    if too_long == "truncate":
+        kept = dataset.map(
+            lambda ex: {
+                "input_ids": ex["input_ids"][:max_length],
+                "completion_mask": ex["completion_mask"][:max_length],
+            }
+        )
+    else:
+        kept = dataset.filter(lambda ex: len(ex["input_ids"]) <= max_length)
+    return kept.remove_columns(["id", "prompt_length"]), over
 
 
 def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
@@ -99,12 +109,9 @@ def train_run(
     set_seed(run.seed)
     measure.reset_peak_memory()
     tokenizer = models.load_tokenizer(run.model, model_location)
-    train_set, dropped_train = fit_length(
-        load_split(tokenized_dir, "train"), run.training.max_length
-    )
-    val_set, dropped_val = fit_length(
-        load_split(tokenized_dir, "validation"), run.training.max_length
-    )
+    limit, too_long = run.training.max_length, run.dataset.too_long
+    train_set, long_train = fit_length(load_split(tokenized_dir, "train"), limit, too_long)
+    val_set, long_val = fit_length(load_split(tokenized_dir, "validation"), limit, too_long)
     dtype = models.training_dtype(run.training.precision)
     quant = None
     if run.method == "qlora":
@@ -155,7 +162,10 @@ def train_run(
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "validation_loss": val_loss,
-        "dropped_too_long": {"train": dropped_train, "validation": dropped_val},
+        f"{'truncated' if too_long == 'truncate' else 'dropped'}_too_long": {
+            "train": long_train,
+            "validation": long_val,
+        },
         "log_history": trainer.state.log_history,
         **memory,
     }
