@@ -17,8 +17,21 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def tunebench(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+# Fake secrets given to the end-to-end run; none may appear in any file it writes.
+SECRETS = {
+    "HF_TOKEN": "hf_FAKEfakeFAKE1234567890",
+    "WANDB_API_KEY": "0123456789abcdef" * 2 + "fake",
+    "MY_DATABASE_PASSWORD": "correct-horse-battery-staple",
+}
+
+
+def tunebench(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None):
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
     return subprocess.run(
         [str(BIN / "tunebench"), *args],
         cwd=cwd,
@@ -67,9 +80,11 @@ def finished(tmp_path_factory):
     work = tmp_path_factory.mktemp("workflow")
     exp = tiny_experiment()
     exp["models"].append({"name": "ghost", "path": "models/not-there"})
+    exp["tracking"] = {"wandb": True}
     path = work / "tiny.yaml"
     path.write_text(yaml.safe_dump(exp))
-    result = tunebench(work, "run", str(path), "--", "--cores", "2")
+    secrets = {**SECRETS, "WANDB_MODE": "offline"}
+    result = tunebench(work, "run", str(path), "--", "--cores", "2", env=secrets)
     return work, path, exp, result
 
 
@@ -182,3 +197,15 @@ def test_user_files_from_disk_with_metrics_and_seeds(tmp_path):
         next((tmp_path / "results" / "tiny" / "data").glob("count-*/manifest.json")).read_text()
     )
     assert manifest["counts"]["read"] == 120 and manifest["counts"]["test"] == 20
+
+
+def test_no_secret_reaches_any_output(finished):
+    work, _, _, result = finished
+    written = [p for p in work.rglob("*") if p.is_file() and p.name != "tiny.yaml"]
+    assert len(written) > 50 and any("wandb" in str(p) for p in written)
+    for path in written:
+        data = path.read_bytes()
+        for name, value in SECRETS.items():
+            assert value.encode() not in data, f"{name} leaked into {path.relative_to(work)}"
+    for name, value in SECRETS.items():
+        assert value not in result.stdout + result.stderr, f"{name} leaked to the console"

@@ -20,6 +20,9 @@ from tunebench.spec import Experiment, key_path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_EXPERIMENT = "experiments/smoke.yaml"
 EXIT_INVALID = 2
+MAX_EXPERIMENT_BYTES = 1_000_000
+# Experiment files have no use for many aliases; a "billion laughs" file has thousands.
+MAX_YAML_ALIASES = 64
 
 
 class ExperimentError(ValueError):
@@ -30,6 +33,10 @@ def load_experiment(path: str | Path) -> Experiment:
     """Parse and validate an experiment file; ExperimentError names the key path or line."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_EXPERIMENT_BYTES:
+            raise ExperimentError(
+                f"{path}: larger than {MAX_EXPERIMENT_BYTES} bytes; not an experiment file"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise ExperimentError(f"{path}: no such experiment file") from err
@@ -38,6 +45,14 @@ def load_experiment(path: str | Path) -> Experiment:
             f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})"
         ) from err
     try:
+        aliases = sum(
+            isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)
+        )
+        if aliases > MAX_YAML_ALIASES:
+            raise ExperimentError(
+                f"{path}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); "
+                "refusing a file that expands exponentially"
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -58,9 +73,42 @@ def validate_data(data: dict, source: str = "experiment") -> Experiment:
         raise ExperimentError(f"{source}: invalid experiment\n  " + "\n  ".join(lines)) from err
     try:
         expand(exp)
+        check_paths(exp)
     except MatrixError as err:
         raise ExperimentError(f"{source}: invalid experiment\n  {err}") from err
     return exp
+
+
+def path_fields(exp: Experiment):
+    """(key path, value) of every file or folder an experiment names."""
+    for i, model in enumerate(exp.models):
+        if model.path:
+            yield f"models[{i}].path", model.path
+    for i, data in enumerate(exp.datasets):
+        if data.path:
+            yield f"datasets[{i}].path", data.path
+        for split in ("train", "validation", "test"):
+            value = getattr(data.files, split) if data.files else None
+            if value:
+                yield f"datasets[{i}].files.{split}", value
+    if exp.evaluation.lm_eval and exp.evaluation.lm_eval.include_path:
+        yield "evaluation.lm_eval.include_path", exp.evaluation.lm_eval.include_path
+
+
+def check_paths(exp: Experiment, project: Path | None = None) -> None:
+    """A relative path must stay inside the project (the directory tunebench runs in); a file
+    elsewhere must be named by an absolute path, so that escaping is always deliberate."""
+    project = (project or Path.cwd()).resolve()
+    for where, value in path_fields(exp):
+        if "\x00" in value:
+            raise MatrixError(where, "contains a NUL byte")
+        path = Path(value)
+        if not path.is_absolute() and not (project / path).resolve().is_relative_to(project):
+            raise MatrixError(
+                where,
+                f"{value!r} escapes the project directory {project}; "
+                "use an absolute path for a file outside it",
+            )
 
 
 def cmd_validate(args) -> int:
@@ -136,8 +184,25 @@ def profile_args(profile: str | None) -> list[str]:
     return args
 
 
+def locked_by_another_run(workdir: Path, snakemake_args: list[str]) -> bool:
+    """Snakemake locks the directory of a running workflow; say so before it does, clearly."""
+    if "--unlock" in snakemake_args:
+        return False
+    locks = workdir / ".snakemake" / "locks"
+    return locks.is_dir() and any(locks.iterdir())
+
+
 def cmd_run(args) -> int:
     exp = load_experiment(args.experiment)
+    if locked_by_another_run(Path.cwd(), args.snakemake):
+        # Checked before anything is touched: the other run's files are left alone.
+        print(
+            f"error: another tunebench run is working in {Path.cwd()} (Snakemake's lock in "
+            ".snakemake/locks). Wait for it to finish; if it was killed, clear the stale "
+            "lock with: tunebench run EXPERIMENT -- --unlock",
+            file=sys.stderr,
+        )
+        return 1
     root = layout.results_root(exp.name)
     retried = retire_failed_runs(root) if root.exists() else []
     if retried:

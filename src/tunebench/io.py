@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tunebench.redact import redact_data, secret_values
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -45,7 +47,7 @@ def atomic_dir(path: str | Path):
 
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(json.dumps(redact_data(data), indent=2, default=str) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -53,9 +55,10 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    secrets = secret_values()
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(redact_data(row, secrets), ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -290,7 +290,16 @@ class Training(Strict):
         "auto", description="auto: bf16 on a GPU that supports it, else fp32"
     )
     logging_steps: PositiveInt = 10
-    save_steps: PositiveInt | None = Field(None, description="checkpoint interval (default: end)")
+    save_steps: PositiveInt | None = Field(
+        None,
+        description="checkpoint interval; a killed or preempted run resumes from the last "
+        "checkpoint (default: no intermediate checkpoints)",
+    )
+    deterministic: bool = Field(
+        False,
+        description="deterministic kernels (torch.use_deterministic_algorithms); slower "
+        "on GPUs, and some ops then raise instead of running non-deterministically",
+    )
 
     _as_list = field_validator("seeds", mode="before")(as_list)
 
@@ -329,6 +338,11 @@ class Resources(Strict):
     """What one job may use. `threads` is also the torch thread count."""
 
     threads: PositiveInt = 1
+    memory_limit_gb: PositiveFloat | None = Field(
+        None,
+        description="stop a run whose process memory (RSS) exceeds this, as an `oom` row: "
+        "the CPU counterpart of a CUDA out-of-memory",
+    )
 
 
 class Tracking(Strict):

@@ -17,6 +17,9 @@ from tunebench.spec import DatasetSpec, Evaluation, Experiment, ModelSpec, Track
 
 
 def _quiet_libraries() -> None:
+    from tunebench.redact import protect_output_streams
+
+    protect_output_streams()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
@@ -101,6 +104,7 @@ def train(a) -> None:
         Path(a.result),
         Tracking.model_validate_json(a.tracking),
         a.threads,
+        int(a.memory_limit_mb) / 1024 if a.memory_limit_mb and int(a.memory_limit_mb) else None,
     )
     print(f"{run.run_id}: {result['status']} {result.get('reason', '')}")
 
@@ -175,7 +179,10 @@ STAGES = {
     "pretrain": (pretrain, ["model", "tokenizer", "out", "work"]),
     "prepare-data": (prepare_data, ["dataset", "out"]),
     "tokenize": (tokenize, ["model", "dataset", "model-dir", "tokenizer-dir", "data", "out"]),
-    "train": (train, ["run", "model-dir", "tokenized", "run-dir", "result", "tracking"]),
+    "train": (
+        train,
+        ["run", "model-dir", "tokenized", "run-dir", "result", "tracking", "memory-limit-mb"],
+    ),
     "evaluate": (
         evaluate,
         [

@@ -7,6 +7,7 @@ file records status and reason and the job exits 0, so the rest of the matrix go
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import traceback
@@ -31,10 +32,56 @@ class LossGuard(TrainerCallback):
         self.bad_loss = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not torch.isfinite(torch.tensor(float(loss))):
-            self.bad_loss = (state.global_step, loss)
-            control.should_training_stop = True
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                self.bad_loss = (state.global_step, f"{key} {value}")
+                control.should_training_stop = True
+                return
+
+
+class MemoryLimitExceeded(MemoryError):
+    """The CPU counterpart of a CUDA out-of-memory: the harness's own ceiling was crossed."""
+
+
+class MemoryCeiling(TrainerCallback):
+    """Stop a run whose process RSS exceeds `limit_gb` (resources.memory_limit_gb)."""
+
+    def __init__(self, limit_gb: float):
+        import psutil
+
+        self.limit = limit_gb * measure.GIB
+        self.process = psutil.Process()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        rss = self.process.memory_info().rss
+        if rss > self.limit:
+            raise MemoryLimitExceeded(
+                f"process memory {rss / measure.GIB:.2f} GB exceeds resources.memory_limit_gb "
+                f"{self.limit / measure.GIB:.2f} at step {state.global_step}"
+            )
+
+
+# Trainer writes trainer_state.json last: a checkpoint without it was cut off by a kill.
+CHECKPOINT_COMPLETE = "trainer_state.json"
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that was fully written; partial ones (killed mid-save) are moved
+    aside to `incomplete/` so that neither resume nor checkpoint rotation trips over them."""
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in found:
+        if (checkpoint / CHECKPOINT_COMPLETE).is_file():
+            return str(checkpoint)
+        (folder / "incomplete").mkdir(exist_ok=True)
+        checkpoint.rename(folder / "incomplete" / f"{checkpoint.name}-{time.time_ns()}")
+    return None
 
 
 def fit_length(dataset, max_length: int, too_long: str):
@@ -58,7 +105,7 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
     dtype = models.training_dtype(t.precision)
     schedule = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.epochs}
     save = (
-        {"save_strategy": "steps", "save_steps": t.save_steps}
+        {"save_strategy": "steps", "save_steps": t.save_steps, "save_total_limit": 2}
         if t.save_steps
         else {"save_strategy": "no"}
     )
@@ -89,6 +136,9 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         run_name=run.run_id,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        full_determinism=t.deterministic,
+        # The default (True) logs a NaN loss as a finite number: LossGuard must see it.
+        logging_nan_inf_filter=False,
     )
 
 
@@ -104,7 +154,12 @@ def _tracking(tracking, run_dir: Path) -> str:
 
 
 def train_run(
-    run: RunConfig, model_location: str, tokenized_dir: Path, run_dir: Path, tracking
+    run: RunConfig,
+    model_location: str,
+    tokenized_dir: Path,
+    run_dir: Path,
+    tracking,
+    memory_limit_gb: float | None = None,
 ) -> dict:
     set_seed(run.seed)
     measure.reset_peak_memory()
@@ -120,26 +175,30 @@ def train_run(
     model = models.load_base_model(run.model, model_location, dtype, quant)
     model, peft_config = models.prepare_for_method(run, model, run.training.gradient_checkpointing)
     guard = LossGuard()
+    callbacks = [guard] + ([MemoryCeiling(memory_limit_gb)] if memory_limit_gb else [])
     trainer = SFTTrainer(
         model=model,
         args=sft_config(run, run_dir / "checkpoints", _tracking(tracking, run_dir)),
         train_dataset=train_set,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[guard],
+        callbacks=callbacks,
     )
     if run.method == "qlora" and not torch.cuda.is_available():
         models.disable_cpu_bf16_repacking(trainer.model)
     trainable, total = models.count_parameters(trainer.model)
+    # A killed or preempted job left checkpoints: resume with optimizer, LR schedule, RNG and
+    # data-order state restored (Trainer does all four) instead of starting again.
+    checkpoint = last_complete_checkpoint(run_dir / "checkpoints")
     started = time.perf_counter()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - started
     memory = measure.peak_memory()
     if guard.bad_loss is not None:
         step, loss = guard.bad_loss
         return {
             "status": "failed",
-            "reason": f"non-finite loss {loss} at step {step}",
+            "reason": f"non-finite {loss} at step {step}",
             "trainable_params": trainable,
             "total_params": total,
             **memory,
@@ -158,6 +217,7 @@ def train_run(
         "train_tokens": tokens,
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "steps": output.global_step,
+        "resumed_from_step": int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None,
         "train_loss_mean": output.training_loss,
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
@@ -172,7 +232,7 @@ def train_run(
 
 
 def failure_status(err: BaseException) -> str:
-    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+    if isinstance(err, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(err).lower():
         return "oom"
     if isinstance(err, models.ModelNotFound):
         return "missing_model"
@@ -189,6 +249,7 @@ def run_and_record(
     result_path: Path,
     tracking,
     threads: int,
+    memory_limit_gb: float | None = None,
 ) -> dict:
     """Train and always write a result file; return it."""
     torch.set_num_threads(threads)
@@ -196,7 +257,7 @@ def run_and_record(
     try:
         check_available(tokenized_dir)
         location = models.model_location(run.model, builtin_dir)
-        outcome = train_run(run, location, tokenized_dir, run_dir, tracking)
+        outcome = train_run(run, location, tokenized_dir, run_dir, tracking, memory_limit_gb)
     except (Exception, torch.OutOfMemoryError) as err:  # a failed run is a row, not a crash
         traceback.print_exc()
         outcome = {

@@ -22,6 +22,7 @@ validate(
 )
 
 ROOT = str(layout.results_root(EXPERIMENT.name))
+MEMORY_LIMIT_MB = int((EXPERIMENT.resources.memory_limit_gb or 0) * 1024)
 RUNS = {run.run_id: run for run in expand_matrix(EXPERIMENT)}
 MODELS = {model_key(m): m for m in EXPERIMENT.models}
 DATASETS = {dataset_key(d): d for d in EXPERIMENT.datasets}

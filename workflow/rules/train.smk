@@ -12,6 +12,9 @@ rule train:
     benchmark:
         at_root("benchmarks/train/{run_id}.tsv")
     threads: EXPERIMENT.resources.threads
+    resources:
+        # The harness's own memory ceiling (0 = none); a resource, so changing it re-runs nothing.
+        memory_limit_mb=MEMORY_LIMIT_MB,
     params:
         run=run_json,
         model_dir=lambda w: base_model_dir(run_of(w).model) or "",
@@ -21,4 +24,5 @@ rule train:
     shell:
         "tunebench stage train --run {params.run:q} --model-dir={params.model_dir:q}"
         " --tokenized {params.tokenized} --run-dir {params.run_dir} --result {output}"
-        " --tracking {params.tracking:q} --threads {threads} > {log} 2>&1"
+        " --tracking {params.tracking:q} --memory-limit-mb {resources.memory_limit_mb}"
+        " --threads {threads} > {log} 2>&1"

@@ -50,7 +50,11 @@ def read_file(path: Path, errors: list[str] | None = None) -> Located:
     if suffix == ".parquet":
         records = _read_parquet(path)
     else:
-        text = _decode(path, path.read_bytes())
+        data = path.read_bytes()
+        if suffix == ".jsonl" and errors is not None:
+            text = _decode_skipping_lines(path, data, errors)
+        else:
+            text = _decode(path, data)
         if suffix == ".jsonl":
             records = _read_jsonl(path, text, errors)
         elif suffix == ".json":
@@ -72,6 +76,20 @@ def _decode(path: Path, data: bytes) -> str:
         raise DataError(
             f"{path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start})"
         ) from err
+
+
+def _decode_skipping_lines(path: Path, data: bytes, errors: list[str]) -> str:
+    """JSON Lines with bad_rows: skip: a line that is not UTF-8 is one bad row, blanked so the
+    other lines keep their numbers."""
+    lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")
+    decoded = []
+    for lineno, line in enumerate(lines, 1):
+        try:
+            decoded.append(line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            errors.append(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})")
+            decoded.append("")
+    return "\n".join(decoded)
 
 
 def _row_error(message: str, errors: list[str] | None) -> None:
