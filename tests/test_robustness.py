@@ -172,7 +172,8 @@ def test_a_second_run_in_the_same_directory_is_refused(tmp_path):
         assert "another tunebench run" in second.stdout + second.stderr
         assert first.poll() is None, "the first run must go on"
     finally:
-        os.killpg(first.pid, signal.SIGTERM)
+        # Snakemake waits for its running job on SIGTERM; the job here is long: kill it all.
+        os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
 
 

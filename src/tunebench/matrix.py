@@ -206,6 +206,8 @@ def expand(exp: Experiment) -> list[RunConfig]:
         runs = kept
     for i, selector in enumerate(exp.include):
         runs.extend(_included(exp, i, selector))
+    for i, override in enumerate(exp.resources.overrides):
+        _check_selector(f"resources.overrides[{i}].match", override.match)
     unique = {r.run_id: r for r in runs}
     if not unique:
         raise MatrixError("exclude", "the matrix is empty: every run was excluded")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench import layout, measure
+from tunebench import layout, measure, slurm
 from tunebench.io import atomic_path, read_json
 from tunebench.matrix import SHOWN_AXES, baselines, dataset_key, expand, model_key
 from tunebench.spec import METRIC_NAMES, Experiment
@@ -107,7 +107,8 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
         train = _read(root / layout.TRAIN_RESULT.format(run_id=run.run_id)) or {
             "run_id": run.run_id,
             "status": "missing",
-            "reason": "no training result",
+            # A job killed by the scheduler writes nothing: its Slurm state says why.
+            "reason": slurm.failure_reason(root / "runs" / run.run_id) or "no training result",
         }
         evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
         rows.append(_row(run.axes(), train, evaluation, exp))
@@ -168,23 +169,31 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
     return shown.astype(object).where(shown.notna(), "")
 
 
-def write_outputs(table: pd.DataFrame, exp: Experiment, out_dir: Path) -> None:
+PARTIAL = "comparison_partial"  # a table of an unfinished workflow; never the workflow target
+
+
+def write_outputs(
+    table: pd.DataFrame, exp: Experiment, out_dir: Path, stem: str = "comparison"
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "comparison.csv") as tmp:
+    with atomic_path(out_dir / f"{stem}.csv") as tmp:
         table.to_csv(tmp, index=False)
     summary = by_configuration(table)
-    with atomic_path(out_dir / "comparison_by_config.csv") as tmp:
+    with atomic_path(out_dir / f"{stem}_by_config.csv") as tmp:
         summary.to_csv(tmp, index=False)
     shown = _display(table.drop(columns=["test_sha256"]))
     text = f"# {exp.name}: comparison\n\n{exp.description}\n\n" + shown.to_markdown(index=False)
     if len(summary) and summary["seeds"].max() > 1:
         text += "\n\n## Mean and standard deviation over seeds\n\n"
         text += _display(summary).to_markdown(index=False)
-    with atomic_path(out_dir / "comparison.md") as tmp:
+    with atomic_path(out_dir / f"{stem}.md") as tmp:
         tmp.write_text(text + "\n" + MARKDOWN_NOTES)
-    with atomic_path(out_dir / "comparison.html") as tmp:
+    with atomic_path(out_dir / f"{stem}.html") as tmp:
         tmp.write_text(f"<h1>{exp.name}</h1>\n" + shown.to_html(index=False, na_rep=""))
-    plot_quality_vs_memory(table, out_dir / "plots" / "quality_vs_memory.png")
+    if stem == "comparison":
+        plot_quality_vs_memory(table, out_dir / "plots" / "quality_vs_memory.png")
+        for stale in out_dir.glob(f"{PARTIAL}*"):  # the finished table replaces it
+            stale.unlink()
 
 
 def plot_quality_vs_memory(table: pd.DataFrame, path: Path) -> None:
@@ -215,7 +224,9 @@ def plot_quality_vs_memory(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def compile_comparison(exp: Experiment, root: Path, out_dir: Path) -> pd.DataFrame:
+def compile_comparison(
+    exp: Experiment, root: Path, out_dir: Path, partial: bool = False
+) -> pd.DataFrame:
     table = comparison_table(exp, root)
-    write_outputs(table, exp, out_dir)
+    write_outputs(table, exp, out_dir, PARTIAL if partial else "comparison")
     return table

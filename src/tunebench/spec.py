@@ -334,10 +334,43 @@ class Cost(Strict):
     currency: str = "USD"
 
 
+class JobResources(Strict):
+    """What one Snakemake job asks the scheduler for (Slurm: --gpus, --mem, --time, ...)."""
+
+    gpus: Annotated[int, Field(ge=0, le=64)] | None = None
+    gpu_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")] | None = Field(
+        None, description="e.g. a100, h100 (Slurm --gpus=MODEL:N)"
+    )
+    cpus_per_gpu: PositiveInt | None = None
+    mem_gb: PositiveFloat | None = None
+    runtime_minutes: PositiveInt | None = None
+
+
+class ResourceOverride(Strict):
+    """Resources for the runs whose fields all match (like an exclude selector)."""
+
+    match: dict[str, Any] = Field(min_length=1)
+    train: JobResources = JobResources()
+    evaluate: JobResources = JobResources()
+
+
 class Resources(Strict):
-    """What one job may use. `threads` is also the torch thread count."""
+    """What jobs may use. `threads` is also the torch thread count (Slurm: cpus per task)."""
 
     threads: PositiveInt = 1
+    partition: str | None = Field(
+        None,
+        description="Slurm partition; default $TUNEBENCH_SLURM_PARTITION, else the "
+        "cluster's default",
+    )
+    account: str | None = Field(None, description="Slurm account; default $TUNEBENCH_SLURM_ACCOUNT")
+    train: JobResources = JobResources(mem_gb=8, runtime_minutes=120)
+    evaluate: JobResources = JobResources(mem_gb=8, runtime_minutes=60)
+    default: JobResources = Field(
+        JobResources(mem_gb=4, runtime_minutes=60),
+        description="data preparation, pre-training, the table",
+    )
+    overrides: list[ResourceOverride] = []
     memory_limit_gb: PositiveFloat | None = Field(
         None,
         description="stop a run whose process memory (RSS) exceeds this, as an `oom` row: "

@@ -13,6 +13,8 @@ from tunebench.matrix import (
     tokenizer_key,
 )
 from tunebench.matrix import expand as expand_matrix
+from tunebench.resources import snakemake_resources
+from tunebench.slurm import normalise_cancelled_status
 
 EXPERIMENT = validate_data(dict(config), "experiment config")
 validate(
@@ -20,6 +22,9 @@ validate(
     "../schemas/experiment.schema.json",
     set_default=False,
 )
+
+# A scancel'ed Slurm job must end the workflow, not hang it (see tunebench/slurm.py).
+normalise_cancelled_status()
 
 ROOT = str(layout.results_root(EXPERIMENT.name))
 MEMORY_LIMIT_MB = int((EXPERIMENT.resources.memory_limit_gb or 0) * 1024)
@@ -111,6 +116,22 @@ def tokenizer_source(wildcards):
     if model.builtin is not None:
         return {"tokenizer": at_root(layout.TOKENIZER, tokenizer=wildcards.tokenizer)}
     return {}
+
+
+def run_resource(kind, name):
+    """A resource of a train/evaluate job of one run (resources.train/evaluate + overrides)."""
+    return lambda w: snakemake_resources(EXPERIMENT, kind, run_of(w).axes())[name]
+
+
+def base_resource(name):
+    """A resource of an untuned-model evaluation (resources.evaluate + overrides by model)."""
+    return lambda w: snakemake_resources(
+        EXPERIMENT, "evaluate", {"model": MODELS[w.model].name, "method": "base"}
+    )[name]
+
+
+# Data preparation, pre-training and the table: resources.default.
+SMALL_JOB = snakemake_resources(EXPERIMENT, "default")
 
 
 def comparison_outputs():

@@ -7,6 +7,11 @@ rule build_tokenizer:
         directory(at_root(layout.TOKENIZER)),
     log:
         log_path("build_tokenizer", "{tokenizer}"),
+    resources:
+        mem_mb=SMALL_JOB["mem_mb"],
+        runtime=SMALL_JOB["runtime"],
+        slurm_partition=SMALL_JOB["slurm_partition"],
+        slurm_account=SMALL_JOB["slurm_account"],
     params:
         model=lambda w: TOKENIZER_OWNER[w.tokenizer].model_dump_json(),
     shell:
@@ -25,6 +30,11 @@ rule pretrain_base:
     benchmark:
         at_root("benchmarks/pretrain_base/{model}.tsv")
     threads: EXPERIMENT.resources.threads
+    resources:
+        mem_mb=SMALL_JOB["mem_mb"],
+        runtime=SMALL_JOB["runtime"],
+        slurm_partition=SMALL_JOB["slurm_partition"],
+        slurm_account=SMALL_JOB["slurm_account"],
     params:
         model=lambda w: MODELS[w.model].model_dump_json(),
         work=lambda w: at_root("work/pretrain/{model}", model=w.model),
@@ -39,6 +49,11 @@ rule prepare_data:
         manifest=at_root(layout.DATA_MANIFEST),
     log:
         log_path("prepare_data", "{dataset}"),
+    resources:
+        mem_mb=SMALL_JOB["mem_mb"],
+        runtime=SMALL_JOB["runtime"],
+        slurm_partition=SMALL_JOB["slurm_partition"],
+        slurm_account=SMALL_JOB["slurm_account"],
     params:
         dataset=lambda w: DATASETS[w.dataset].model_dump_json(),
         out=lambda w: at_root(layout.DATA, dataset=w.dataset),
@@ -56,6 +71,11 @@ rule tokenize:
         manifest=at_root(layout.TOKENIZED_MANIFEST),
     log:
         log_path("tokenize", "{dataset}.{tokenizer}"),
+    resources:
+        mem_mb=SMALL_JOB["mem_mb"],
+        runtime=SMALL_JOB["runtime"],
+        slurm_partition=SMALL_JOB["slurm_partition"],
+        slurm_account=SMALL_JOB["slurm_account"],
     params:
         model=lambda w: TOKENIZER_OWNER[w.tokenizer].model_dump_json(),
         dataset=lambda w: DATASETS[w.dataset].model_dump_json(),

@@ -12,6 +12,14 @@ rule evaluate:
     benchmark:
         at_root("benchmarks/evaluate/{run_id}.tsv")
     threads: EXPERIMENT.resources.threads
+    resources:
+        mem_mb=run_resource("evaluate", "mem_mb"),
+        runtime=run_resource("evaluate", "runtime"),
+        gpu=run_resource("evaluate", "gpu"),
+        gpu_model=run_resource("evaluate", "gpu_model"),
+        cpus_per_gpu=run_resource("evaluate", "cpus_per_gpu"),
+        slurm_partition=run_resource("evaluate", "slurm_partition"),
+        slurm_account=run_resource("evaluate", "slurm_account"),
     params:
         run=run_json,
         dataset=lambda w: DATASETS[dataset_key(run_of(w).dataset)].model_dump_json(),
@@ -37,6 +45,14 @@ rule evaluate_base:
     log:
         log_path("evaluate_base", "{model}.{dataset}"),
     threads: EXPERIMENT.resources.threads
+    resources:
+        mem_mb=base_resource("mem_mb"),
+        runtime=base_resource("runtime"),
+        gpu=base_resource("gpu"),
+        gpu_model=base_resource("gpu_model"),
+        cpus_per_gpu=base_resource("cpus_per_gpu"),
+        slurm_partition=base_resource("slurm_partition"),
+        slurm_account=base_resource("slurm_account"),
     params:
         model=lambda w: MODELS[w.model].model_dump_json(),
         dataset=lambda w: DATASETS[w.dataset].model_dump_json(),

@@ -16,6 +16,11 @@ rule compile:
         ),
     log:
         log_path("compile", "comparison"),
+    resources:
+        mem_mb=SMALL_JOB["mem_mb"],
+        runtime=SMALL_JOB["runtime"],
+        slurm_partition=SMALL_JOB["slurm_partition"],
+        slurm_account=SMALL_JOB["slurm_account"],
     params:
         experiment=EXPERIMENT.model_dump_json(),
         root=lambda w, output: os.path.dirname(output[0]),

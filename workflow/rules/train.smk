@@ -13,6 +13,13 @@ rule train:
         at_root("benchmarks/train/{run_id}.tsv")
     threads: EXPERIMENT.resources.threads
     resources:
+        mem_mb=run_resource("train", "mem_mb"),
+        runtime=run_resource("train", "runtime"),
+        gpu=run_resource("train", "gpu"),
+        gpu_model=run_resource("train", "gpu_model"),
+        cpus_per_gpu=run_resource("train", "cpus_per_gpu"),
+        slurm_partition=run_resource("train", "slurm_partition"),
+        slurm_account=run_resource("train", "slurm_account"),
         # The harness's own memory ceiling (0 = none); a resource, so changing it re-runs nothing.
         memory_limit_mb=MEMORY_LIMIT_MB,
     params:

@@ -1,0 +1,185 @@
+"""The matrix on a real single-node Slurm cluster (scripts/local-slurm.sh): jobs go through
+snakemake-executor-plugin-slurm, GPU requests hit a fake GPU gres, a training job cancelled with
+scancel mid-run resumes from its checkpoint when the workflow is run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, tiny_experiment
+
+BIN = Path(sys.executable).parent
+SCRIPT = REPO / "scripts" / "local-slurm.sh"
+HAVE_SLURM = shutil.which("slurmctld") is not None and os.geteuid() == 0
+if not HAVE_SLURM and os.environ.get("CI"):
+    raise RuntimeError("CI must run the Slurm test: .ci/run installs slurm-wlm (as root)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not HAVE_SLURM,
+        reason="needs root and Debian's slurm-wlm: sudo scripts/local-slurm.sh install",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm-state")
+    env = {**os.environ, "TUNEBENCH_SLURM_STATE": str(state)}
+    subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=180)
+    pids = {p.stem: int(p.read_text()) for p in (state / "run").glob("*.pid")}
+    assert {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"} <= set(pids)
+    yield state
+    subprocess.run([str(SCRIPT), "stop"], env=env, check=True, timeout=180)
+    for name, pid in pids.items():  # exactly the daemons it started are gone
+        assert not Path(f"/proc/{pid}").exists(), f"{name} ({pid}) still running"
+
+
+def tunebench_slurm(workdir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.run(
+        [
+            str(BIN / "tunebench"),
+            "run",
+            "exp.yaml",
+            "--profile",
+            "slurm",
+            "--",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            "--slurm-no-account",
+            "--jobs",
+            "4",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def job_of(comment: str) -> str | None:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        job, _, job_comment = line.partition(" ")
+        if job_comment.strip() == comment:
+            return job
+    return None
+
+
+def cancel_when_checkpointed(run_dir: Path, run_id: str, cancelled: list) -> None:
+    """scancel the run's training job as soon as its first checkpoint is complete."""
+    checkpoint = run_dir / "checkpoints" / "checkpoint-25" / "trainer_state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and not checkpoint.is_file():
+        time.sleep(0.1)
+    job = job_of(f"rule_train_wildcards_{run_id}")
+    if job and checkpoint.is_file():
+        out = subprocess.run(["scancel", job], capture_output=True, text=True)
+        cancelled.append((job, out.returncode, out.stderr.strip()))
+
+
+def test_the_matrix_runs_on_slurm_and_a_cancelled_job_resumes(cluster, tmp_path):
+    exp = tiny_experiment(
+        methods=[
+            {"method": "full", "learning_rate": 2e-3},
+            {"method": "lora", "ranks": [4], "learning_rate": 5e-3},
+        ]
+    )
+    exp["training"].update(max_steps=400, save_steps=25)
+    exp["resources"] = {
+        "train": {"gpus": 1, "gpu_model": "fake", "mem_gb": 2, "runtime_minutes": 20},
+        "evaluate": {"mem_gb": 2, "runtime_minutes": 20},
+        "default": {"mem_gb": 2, "runtime_minutes": 20},
+        "overrides": [{"match": {"method": "full"}, "train": {"mem_gb": 3}}],
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    from tunebench.cli import validate_data
+    from tunebench.matrix import expand
+
+    runs = {r.method: r.run_id for r in expand(validate_data(exp))}
+    root = tmp_path / "results" / "tiny"
+    cancelled: list[str] = []
+    watcher = threading.Thread(
+        target=cancel_when_checkpointed,
+        args=(root / "runs" / runs["lora"], runs["lora"], cancelled),
+    )
+    watcher.start()
+    first = tunebench_slurm(tmp_path)
+    watcher.join()
+    assert cancelled, first.stdout[-3000:] + first.stderr[-3000:]
+    job, code, message = cancelled[0]
+    assert code == 0, message
+    assert first.returncode != 0
+    assert not (root / "comparison.csv").exists()
+    table = pd.read_csv(root / "comparison_partial.csv")
+    lora = table[table["run_id"] == runs["lora"]].iloc[0]
+    assert lora["status"] == "missing" and "CANCELLED" in lora["reason"], lora["reason"]
+    assert table[table["run_id"] == runs["full"]].iloc[0]["status"] == "ok"
+
+    # The training jobs ran as Slurm jobs, asking for the (fake) GPU and their memory.
+    accounting = subprocess.run(
+        [
+            "sacct",
+            "-n",
+            "-X",
+            "-P",
+            "-S",
+            "now-1hour",
+            "-o",
+            "JobID,Comment,State,AllocTRES,ReqMem",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    train_jobs = [
+        line.split("|") for line in accounting.splitlines() if "rule_train_wildcards_" in line
+    ]
+    assert len(train_jobs) == 2
+    assert all("gres/gpu=1" in job[3] for job in train_jobs)
+    assert {job[4] for job in train_jobs} == {"2G", "3G"}  # the override gave full 3 GB
+
+    second = tunebench_slurm(tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    resumed = json.loads((root / "runs" / runs["lora"] / "train" / "result.json").read_text())
+    assert resumed["status"] == "ok" and resumed["resumed_from_step"] >= 25
+    table = pd.read_csv(root / "comparison.csv")
+    assert set(table["status"]) == {"ok"}
+    assert not (root / "comparison_partial.csv").exists()
+    logs = root / "runs" / runs["lora"] / "slurm_logs" / "train"
+    assert job in {p.stem for p in logs.glob("*.log")}
+
+
+def test_cancelled_states_are_normalised_for_the_plugin():
+    """The plugin compares states exactly; "CANCELLED by 0" must read as "CANCELLED"."""
+    import asyncio
+
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    import snakemake_executor_plugin_slurm as plugin
+
+    from tunebench.slurm import normalise_cancelled_status
+
+    original = plugin.query_job_status
+    try:
+
+        async def fake(command, logger):
+            return {"6": "CANCELLED by 0", "7": "COMPLETED"}, 0.01
+
+        plugin.query_job_status = fake
+        assert normalise_cancelled_status()
+        states, _ = asyncio.run(plugin.query_job_status("sacct ...", None))
+        assert states == {"6": "CANCELLED", "7": "COMPLETED"}
+    finally:
+        plugin.query_job_status = original
