@@ -173,3 +173,14 @@ def test_too_long_examples_are_dropped_or_truncated(tiny_data, mode):
     assert affected == over > 0
     assert max(len(ids) for ids in fitted["input_ids"]) <= limit
     assert len(fitted) == (len(train) if mode == "truncate" else len(train) - over)
+
+
+def test_deduplication_can_be_turned_off(tmp_path):
+    rows = [{"instruction": f"q{i % 10}", "output": f"a{i % 10}"} for i in range(30)]
+    path = alpaca_file(tmp_path, rows)
+    kept = prepare(
+        DatasetSpec(name="f", path=str(path), deduplicate=False, leakage="report"), tmp_path / "all"
+    )
+    assert sum(kept["counts"][s] for s in ("train", "validation", "test")) == 30
+    deduped = prepare(DatasetSpec(name="f", path=str(path)), tmp_path / "dedup")
+    assert deduped["counts"]["exact_duplicates"] == 20

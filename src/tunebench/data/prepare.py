@@ -142,7 +142,10 @@ def multiple_choice(record: dict, where: str, system_prompt: str | None) -> dict
     return {"messages": messages, "choices": choices, "answer_index": index}
 
 
-def deduplicate(examples: list[dict], counts: Counter) -> list[dict]:
+def deduplicate(examples: list[dict], counts: Counter, enabled: bool = True) -> list[dict]:
+    """Drop exact and normalised (case, whitespace) duplicates, counting each kind."""
+    if not enabled:
+        return examples
     seen_exact, seen_normalised, kept = set(), set(), []
     for ex in examples:
         exact = json.dumps(ex, sort_keys=True)
@@ -208,12 +211,15 @@ def prepare(spec: DatasetSpec, out_dir: Path) -> dict:
     if isinstance(loaded, dict):  # the source's own splits
         counts["read"] = sum(len(r) for r in loaded.values())
         splits = {
-            name: deduplicate(normalise_all(loaded.get(name, []), spec, counts, bad), counts)
+            name: deduplicate(
+                normalise_all(loaded.get(name, []), spec, counts, bad), counts, spec.deduplicate
+            )
             for name in SPLITS
         }
     else:
         counts["read"] = len(loaded)
-        splits = split(deduplicate(normalise_all(loaded, spec, counts, bad), counts), spec)
+        examples = normalise_all(loaded, spec, counts, bad)
+        splits = split(deduplicate(examples, counts, spec.deduplicate), spec)
     check_leakage(splits, spec, counts)
     if not splits["train"] or not splits["test"]:
         raise DataError(
