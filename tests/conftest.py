@@ -10,6 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import copy  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -47,7 +48,7 @@ def tiny_experiment(**overrides) -> dict:
         "cost": {"price_per_hour": {"cpu": 0.5}},
     }
     exp.update(overrides)
-    return exp
+    return copy.deepcopy(exp)  # tests change what they get; nothing may leak into the next
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,20 @@ CASES: dict[str, tuple[list[dict], list[dict]]] = {
             {"messages": [user("Capital of Italy?"), assistant("Rome")], "rejected": "Milan"},
         ],
     ),
+    "multiple_choice": (
+        [
+            {"question": "2+2?", "choices": ["3", "4"], "answer": 1},
+            {"question": "Capital of France?", "choices": ["Paris", "Lyon"], "answer": "A"},
+        ],
+        [
+            {"messages": [user("2+2?"), assistant("4")], "choices": ["3", "4"], "answer_index": 1},
+            {
+                "messages": [user("Capital of France?"), assistant("Paris")],
+                "choices": ["Paris", "Lyon"],
+                "answer_index": 0,
+            },
+        ],
+    ),
 }
 
 # Which file types each format is written as; CSV/TSV only hold flat string columns.
@@ -431,8 +445,8 @@ def test_mapped_column_errors_name_the_users_column(tmp_path):
 
 
 def test_unknown_column_field_and_unknown_format():
-    message = error_of(detect_format, {"q": "x"}, {"answer": "q"}, "x:1")
-    assert message.startswith("x:1: datasets[].columns: unknown field 'answer'; known fields: ")
+    message = error_of(detect_format, {"q": "x"}, {"reply": "q"}, "x:1")
+    assert message.startswith("x:1: datasets[].columns: unknown field 'reply'; known fields: ")
     assert error_of(normalise, {"text": "t"}, "csv", None, "x:1").startswith(
         "x:1: unknown format 'csv'"
     )

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunebench.data.formats import FORMATS
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
@@ -145,15 +147,6 @@ MethodSpec = Annotated[FullMethod | LoraMethod | QLoraMethod, Field(discriminato
 # ---------------------------------------------------------------- data, training, evaluation
 
 
-FORMATS = (
-    "alpaca",
-    "messages",
-    "sharegpt",
-    "prompt_completion",
-    "text",
-    "preference",
-    "multiple_choice",
-)
 METRIC_NAMES = (
     "exact_match",
     "exact_match_normalised",

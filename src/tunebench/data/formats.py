@@ -12,7 +12,15 @@ from collections.abc import Mapping
 
 from tunebench.data.sources import DataError
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference")
+FORMATS = (
+    "alpaca",
+    "messages",
+    "sharegpt",
+    "prompt_completion",
+    "text",
+    "preference",
+    "multiple_choice",
+)
 CANONICAL_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
     "messages": ("messages",),
@@ -20,6 +28,7 @@ CANONICAL_FIELDS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
     "preference": ("prompt", "chosen", "rejected"),
+    "multiple_choice": ("question", "choices", "answer"),
 }
 KNOWN_FIELDS = sorted({field for fields in CANONICAL_FIELDS.values() for field in fields})
 ROLES = ("system", "user", "assistant")
@@ -86,6 +95,7 @@ def detect_format(record: dict, columns: Mapping[str, str] | None = None, where:
     if isinstance(row.data.get("messages"), list):
         return "messages"
     checks = (
+        ("multiple_choice", ("choices", "answer")),
         ("sharegpt", ("conversations",)),
         ("preference", ("chosen", "rejected")),
         ("alpaca", ("instruction", "output")),
@@ -119,6 +129,8 @@ def normalise(
     if fmt == "preference":
         messages, rejected = _preference(row)
         example = {"messages": messages, "rejected": rejected}
+    elif fmt == "multiple_choice":
+        example = _multiple_choice(row)
     else:
         example = {"messages": _CONVERTERS[fmt](row)}
     if system_prompt is not None and not any(m["role"] == "system" for m in example["messages"]):
@@ -215,6 +227,34 @@ _CONVERTERS = {
     "sharegpt": lambda row: _conversation(row, "conversations", sharegpt=True),
     "prompt_completion": _prompt_completion,
 }
+
+
+def _multiple_choice(row: _Row) -> dict:
+    """{question, choices, answer: index, letter or choice text} -> a chat example whose response
+    is the right choice, plus the choices for log-likelihood scoring."""
+    question, choices, answer = row.string("question"), row.get("choices"), row.get("answer")
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c.strip() for c in choices)
+    ):
+        raise row.error(
+            f"field {row.label('choices')} must be a list of at least two non-empty strings"
+        )
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        index = answer
+    elif isinstance(answer, str) and answer in choices:
+        index = choices.index(answer)
+    elif isinstance(answer, str) and len(answer) == 1 and answer.upper() in letters:
+        index = letters.index(answer.upper())
+    else:
+        raise row.error(
+            f"field {row.label('answer')} must be a choice index, a letter or one of the "
+            f"choices, got {answer!r}"
+        )
+    messages = [_message("user", question), _message("assistant", choices[index])]
+    return {"messages": messages, "choices": choices, "answer_index": index}
 
 
 def _normalised(text: str) -> str:

@@ -86,60 +86,8 @@ def normalise_all(records: Records, spec: DatasetSpec, counts: Counter, bad: lis
 
 def normalise_record(record: dict, spec: DatasetSpec, where: str) -> dict:
     columns = spec.columns or None
-    fmt = spec.format
-    if fmt == "multiple_choice" or (fmt == "auto" and "choices" in _mapped(record, columns)):
-        return multiple_choice(_mapped(record, columns), where, spec.system_prompt)
-    if fmt == "auto":
-        fmt = formats.detect_format(record, columns, where)
+    fmt = formats.detect_format(record, columns, where) if spec.format == "auto" else spec.format
     return formats.normalise(record, fmt, columns, where, spec.system_prompt)
-
-
-def _mapped(record: dict, columns: dict | None) -> dict:
-    if not columns:
-        return record
-    renamed = {
-        canonical: record[actual] for canonical, actual in columns.items() if actual in record
-    }
-    return {**record, **renamed}
-
-
-def multiple_choice(record: dict, where: str, system_prompt: str | None) -> dict:
-    """{question, choices: [...], answer: index or choice text or letter} -> a chat example
-    whose response is the correct choice, plus the choices for log-likelihood scoring."""
-    for field in ("question", "choices", "answer"):
-        if field not in record:
-            raise DataError(
-                f"{where}: missing field {field!r} (multiple_choice rows need "
-                "question, choices, answer)"
-            )
-    choices, answer = record["choices"], record["answer"]
-    if (
-        not isinstance(choices, list)
-        or len(choices) < 2
-        or not all(isinstance(c, str) and c.strip() for c in choices)
-    ):
-        raise DataError(
-            f"{where}: field 'choices' must be a list of at least two non-empty strings"
-        )
-    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
-        index = answer
-    elif isinstance(answer, str) and answer in choices:
-        index = choices.index(answer)
-    elif isinstance(answer, str) and len(answer) == 1 and answer.upper() in letters:
-        index = letters.index(answer.upper())
-    else:
-        raise DataError(
-            f"{where}: field 'answer' must be a choice index, a letter or one of the "
-            f"choices, got {answer!r}"
-        )
-    messages = [
-        {"role": "user", "content": str(record["question"])},
-        {"role": "assistant", "content": choices[index]},
-    ]
-    if system_prompt:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return {"messages": messages, "choices": choices, "answer_index": index}
 
 
 def deduplicate(examples: list[dict], counts: Counter, enabled: bool = True) -> list[dict]:
