@@ -199,3 +199,30 @@ def test_wandb_tracks_offline_without_a_key(tiny_model, tiny_data, tmp_path, mon
     assert result["status"] == "ok", result["reason"]
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
+
+
+def test_multiple_choice_picks_the_most_likely_choice(tiny_model):
+    """Batched scoring agrees with a plain one-sequence-at-a-time log-likelihood."""
+    spec, model_dir = tiny_model
+    tokenizer = models.load_tokenizer(spec, str(model_dir))
+    model = evaluate.load_for_eval(spec, str(model_dir), None, None)
+    records, examples = [], []
+    for word, answer in (("k a t o", 0), ("b e s u", 1), ("l i r", 2)):
+        prompt = tokenizer(f"the word {word} starts with", add_special_tokens=False)["input_ids"]
+        examples.append({"input_ids": prompt, "prompt_length": len(prompt)})
+        records.append({"choices": [" k", " b e", " l i r ."], "answer_index": answer})
+    scores, picks = evaluate.multiple_choice_accuracy(model, tokenizer, examples, records, 2)
+
+    def loglik(prompt: list[int], choice: str) -> float:
+        ids = prompt + tokenizer(choice, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        return sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
+
+    expected = [
+        max(range(3), key=lambda i: loglik(ex["input_ids"], r["choices"][i]))
+        for ex, r in zip(examples, records, strict=True)
+    ]
+    assert picks == expected
+    right = sum(p == r["answer_index"] for p, r in zip(picks, records, strict=True))
+    assert scores["multiple_choice_accuracy"] == pytest.approx(right / 3)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tunebench import measure, metrics, models
-from tunebench.data.templates import cut_at_stop, render
+from tunebench.data.templates import cut_at_stop
 from tunebench.data.tokenize import TokenizedUnavailable, load_split
 from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
 
@@ -98,13 +98,15 @@ def load_trained(run, base_location: str, run_dir: Path):
 
 
 @torch.no_grad()
-def multiple_choice_accuracy(model, tokenizer, records: list[dict], spec, batch_size: int) -> dict:
-    """Pick the choice with the highest log-likelihood after the prompt (lm-eval's `acc`)."""
+def multiple_choice_accuracy(
+    model, tokenizer, examples: list[dict], records: list[dict], batch_size: int
+) -> tuple[dict, list[int]]:
+    """Pick the choice with the highest log-likelihood after the prompt (lm-eval's `acc`).
+    The prompts are the tokenised test split's, exactly what the loss was measured on."""
     correct, picks = 0, []
     device = model.device
-    for record in records:
-        prompt = render(record, tokenizer, spec.template, spec.custom_template).prompt
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    for example, record in zip(examples, records, strict=True):
+        prompt_ids = example["input_ids"][: example["prompt_length"]]
         choice_ids = [
             tokenizer(c, add_special_tokens=False)["input_ids"] for c in record["choices"]
         ]
@@ -164,7 +166,7 @@ def evaluate_model(
                 "(datasets[].format: multiple_choice)"
             )
         scores, picks = multiple_choice_accuracy(
-            model, tokenizer, chosen, spec, settings.batch_size
+            model, tokenizer, examples, chosen, settings.batch_size
         )
         results |= scores
         for sample, record, pick in zip(samples, chosen, picks, strict=True):

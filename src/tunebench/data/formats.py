@@ -267,3 +267,8 @@ def prompt_text(example: dict) -> str:
     if "messages" in example:
         return "\n".join(_normalised(m["content"]) for m in example["messages"][:-1])
     return _normalised(example["text"])
+
+
+def response_text(example: dict) -> str:
+    """The response, normalised like prompt_text (a text example has none)."""
+    return _normalised(example["messages"][-1]["content"]) if "messages" in example else ""

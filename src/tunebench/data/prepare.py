@@ -97,7 +97,7 @@ def deduplicate(examples: list[dict], counts: Counter, enabled: bool = True) -> 
     seen_exact, seen_normalised, kept = set(), set(), []
     for ex in examples:
         exact = json.dumps(ex, sort_keys=True)
-        normal = formats.prompt_text(ex) + "\x00" + _response_text(ex)
+        normal = formats.prompt_text(ex) + "\x00" + formats.response_text(ex)
         if exact in seen_exact:
             counts["exact_duplicates"] += 1
         elif normal in seen_normalised:
@@ -107,12 +107,6 @@ def deduplicate(examples: list[dict], counts: Counter, enabled: bool = True) -> 
         seen_exact.add(exact)
         seen_normalised.add(normal)
     return kept
-
-
-def _response_text(example: dict) -> str:
-    if "messages" in example:
-        return " ".join(example["messages"][-1]["content"].lower().split())
-    return ""
 
 
 def _size(n: int, fraction: float | None, size: int | None, default: float) -> int:
