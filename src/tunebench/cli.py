@@ -220,24 +220,22 @@ def cmd_run(args) -> int:
     ]
     print("+ " + " ".join(command), flush=True)
     code = subprocess.call(command)
-    run_ids = [run.run_id for run in expand(exp)]
     from tunebench import slurm
+    from tunebench.report import PARTIAL, compile_comparison
 
-    slurm.link_logs(root, run_ids)
+    slurm.link_logs(root, [run.run_id for run in expand(exp)])
     if code != 0 and root.exists() and "--dry-run" not in args.snakemake:
         # Jobs killed by a scheduler never reach `compile`: build a partial table here, with
         # rows for what is missing, so the failures are visible. It is not the workflow's
         # target (comparison.*), so the next run still finishes the matrix.
-        from tunebench.report import PARTIAL, compile_comparison
-
         try:
             compile_comparison(exp, root, root, partial=True)
             print(f"\npartial comparison (workflow unfinished): {root / PARTIAL}.csv")
         except Exception as err:  # the table is a courtesy here; Snakemake's error stands
             print(f"(no comparison table: {err})", file=sys.stderr)
     table_path = root / "comparison.csv"
-    if code != 0 and (root / "comparison_partial.csv").is_file():
-        table_path = root / "comparison_partial.csv"
+    if code != 0 and (root / f"{PARTIAL}.csv").is_file():
+        table_path = root / f"{PARTIAL}.csv"
     if table_path.is_file():
         import pandas as pd
 
