@@ -8,16 +8,22 @@ export HF_HUB_OFFLINE ?= 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 EXPERIMENT ?= experiments/smoke.yaml
 
-.PHONY: env run test lint format schema clean-results
+# The HF stack's hash-locked CPU variant (containers/locks/); on a GPU host without containers:
+# make env LOCK=containers/locks/hf-cuda.txt PYTHON=python3.12 (the CUDA locks target 3.12).
+LOCK ?= containers/locks/hf-cpu.txt
+
+.PHONY: env run test lint format schema lock test-container clean-results
 
 env: $(VENV)/.installed
 
-# torch first, from constraints.txt, so no dependency can pull a CUDA build of several GB.
-$(VENV)/.installed: pyproject.toml constraints.txt
+# Only what the lock pins, each file checked against its hash (torch included: a CPU build here,
+# so nothing can pull GBs of CUDA wheels); then tunebench itself, and a record of the lock that
+# every result carries (with any drift from it).
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/tunebench env record hf $(LOCK)
 	touch $@
 
 run: env
@@ -39,6 +45,15 @@ format: env
 
 schema: env
 	$(BIN)/tunebench schema --output workflow/schemas/experiment.schema.json
+
+# Regenerate the four locks from pyproject.toml (UPGRADE=1 moves every pin to the newest allowed).
+lock: env
+	bash containers/lock.sh
+
+# Heavy, outside the default suite: build the HF image with podman on a local Debian base and
+# run a tiny experiment inside it to a finished table.
+test-container: env
+	bash containers/test-container.sh
 
 clean-results:
 	rm -rf results/*/ .snakemake

@@ -20,6 +20,14 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+
+
+# Every job's software: the pinned image of the HF stack (containers/Dockerfile.hf), used with
+# --sdm apptainer; train jobs of unsloth runs override it with the Unsloth image.
+container: image("hf")
+
+
+include: "workflow/rules/envs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

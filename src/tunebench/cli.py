@@ -271,9 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
     p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
     p.set_defaults(func=cmd_run)
-    from tunebench import stages
+    from tunebench import envs_cli, stages
 
     stages.add_parsers(sub)
+    envs_cli.add_parsers(sub)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []

@@ -67,7 +67,17 @@ def tokenizer_key(model: ModelSpec) -> str:
 
 
 # The axes shown for each run in `tunebench plan` and the comparison table.
-SHOWN_AXES = ("model", "dataset", "method", "rank", "alpha", "quant_type", "learning_rate", "seed")
+SHOWN_AXES = (
+    "model",
+    "dataset",
+    "method",
+    "backend",
+    "rank",
+    "alpha",
+    "quant_type",
+    "learning_rate",
+    "seed",
+)
 
 
 class RunConfig(Strict):
@@ -76,6 +86,8 @@ class RunConfig(Strict):
     model: ModelSpec
     dataset: DatasetSpec
     method: str
+    # Default hf: hashed only when not hf, so adding the axis kept every existing run id.
+    backend: str = "hf"
     label: str | None = None
     rank: int | None = None
     alpha: float | None = None
@@ -91,6 +103,8 @@ class RunConfig(Strict):
     @property
     def run_id(self) -> str:
         parts = [self.model.name, self.method]
+        if self.backend != "hf":
+            parts.append(self.backend)
         if self.rank is not None:
             parts.append(f"r{self.rank}")
         if self.quant_type is not None:
@@ -106,6 +120,7 @@ class RunConfig(Strict):
             "model": self.model.name,
             "dataset": self.dataset.name,
             "method": self.method,
+            "backend": self.backend,
             "label": self.label,
             "rank": self.rank,
             "alpha": self.alpha,
@@ -132,7 +147,15 @@ class MatrixError(ValueError):
 
 
 def _method_variants(method) -> list[dict[str, Any]]:
-    """One dict per point of the method's own axes (rank x alpha x quantisation x lr)."""
+    """One dict per point of the method's own axes (backend x rank x alpha x quant x lr)."""
+    return [
+        {**variant, "backend": backend}
+        for backend in method.backend
+        for variant in _method_variants_one_backend(method)
+    ]
+
+
+def _method_variants_one_backend(method) -> list[dict[str, Any]]:
     if isinstance(method, FullMethod):
         return [
             {"method": "full", "label": method.label, "learning_rate": lr}

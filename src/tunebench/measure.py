@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from tunebench import envs
+
 PACKAGES = (
     "tunebench",
     "torch",
@@ -27,6 +29,7 @@ PACKAGES = (
     "snakemake",
     "wandb",
     "unsloth",
+    "unsloth_zoo",
 )
 GIB = 1024**3
 
@@ -118,12 +121,27 @@ def git_commit() -> dict:
         return {"commit": "unknown", "dirty": None}
 
 
+def container_image() -> str:
+    """The image the job ran in, as the workflow named it (name@digest); "host" outside one."""
+    named = os.environ.get("TUNEBENCH_CONTAINER_IMAGE")
+    if named:  # the workflow sets it for every job: the image reference, or "host"
+        return named
+    # Run by hand: Apptainer and podman/docker mark their containers.
+    inside = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    if inside:
+        return inside
+    if Path("/run/.containerenv").exists() or Path("/.dockerenv").exists():
+        return "unnamed container"
+    return "host"
+
+
 def provenance() -> dict:
     return {
         "packages": package_versions(),
         "git": git_commit(),
         "hardware": hardware(),
-        "container_image": os.environ.get("TUNEBENCH_CONTAINER_IMAGE", "host"),
+        "container_image": container_image(),
+        "environment": envs.current(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -32,7 +32,7 @@ def model_location(spec: ModelSpec, builtin_dir: Path | None) -> str:
     return str(folder)
 
 
-def _hub_kwargs(spec: ModelSpec) -> dict:
+def hub_kwargs(spec: ModelSpec) -> dict:
     kwargs = {"trust_remote_code": spec.trust_remote_code}
     if spec.revision:
         kwargs["revision"] = spec.revision
@@ -45,7 +45,7 @@ def _hub_kwargs(spec: ModelSpec) -> dict:
 def load_tokenizer(spec: ModelSpec, location: str):
     """The first hub access of a run, so a missing or unreachable model fails here, clearly."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **_hub_kwargs(spec))
+        tokenizer = AutoTokenizer.from_pretrained(location, **hub_kwargs(spec))
     except OSError as err:
         hint = (
             " HF_HUB_OFFLINE=1 is set: download the model into the HF cache first"
@@ -100,7 +100,7 @@ def quantization_config(quant_type: str, double_quant: bool, compute_dtype: str)
 
 def load_base_model(spec: ModelSpec, location: str, dtype: torch.dtype, quant=None):
     """Load the untuned model; with `quant` (a BitsAndBytesConfig) in 4-bit for QLoRA."""
-    kwargs = _hub_kwargs(spec) | {"dtype": dtype}
+    kwargs = hub_kwargs(spec) | {"dtype": dtype}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}

@@ -86,9 +86,36 @@ class ModelSpec(Strict):
 # ---------------------------------------------------------------- methods
 
 
-class FullMethod(Strict):
-    method: Literal["full"]
+Backend = Literal["hf", "unsloth"]
+# What Unsloth's FastLanguageModel can train; the rest is rejected at validation, not at training.
+UNSLOTH_METHODS = ("full", "lora", "rslora", "qlora")
+
+
+class MethodBase(Strict):
     label: Name | None = None
+    backend: list[Backend] = Field(
+        ["hf"],
+        min_length=1,
+        description="hf: transformers + PEFT + bitsandbytes; unsloth: Unsloth's FastLanguageModel "
+        "in its own environment. A list is a matrix axis: [hf, unsloth] runs both side by side.",
+    )
+
+    _backend_list = field_validator("backend", mode="before")(as_list)
+
+    @model_validator(mode="after")
+    def backend_supports_method(self):
+        if "unsloth" in self.backend and self.method not in UNSLOTH_METHODS:
+            raise ValueError(
+                f"backend unsloth does not support method {self.method!r} "
+                f"(Unsloth trains {', '.join(UNSLOTH_METHODS)}); use backend: hf for it"
+            )
+        if len(set(self.backend)) != len(self.backend):
+            raise ValueError(f"backend lists a backend twice: {self.backend}")
+        return self
+
+
+class FullMethod(MethodBase):
+    method: Literal["full"]
     learning_rate: PositiveFloat | list[PositiveFloat] | None = None
 
     _as_list = field_validator("learning_rate", mode="before")(
@@ -99,11 +126,10 @@ class FullMethod(Strict):
 AdapterRank = Annotated[int, Field(gt=0, le=65536)]
 
 
-class LoraMethod(Strict):
+class LoraMethod(MethodBase):
     """LoRA and its variants: `dora` (weight-decomposed), `rslora` (rank-stabilised scaling)."""
 
     method: Literal["lora", "dora", "rslora"]
-    label: Name | None = None
     ranks: list[AdapterRank] = Field(min_length=1)
     alpha: list[PositiveFloat] | None = None
     alpha_ratio: list[PositiveFloat] | None = Field(
@@ -139,6 +165,16 @@ class Quantization(Strict):
 class QLoraMethod(LoraMethod):
     method: Literal["qlora"]
     quantization: Quantization
+
+    @model_validator(mode="after")
+    def unsloth_quantization(self):
+        q = self.quantization
+        if "unsloth" in self.backend and (q.quant_type != ["nf4"] or q.double_quant != [True]):
+            raise ValueError(
+                "backend unsloth quantises with nf4 and double quantisation only; "
+                "set quantization.quant_type: [nf4] and double_quant: [true], or use backend: hf"
+            )
+        return self
 
 
 MethodSpec = Annotated[FullMethod | LoraMethod | QLoraMethod, Field(discriminator="method")]

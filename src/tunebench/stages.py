@@ -93,9 +93,16 @@ def tokenize(a) -> None:
 
 def train(a) -> None:
     from tunebench.matrix import RunConfig
-    from tunebench.train import run_and_record
 
     run = RunConfig.model_validate_json(a.run)
+    backend_error = None
+    if run.backend == "unsloth":
+        try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
+            from tunebench import unsloth_backend  # noqa: F401
+        except Exception as err:  # e.g. no GPU with UNSLOTH_DISABLE_CPU_FALLBACK=1: a failed row
+            backend_error = err
+    from tunebench.train import run_and_record
+
     result = run_and_record(
         run,
         Path(a.model_dir) if a.model_dir else None,
@@ -105,6 +112,7 @@ def train(a) -> None:
         Tracking.model_validate_json(a.tracking),
         a.threads,
         int(a.memory_limit_mb) / 1024 if a.memory_limit_mb and int(a.memory_limit_mb) else None,
+        backend_error,
     )
     print(f"{run.run_id}: {result['status']} {result.get('reason', '')}")
 

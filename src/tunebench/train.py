@@ -122,7 +122,8 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optimizer,
-        gradient_checkpointing=t.gradient_checkpointing,
+        # Unsloth sets up its own checkpointing when it loads the model.
+        gradient_checkpointing=t.gradient_checkpointing and run.backend == "hf",
         packing=t.packing,
         max_length=t.max_length,
         completion_only_loss=True,
@@ -172,8 +173,16 @@ def train_run(
     if run.method == "qlora":
         quant = models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
         dtype = models.DTYPES[run.compute_dtype]
-    model = models.load_base_model(run.model, model_location, dtype, quant)
-    model, peft_config = models.prepare_for_method(run, model, run.training.gradient_checkpointing)
+    if run.backend == "unsloth":
+        from tunebench import unsloth_backend
+
+        model = unsloth_backend.load_model(run, model_location, dtype, models.hub_kwargs(run.model))
+        peft_config = None
+    else:
+        model = models.load_base_model(run.model, model_location, dtype, quant)
+        model, peft_config = models.prepare_for_method(
+            run, model, run.training.gradient_checkpointing
+        )
     guard = LossGuard()
     callbacks = [guard] + ([MemoryCeiling(memory_limit_gb)] if memory_limit_gb else [])
     trainer = SFTTrainer(
@@ -250,11 +259,15 @@ def run_and_record(
     tracking,
     threads: int,
     memory_limit_gb: float | None = None,
+    backend_error: BaseException | None = None,
 ) -> dict:
-    """Train and always write a result file; return it."""
+    """Train and always write a result file; return it. `backend_error`: the backend could not
+    be imported (e.g. Unsloth without a GPU): recorded as this run's failure."""
     torch.set_num_threads(threads)
     started = time.time()
     try:
+        if backend_error is not None:
+            raise backend_error
         check_available(tokenized_dir)
         location = models.model_location(run.model, builtin_dir)
         outcome = train_run(run, location, tokenized_dir, run_dir, tracking, memory_limit_gb)

@@ -2,8 +2,11 @@
 # tunebench library (src/tunebench/matrix.py), the same code `tunebench plan` runs.
 
 import os
+from pathlib import Path
 
-from tunebench import layout
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+from tunebench import envs, layout
 from tunebench.cli import validate_data
 from tunebench.matrix import (
     SCORING_ONLY,
@@ -88,6 +91,43 @@ def run_of(wildcards):
     return RUNS[wildcards.run_id]
 
 
+# ---------------------------------------------------------------- environments per backend
+# With --sdm apptainer every job runs in the pinned image of its backend (containers/); without,
+# hf jobs run in this environment and unsloth training in the Unsloth env, created on demand.
+PROJECT = Path(workflow.basedir)
+SOURCE = Path(envs.__file__).resolve().parents[1]
+IN_CONTAINERS = (
+    DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+)
+# The Unsloth env follows this env's torch build: hf-cpu -> unsloth-cpu, hf-cuda -> unsloth-cuda.
+VARIANT = (envs.current()["lock"] or f"hf-{envs.default_variant()}").removesuffix(
+    ".txt"
+)[3:]
+UNSLOTH_LOCK = envs.lock_file(PROJECT, "unsloth", VARIANT)
+UNSLOTH_ENV = envs.env_dir(UNSLOTH_LOCK) if UNSLOTH_LOCK.is_file() else None
+
+
+def image(backend):
+    return envs.image_reference(PROJECT, backend)
+
+
+def run_image(wildcards):
+    return image(run_of(wildcards).backend)
+
+
+def image_named(backend):
+    """What a job records as its container image: the reference it runs in, or "host"."""
+    return image(backend) if IN_CONTAINERS else "host"
+
+
+def tunebench_command(backend):
+    """The interpreter of a backend's stage: the Unsloth env's python (with this checkout's
+    code on its path) when it is not the image's own."""
+    if backend == "unsloth" and not IN_CONTAINERS:
+        return f"PYTHONPATH={SOURCE} {UNSLOTH_ENV}/bin/python -m tunebench.cli"
+    return "tunebench"
+
+
 def run_json(wildcards):
     """The run's config without scoring-only settings: changing a metric must not retrain."""
     return run_of(wildcards).model_dump_json(exclude=SCORING_ONLY)
@@ -95,7 +135,10 @@ def run_json(wildcards):
 
 def train_inputs(wildcards):
     run = run_of(wildcards)
-    return model_and_data_inputs(run.model, run.dataset)
+    inputs = model_and_data_inputs(run.model, run.dataset)
+    if run.backend == "unsloth" and not IN_CONTAINERS:
+        inputs["environment"] = str(UNSLOTH_ENV / envs.RECORD)
+    return inputs
 
 
 def evaluate_inputs(wildcards):

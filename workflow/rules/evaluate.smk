@@ -28,8 +28,9 @@ rule evaluate:
         data=lambda w: at_root(layout.DATA, dataset=dataset_key(run_of(w).dataset)),
         run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
+        image=image_named("hf"),
     shell:
-        "tunebench stage evaluate --run {params.run:q} --dataset {params.dataset:q}"
+        "TUNEBENCH_CONTAINER_IMAGE={params.image:q} tunebench stage evaluate --run {params.run:q} --dataset {params.dataset:q}"
         " --train-result {input.train}"
         " --run-dir {params.run_dir} --model-dir={params.model_dir:q} --data {params.data}"
         " --tokenized {params.tokenized} --evaluation {params.evaluation:q}"
@@ -60,8 +61,9 @@ rule evaluate_base:
         tokenized=lambda w: tokenized_dir(MODELS[w.model], DATASETS[w.dataset]),
         data=lambda w: at_root(layout.DATA, dataset=w.dataset),
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
+        image=image_named("hf"),
     shell:
-        "tunebench stage evaluate --model {params.model:q} --dataset {params.dataset:q}"
+        "TUNEBENCH_CONTAINER_IMAGE={params.image:q} tunebench stage evaluate --model {params.model:q} --dataset {params.dataset:q}"
         " --model-dir={params.model_dir:q} --data {params.data} --tokenized {params.tokenized}"
         " --evaluation {params.evaluation:q} --result {output.result}"
         " --samples {output.samples} --threads {threads} > {log} 2>&1"

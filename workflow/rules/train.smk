@@ -11,6 +11,8 @@ rule train:
         log_path("train", "{run_id}"),
     benchmark:
         at_root("benchmarks/train/{run_id}.tsv")
+    container:
+        run_image
     threads: EXPERIMENT.resources.threads
     resources:
         mem_mb=run_resource("train", "mem_mb"),
@@ -28,8 +30,10 @@ rule train:
         tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
         run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
         tracking=EXPERIMENT.tracking.model_dump_json(),
+        tunebench=lambda w: tunebench_command(run_of(w).backend),
+        image=lambda w: image_named(run_of(w).backend),
     shell:
-        "tunebench stage train --run {params.run:q} --model-dir={params.model_dir:q}"
+        "TUNEBENCH_CONTAINER_IMAGE={params.image:q} {params.tunebench} stage train --run {params.run:q} --model-dir={params.model_dir:q}"
         " --tokenized {params.tokenized} --run-dir {params.run_dir} --result {output}"
         " --tracking {params.tracking:q} --memory-limit-mb {resources.memory_limit_mb}"
         " --threads {threads} > {log} 2>&1"
