@@ -46,9 +46,11 @@ format: env
 schema: env
 	$(BIN)/tunebench schema --output workflow/schemas/experiment.schema.json
 
-# Regenerate the four locks from pyproject.toml (UPGRADE=1 moves every pin to the newest allowed).
+# Regenerate the four locks from pyproject.toml (UPGRADE=1 moves every pin to the newest allowed),
+# and the lock hashes the image records in containers/images.json will carry.
 lock: env
 	bash containers/lock.sh
+	containers/build.sh hf --no-build && containers/build.sh unsloth --no-build
 
 # Heavy, outside the default suite: build the HF image with podman on a local Debian base and
 # run a tiny experiment inside it to a finished table.

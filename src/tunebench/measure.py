@@ -118,7 +118,8 @@ def git_commit() -> dict:
         )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None}
+        # An image has no .git: its build recorded the commit (containers/build.sh).
+        return {"commit": os.environ.get("TUNEBENCH_GIT_COMMIT", "unknown"), "dirty": None}
 
 
 def container_image() -> str:

@@ -116,8 +116,12 @@ def run_image(wildcards):
 
 
 def image_named(backend):
-    """What a job records as its container image: the reference it runs in, or "host"."""
-    return image(backend) if IN_CONTAINERS else "host"
+    """What a job records as its container image: the reference --sdm apptainer runs it in;
+    else the one the whole workflow runs in (docker run -e TUNEBENCH_CONTAINER_IMAGE=...), or
+    "host"."""
+    if IN_CONTAINERS:
+        return image(backend)
+    return os.environ.get("TUNEBENCH_CONTAINER_IMAGE", "host")
 
 
 def tunebench_command(backend):
