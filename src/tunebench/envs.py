@@ -137,9 +137,14 @@ def ensure(stack: str, lock: Path, python: str | None = None) -> Path:
         base = python or getattr(sys, "_base_executable", sys.executable)
         print(f"creating the {stack} environment from {lock} in {folder}", flush=True)
         subprocess.run([base, "-m", "venv", str(building)], check=True)
-        pip = [str(building / "bin" / "python"), "-m", "pip", "install", "--no-input"]
         subprocess.run(
-            [*pip, "--require-hashes", "--no-deps", "-r", str(lock)],
+            [
+                *installer(building / "bin" / "python"),
+                "--require-hashes",
+                "--no-deps",
+                "-r",
+                str(lock),
+            ],
             check=True,
             stdout=sys.stdout,
             stderr=sys.stderr,
@@ -153,6 +158,25 @@ def ensure(stack: str, lock: Path, python: str | None = None) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         building.rename(folder)
     return folder
+
+
+def installer(python: Path) -> list[str]:
+    """uv when it is at hand (in the dev tools; about 15 s instead of pip's 3 minutes for the
+    Unsloth stack), else pip; both check every file against the lock's hashes."""
+    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    if uv is None:
+        return [str(python), "-m", "pip", "install", "--no-input"]
+    # uv does not read pip's configuration: carry over its find-links (the CPU torch wheel).
+    links = (
+        os.environ.get("PIP_FIND_LINKS")
+        or subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    links = links.split()
+    return [uv, "pip", "install", "--python", str(python), *(f"--find-links={u}" for u in links)]
 
 
 _RECORD_SNIPPET = "import sys; from tunebench.envs import record; record(sys.argv[1], sys.argv[2])"
