@@ -138,16 +138,7 @@ if [[ $build -eq 1 ]]; then
         [[ -n "$ca_cert" ]] && args+=(--secret "id=ca_cert,src=$ca_cert")
         if [[ "$engine" == podman ]]; then
             if [[ -z "${CONTAINERS_CONF:-}" ]] && command -v runc >/dev/null; then
-                conf_dir=$(mktemp -d)
-                trap 'rm -rf "$conf_dir"' EXIT
-                cat >"$conf_dir/containers.conf" <<'EOF'
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-
-[engine]
-runtime = "runc"
-EOF
-                export CONTAINERS_CONF=$conf_dir/containers.conf
+                export CONTAINERS_CONF=$PWD/containers/podman-containers.conf
             fi
             args+=(--layers --format docker) # docker format keeps SHELL (OCI drops it)
         else

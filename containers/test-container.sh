@@ -68,16 +68,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
         podman runc debootstrap >/dev/null
 fi
 # runc and explicit ulimits: crun fails on hosts with hybrid cgroups and tight rlimits.
-if [[ -z "${CONTAINERS_CONF:-}" ]]; then
-    cat >"$tmp/containers.conf" <<'EOF'
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-
-[engine]
-runtime = "runc"
-EOF
-    export CONTAINERS_CONF=$tmp/containers.conf
-fi
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$repo/containers/podman-containers.conf}
 podman_run=(podman run --rm --runtime runc
     --ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
 

@@ -49,6 +49,12 @@ def default_variant() -> str:
     return "cuda" if shutil.which("nvidia-smi") or Path("/proc/driver/nvidia").exists() else "cpu"
 
 
+def current_variant() -> str:
+    """cpu or cuda: the torch build of the lock this environment came from, else the machine's."""
+    lock = current()["lock"]
+    return Path(lock).stem.rsplit("-", 1)[1] if lock else default_variant()
+
+
 def record(stack: str, lock: Path, prefix: Path | None = None) -> dict:
     """Write the lock record of the environment at `prefix` (default: this interpreter's)."""
     if stack not in STACKS:

@@ -100,9 +100,7 @@ IN_CONTAINERS = (
     DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
 )
 # The Unsloth env follows this env's torch build: hf-cpu -> unsloth-cpu, hf-cuda -> unsloth-cuda.
-VARIANT = (envs.current()["lock"] or f"hf-{envs.default_variant()}").removesuffix(
-    ".txt"
-)[3:]
+VARIANT = envs.current_variant()
 UNSLOTH_LOCK = envs.lock_file(PROJECT, "unsloth", VARIANT)
 UNSLOTH_ENV = envs.env_dir(UNSLOTH_LOCK) if UNSLOTH_LOCK.is_file() else None
 
