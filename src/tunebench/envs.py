@@ -51,21 +51,20 @@ def default_variant() -> str:
 
 def current_variant() -> str:
     """cpu or cuda: the torch build of the lock this environment came from, else the machine's."""
-    lock = current()["lock"]
-    return Path(lock).stem.rsplit("-", 1)[1] if lock else default_variant()
+    entry = recorded()
+    return Path(entry["lock"]).stem.rsplit("-", 1)[1] if entry else default_variant()
 
 
 def record(stack: str, lock: Path, prefix: Path | None = None) -> dict:
     """Write the lock record of the environment at `prefix` (default: this interpreter's)."""
     if stack not in STACKS:
         raise ValueError(f"unknown stack {stack!r}; use one of {STACKS}")
-    text = Path(lock).read_text()
     entry = {
         "stack": stack,
         "lock": Path(lock).name,
-        "lock_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "lock_sha256": sha256_of(lock),
         "python": ".".join(map(str, sys.version_info[:3])),
-        "pins": lock_pins(text),
+        "pins": lock_pins(Path(lock).read_text()),
     }
     target = Path(prefix or sys.prefix) / RECORD
     target.write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
@@ -89,17 +88,22 @@ def drift(pins: dict[str, str], installed: dict[str, str]) -> list[str]:
     ]
 
 
+def recorded() -> dict | None:
+    """The record of this interpreter's environment (see record()), if it has one."""
+    path = Path(sys.prefix) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def current() -> dict:
     """Which lock this interpreter's environment was installed from, and how far it drifted."""
-    path = Path(sys.prefix) / RECORD
-    if not path.is_file():
+    entry = recorded()
+    if entry is None:
         return {
             "stack": None,
             "lock": None,
             "lock_sha256": None,
             "drift": ["not installed from a lock"],
         }
-    entry = json.loads(path.read_text())
     return {
         "stack": entry["stack"],
         "lock": entry["lock"],
