@@ -35,13 +35,13 @@ test: env
 lint: env
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint --configfile $(EXPERIMENT)
 
 format: env
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/snakefmt Snakefile workflow
+	$(BIN)/snakefmt workflow
 
 schema: env
 	$(BIN)/tunebench schema --output workflow/schemas/experiment.schema.json

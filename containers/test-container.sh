@@ -142,7 +142,7 @@ import json
 import sys
 from pathlib import Path
 
-from tunebench.cli import load_experiment
+from tunebench.experiment import load_experiment
 from tunebench.layout import EVAL_RESULT, TRAIN_RESULT, results_root
 from tunebench.matrix import baselines, expand
 

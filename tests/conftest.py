@@ -70,14 +70,13 @@ def tiny_model(tmp_path_factory) -> tuple[ModelSpec, Path]:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, tiny_model) -> tuple[DatasetSpec, Path, Path]:
     """(spec, prepared dir, tokenised dir) for the built-in task on the tiny model's tokenizer."""
-    from transformers import AutoTokenizer
-
-    from tunebench.data.prepare import prepare
-    from tunebench.data.tokenize import tokenize_dataset
+    from tunebench import stages
 
     root = tmp_path_factory.mktemp("tiny_data")
     spec = DatasetSpec(name="words", builtin="wordops", n_words=120)
-    prepare(spec, root / "data")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model[1])
-    tokenize_dataset(tokenizer, spec, root / "data", root / "tokenized", str(tiny_model[1]))
+    stages.prepare_data(dataset=spec, out=root / "data")
+    model, model_dir = tiny_model
+    stages.tokenize(
+        model=model, dataset=spec, data=root / "data", out=root / "tokenized", model_dir=model_dir
+    )
     return spec, root / "data", root / "tokenized"

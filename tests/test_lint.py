@@ -24,7 +24,7 @@ def test_ruff():
 
 
 def test_snakefmt():
-    out = run(str(BIN / "snakefmt"), "--check", "Snakefile", "workflow")
+    out = run(str(BIN / "snakefmt"), "--check", "workflow")
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from tunebench import envs
+from tunebench.io import sha256_file
 
 LOCK_DIR = REPO / "containers" / "locks"
 BIN = REPO / ".venv" / "bin"
@@ -115,7 +116,7 @@ def test_this_environment_is_the_locked_one():
     """`make env` installs the CPU lock and records it; every result carries the record."""
     current = envs.current()
     assert current["stack"] == "hf" and current["lock"] == "hf-cpu.txt", current
-    assert current["lock_sha256"] == envs.sha256_of(LOCK_DIR / "hf-cpu.txt"), "run `make env`"
+    assert current["lock_sha256"] == sha256_file(LOCK_DIR / "hf-cpu.txt"), "run `make env`"
     assert current["drift"] == [], current["drift"]
 
 

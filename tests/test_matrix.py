@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO, tiny_experiment
 
-from tunebench.cli import ExperimentError, load_experiment, validate_data
+from tunebench.experiment import ExperimentError, load_experiment, validate_data
 from tunebench.matrix import baselines, dataset_key, expand, tokenizer_key
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tunebench.metrics import (
-    METRICS,
+    GENERATION_METRICS,
     corpus_scores,
     example_scores,
     extract_answer,
@@ -218,13 +218,13 @@ def test_only_requested_metrics_in_requested_order():
 
 
 def test_all_metrics_perfect_match():
-    scores = corpus_scores(["the answer is 42"], ["the answer is 42"], METRICS)
-    expected = {name: 100.0 if name in ("bleu", "chrf") else 1.0 for name in METRICS}
+    scores = corpus_scores(["the answer is 42"], ["the answer is 42"], GENERATION_METRICS)
+    expected = {name: 100.0 if name in ("bleu", "chrf") else 1.0 for name in GENERATION_METRICS}
     assert scores == pytest.approx(expected)
 
 
 def test_empty_inputs_score_zero():
-    assert corpus_scores([], [], METRICS) == {name: 0.0 for name in METRICS}
+    assert corpus_scores([], [], GENERATION_METRICS) == {name: 0.0 for name in GENERATION_METRICS}
 
 
 @pytest.mark.parametrize("call", [corpus_scores, example_scores])

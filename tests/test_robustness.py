@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_training import METHODS, run_for
+from test_training import METHODS, run_for, train
 
 from tunebench.io import read_json
-from tunebench.spec import Tracking
-from tunebench.train import run_and_record
 
 BIN = Path(sys.executable).parent
-
-
-def train(run, model_dir, tokenized, run_dir: Path, **kwargs) -> dict:
-    return run_and_record(
-        run, model_dir, tokenized, run_dir, run_dir / "result.json", Tracking(), threads=1, **kwargs
-    )
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
@@ -52,7 +44,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
         "--result",
         str(killed / "result.json"),
         "--tracking",
-        Tracking().model_dump_json(),
+        "{}",
         "--threads",
         "1",
     ]
@@ -72,6 +64,12 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
     # Optimizer, LR schedule, RNG and data order were restored: the same final loss.
     assert resumed["train_loss_last"] == pytest.approx(whole["train_loss_last"], rel=1e-4)
     assert resumed["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-4)
+    # Throughput spans both segments: the resumed segment alone would overstate tokens/s.
+    assert resumed["train_tokens"] == whole["train_tokens"]
+    assert resumed["train_seconds"] > resumed["train_seconds_last_segment"]
+    segment_only = resumed["train_tokens"] / resumed["train_seconds_last_segment"]
+    assert resumed["tokens_per_second"] < segment_only
+    assert resumed["tokens_per_second"] == pytest.approx(whole["tokens_per_second"], rel=0.5)
 
 
 def test_same_seed_same_losses_on_cpu(tiny_model, tiny_data, tmp_path):
@@ -88,7 +86,7 @@ def test_memory_ceiling_makes_an_oom_row(tiny_model, tiny_data, tmp_path):
     _, model_dir = tiny_model
     _, _, tokenized = tiny_data
     result = train(
-        run_for(METHODS["lora"], max_steps=5), model_dir, tokenized, tmp_path, memory_limit_gb=0.05
+        run_for(METHODS["lora"], max_steps=5), model_dir, tokenized, tmp_path, memory_limit_mb=50
     )
     assert result["status"] == "oom"
     assert "exceeds resources.memory_limit_gb 0.05" in result["reason"]

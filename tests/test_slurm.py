@@ -105,7 +105,7 @@ def test_the_matrix_runs_on_slurm_and_a_cancelled_job_resumes(cluster, tmp_path)
         "overrides": [{"match": {"method": "full"}, "train": {"mem_gb": 3}}],
     }
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
-    from tunebench.cli import validate_data
+    from tunebench.experiment import validate_data
     from tunebench.matrix import expand
 
     runs = {r.method: r.run_id for r in expand(validate_data(exp))}

@@ -8,13 +8,12 @@ import pytest
 import torch
 from conftest import tiny_experiment
 
-from tunebench import evaluate, models
-from tunebench.cli import validate_data
+from tunebench import evaluate, models, stages
 from tunebench.data.tokenize import load_split
+from tunebench.experiment import validate_data
 from tunebench.io import read_json
 from tunebench.matrix import expand
 from tunebench.spec import Tracking
-from tunebench.train import run_and_record
 
 METHODS = {
     "full": {"method": "full", "learning_rate": 3e-3},
@@ -37,6 +36,22 @@ def run_for(method: dict, **training):
     return run
 
 
+def train(
+    run, model_dir, tokenized, run_dir: Path, tracking=None, threads: int = 1, **kwargs
+) -> dict:
+    """Run the train stage as the workflow does, in this process."""
+    return stages.train(
+        run=run,
+        tokenized=tokenized,
+        run_dir=run_dir,
+        result=run_dir / "result.json",
+        tracking=tracking or Tracking(),
+        model_dir=model_dir,
+        threads=threads,
+        **kwargs,
+    )
+
+
 def test_examples(tokenized: Path, n: int = 48) -> list[dict]:
     return load_split(tokenized, "test").to_list()[:n]
 
@@ -54,9 +69,7 @@ def test_training_lowers_heldout_loss(method, tiny_model, tiny_data, tmp_path):
     pad = models.load_tokenizer(spec, str(model_dir)).pad_token_id
     before = evaluate.heldout_loss(base, examples, pad, 16)["loss"]
 
-    result = run_and_record(
-        run, model_dir, tokenized, tmp_path, tmp_path / "result.json", Tracking(), threads=2
-    )
+    result = train(run, model_dir, tokenized, tmp_path, threads=2)
     assert result["status"] == "ok", result["reason"]
     assert read_json(tmp_path / "result.json")["run_id"] == run.run_id
     trained = evaluate.load_trained(run, str(model_dir), tmp_path)
@@ -158,15 +171,7 @@ def test_failed_training_is_a_result_not_a_crash(tiny_model, tiny_data, tmp_path
     spec, _ = tiny_model
     _, _, tokenized = tiny_data
     run = run_for(METHODS["lora"])
-    result = run_and_record(
-        run,
-        tmp_path / "no-such-model",
-        tokenized,
-        tmp_path,
-        tmp_path / "result.json",
-        Tracking(),
-        threads=1,
-    )
+    result = train(run, tmp_path / "no-such-model", tokenized, tmp_path)
     assert result["status"] == "missing_model"
     assert "no config.json" in result["reason"]
     assert read_json(tmp_path / "result.json")["status"] == "missing_model"
@@ -187,14 +192,8 @@ def test_wandb_tracks_offline_without_a_key(tiny_model, tiny_data, tmp_path, mon
     _, model_dir = tiny_model
     _, _, tokenized = tiny_data
     run = run_for(METHODS["lora"], max_steps=4)
-    result = run_and_record(
-        run,
-        model_dir,
-        tokenized,
-        tmp_path,
-        tmp_path / "result.json",
-        Tracking(wandb=True, project="tunebench-test"),
-        threads=1,
+    result = train(
+        run, model_dir, tokenized, tmp_path, Tracking(wandb=True, project="tunebench-test")
     )
     assert result["status"] == "ok", result["reason"]
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))

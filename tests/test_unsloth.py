@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from test_workflow import tunebench
 
 from tunebench import envs, layout
+from tunebench.io import sha256_file
 from tunebench.matrix import expand
 from tunebench.spec import Experiment
 
@@ -117,7 +118,7 @@ def test_unsloth_trains_in_its_own_locked_environment(unsloth_run):
         assert result["train_loss_last"] < result["train_loss_first"], run.run_id
         if run.backend == "unsloth":
             assert environment["lock"] == "unsloth-cpu.txt"
-            assert environment["lock_sha256"] == envs.sha256_of(UNSLOTH_LOCK)
+            assert environment["lock_sha256"] == sha256_file(UNSLOTH_LOCK)
             assert provenance["packages"]["unsloth"] == "2026.10.9"
             assert provenance["packages"]["transformers"] == "5.17.0"
         else:
@@ -143,7 +144,7 @@ def test_without_a_gpu_and_without_the_cpu_fallback_the_run_is_a_failed_row(
     command = [
         str(envs.env_dir(UNSLOTH_LOCK) / "bin" / "python"),
         "-m",
-        "tunebench.cli",
+        "tunebench",
         "stage",
         "train",
         "--run",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -25,10 +26,17 @@ SECRETS = {
 }
 
 
+def path_without_the_environment() -> str:
+    """PATH as a user has it who did not activate .venv (make and pytest add it)."""
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
+
+
 def tunebench(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None):
+    """`.venv/bin/tunebench ...` with the environment not activated: every job must still run
+    this environment's tunebench."""
     env = {
         **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PATH": path_without_the_environment(),
         "HF_HUB_OFFLINE": "1",
         **(env or {}),
     }
@@ -42,26 +50,27 @@ def tunebench(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None
     )
 
 
-def snakemake_dry_run(cwd: Path, experiment: Path) -> str:
-    out = subprocess.run(
+def bare_snakemake(cwd: Path, experiment: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake itself, without the tunebench wrapper, as the Snakefile's header shows."""
+    return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "snakemake",
+            str(BIN / "snakemake"),
             "--snakefile",
-            str(REPO / "Snakefile"),
+            str(REPO / "workflow" / "Snakefile"),
             "--configfile",
             str(experiment),
-            "--dry-run",
-            "--cores",
-            "2",
+            *args,
         ],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=120,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        timeout=600,
+        env={**os.environ, "PATH": path_without_the_environment(), "HF_HUB_OFFLINE": "1"},
     )
+
+
+def snakemake_dry_run(cwd: Path, experiment: Path) -> str:
+    out = bare_snakemake(cwd, experiment, "--dry-run")
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout + out.stderr
 
@@ -117,26 +126,41 @@ def test_a_missing_model_is_a_row_and_the_exit_code_says_so(finished):
     assert "did not finish" in result.stdout
 
 
-def test_rerun_does_nothing_and_one_more_run_trains_only_that(finished):
+def planned_runs(dry_run_output: str, rule: str) -> set[str]:
+    """Run ids of the jobs of `rule` in a dry run."""
+    blocks = re.findall(rf"^rule {rule}:\n(.*?)(?=^\S)", dry_run_output, re.M | re.S)
+    return {m for block in blocks for m in re.findall(r"wildcards: run_id=(\S+)", block)}
+
+
+def test_rerun_redoes_only_what_failed_or_changed(finished):
+    """Everything of model m finished: nothing of it runs again. Only the missing model's
+    steps (failed rows) are retried; one more method trains only its own runs."""
     work, path, exp, _ = finished
-    assert "Nothing to be done" in snakemake_dry_run(work, path)
+    planned = snakemake_dry_run(work, path)
+    assert {r.split("-")[0] for r in planned_runs(planned, "train")} == {"ghost"}
     exp = {**exp, "methods": [*exp["methods"], {"method": "lora", "ranks": [8], "label": "r8"}]}
     path.write_text(yaml.safe_dump(exp))
-    jobs = planned_jobs(snakemake_dry_run(work, path))
-    assert jobs.get("train") == 2  # the new lora r8 run, for m and for ghost
-    assert jobs.get("evaluate") == 2
+    planned = snakemake_dry_run(work, path)
+    of_m = {r for r in planned_runs(planned, "train") if r.startswith("m-")}
+    assert len(of_m) == 1 and "lora-r8" in of_m.pop()
+    assert planned_runs(planned, "evaluate") == planned_runs(planned, "train")
+    jobs = planned_jobs(planned)
     assert "pretrain_base" not in jobs and "prepare_data" not in jobs
-    assert "tokenize" not in jobs and "evaluate_base" not in jobs
 
 
-def test_rerun_retries_failed_steps(finished):
+def test_rerun_retries_failed_steps_with_or_without_the_wrapper(finished):
+    """A step whose result recorded a failure is retried by the next invocation, bare Snakemake
+    included; the failed result is kept under attempts/."""
     work, path, _, _ = finished
-    from tunebench.cli import retire_failed_runs
-
-    retried = retire_failed_runs(work / "results" / "tiny")
-    assert any("tokenized" in r for r in retried) and any("train" in r for r in retried)
-    jobs = planned_jobs(snakemake_dry_run(work, path))
+    root = work / "results" / "tiny"
+    planned = snakemake_dry_run(work, path)
+    jobs = planned_jobs(planned)
     assert jobs.get("tokenize") == 1  # the missing model's tokenizer, retried
+    assert "retry after missing_model" in planned
+    assert jobs.get("evaluate_base") == 1  # the missing model's baseline, downstream of it
+    assert {r.split("-")[0] for r in planned_runs(planned, "train")} >= {"ghost"}
+    kept = list(root.glob("data/*/tokenized/*/attempts/*.json"))
+    assert kept and json.loads(kept[0].read_text())["status"] == "missing_model"
 
 
 def test_user_files_from_disk_with_metrics_and_seeds(tmp_path):
@@ -209,3 +233,42 @@ def test_no_secret_reaches_any_output(finished):
             assert value.encode() not in data, f"{name} leaked into {path.relative_to(work)}"
     for name, value in SECRETS.items():
         assert value not in result.stdout + result.stderr, f"{name} leaked to the console"
+
+
+def experiment_with_a_bad_dataset(tmp_path: Path, with_good_dataset: bool) -> Path:
+    """A model folder that does not exist (its steps record missing_model at once) and a data
+    file whose second line is not JSON (its preparation fails, naming file and line)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bad.jsonl").write_text('{"text": "fine"}\n{not json\n')
+    datasets = [{"name": "bad", "path": "data/bad.jsonl"}]
+    if with_good_dataset:
+        datasets.append({"name": "words", "builtin": "wordops", "n_words": 120})
+    exp = tiny_experiment(
+        models=[{"name": "ghost", "path": "models/not-there"}],
+        methods=[{"method": "lora", "ranks": [4]}],
+        datasets=datasets,
+    )
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def test_bare_snakemake_keeps_going_after_a_failed_job(tmp_path):
+    """workflow/profiles/default applies without the wrapper: a job that fails (the bad
+    dataset's preparation) does not stop the independent ones (the good dataset's steps)."""
+    path = experiment_with_a_bad_dataset(tmp_path, with_good_dataset=True)
+    out = bare_snakemake(tmp_path, path)
+    assert out.returncode != 0
+    assert "Using workflow specific profile" in out.stdout + out.stderr
+    (evaluated,) = (tmp_path / "results" / "tiny" / "runs").glob("ghost-lora-*-words-*/eval")
+    assert json.loads((evaluated / "result.json").read_text())["status"] == "skipped"
+
+
+def test_when_nothing_finishes_the_wrapper_names_the_first_failing_log(tmp_path):
+    path = experiment_with_a_bad_dataset(tmp_path, with_good_dataset=False)
+    result = tunebench(tmp_path, "run", str(path))
+    assert result.returncode != 0
+    message = result.stderr.splitlines()[-1]
+    assert "the first failing job was rule prepare_data" in message, result.stderr[-2000:]
+    assert "logs/prepare_data/bad-" in message and "bad.jsonl:2" in message
+    assert "KeyError" not in result.stderr

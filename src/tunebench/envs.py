@@ -10,7 +10,6 @@ environment is visible in the results instead of silently trusted.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -19,6 +18,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from tunebench.io import sha256_file
 
 RECORD = "tunebench-env.json"
 STACKS = ("hf", "unsloth")
@@ -33,10 +34,6 @@ def normalise(name: str) -> str:
 
 def lock_pins(lock_text: str) -> dict[str, str]:
     return {normalise(name): version for name, version in PIN.findall(lock_text)}
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def lock_file(project: Path, stack: str, variant: str) -> Path:
@@ -62,7 +59,7 @@ def record(stack: str, lock: Path, prefix: Path | None = None) -> dict:
     entry = {
         "stack": stack,
         "lock": Path(lock).name,
-        "lock_sha256": sha256_of(lock),
+        "lock_sha256": sha256_file(lock),
         "python": ".".join(map(str, sys.version_info[:3])),
         "pins": lock_pins(Path(lock).read_text()),
     }
@@ -121,7 +118,7 @@ def envs_root() -> Path:
 
 def env_dir(lock: Path) -> Path:
     """One folder per lock content: a changed lock gets a new environment, never a patched one."""
-    return envs_root() / f"{Path(lock).stem}-{sha256_of(lock)[:12]}"
+    return envs_root() / f"{Path(lock).stem}-{sha256_file(lock)[:12]}"
 
 
 def env_python(lock: Path) -> Path:

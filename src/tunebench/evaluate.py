@@ -10,15 +10,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunebench import measure, metrics, models
+from tunebench import metrics, models
 from tunebench.data.templates import cut_at_stop
-from tunebench.data.tokenize import TokenizedUnavailable, load_split
-from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
+from tunebench.data.tokenize import load_split
+from tunebench.io import read_json, read_jsonl
 
 
-def _batches(items: list, size: int):
+def _batches(items: list, size: int, ceiling=None):
+    """Batches of `items`; after each one the memory ceiling (if any) is checked."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+        if ceiling is not None:
+            ceiling.check(f"evaluation batch {start // size + 1}")
 
 
 def _pad(seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -30,11 +33,11 @@ def _pad(seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout_loss(model, examples: list[dict], pad_id: int, batch_size: int) -> dict:
+def heldout_loss(model, examples: list[dict], pad_id: int, batch_size: int, ceiling=None) -> dict:
     """Token-weighted mean cross-entropy over response tokens, and its perplexity."""
     total, count = 0.0, 0
     device = model.device
-    for batch in _batches(examples, batch_size):
+    for batch in _batches(examples, batch_size, ceiling):
         ids = _pad([ex["input_ids"] for ex in batch], pad_id, left=False).to(device)
         mask = _pad([[1] * len(ex["input_ids"]) for ex in batch], 0, left=False).to(device)
         loss_mask = _pad([ex["completion_mask"] for ex in batch], 0, left=False).to(device)
@@ -52,10 +55,12 @@ def heldout_loss(model, examples: list[dict], pad_id: int, batch_size: int) -> d
 
 
 @torch.no_grad()
-def generate(model, tokenizer, examples: list[dict], batch_size: int, max_new_tokens: int):
+def generate(
+    model, tokenizer, examples: list[dict], batch_size: int, max_new_tokens: int, ceiling=None
+):
     outputs = []
     device = model.device
-    for batch in _batches(examples, batch_size):
+    for batch in _batches(examples, batch_size, ceiling):
         prompts = [ex["input_ids"][: ex["prompt_length"]] for ex in batch]
         ids = _pad(prompts, tokenizer.pad_token_id, left=True).to(device)
         mask = _pad([[1] * len(p) for p in prompts], 0, left=True).to(device)
@@ -72,14 +77,19 @@ def generate(model, tokenizer, examples: list[dict], batch_size: int, max_new_to
 
 
 def load_for_eval(
-    spec, base_location: str, adapter_dir: Path | None, full_dir: Path | None, quant=None
+    spec,
+    base_location: str,
+    adapter_dir: Path | None,
+    full_dir: Path | None,
+    quant=None,
+    attention: str = "sdpa",
 ):
     """The model as it would be used after training: base (+ adapter), or the full fine-tune."""
     dtype = models.training_dtype("auto")
     if full_dir is not None:
-        model = models.load_base_model(spec, str(full_dir), dtype)
+        model = models.load_base_model(spec, str(full_dir), dtype, attention=attention)
     else:
-        model = models.load_base_model(spec, base_location, dtype, quant)
+        model = models.load_base_model(spec, base_location, dtype, quant, attention)
         if adapter_dir is not None:
             from peft import PeftModel
 
@@ -89,12 +99,13 @@ def load_for_eval(
 
 def load_trained(run, base_location: str, run_dir: Path):
     """A finished run's model: the full fine-tune, or base (4-bit for QLoRA) + its adapter."""
+    attention = run.training.attention
     if run.method == "full":
-        return load_for_eval(run.model, base_location, None, run_dir / "model")
+        return load_for_eval(run.model, base_location, None, run_dir / "model", None, attention)
     quant = None
     if run.method == "qlora":
         quant = models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
-    return load_for_eval(run.model, base_location, run_dir / "model", None, quant)
+    return load_for_eval(run.model, base_location, run_dir / "model", None, quant, attention)
 
 
 @torch.no_grad()
@@ -127,7 +138,7 @@ def multiple_choice_accuracy(
 
 
 def evaluate_model(
-    model, tokenizer, data_dir: Path, tokenized_dir: Path, settings, spec
+    model, tokenizer, data_dir: Path, tokenized_dir: Path, settings, spec, ceiling=None
 ) -> tuple[dict, list]:
     """Loss/perplexity on response tokens; the dataset's generation and choice metrics."""
     examples = load_split(tokenized_dir, "test").to_list()
@@ -137,15 +148,17 @@ def evaluate_model(
     chosen = [records[ex["id"]] for ex in examples]
     wanted = spec.evaluation.metrics
     started = time.perf_counter()
-    results = {**heldout_loss(model, examples, tokenizer.pad_token_id, settings.batch_size)}
+    results = heldout_loss(model, examples, tokenizer.pad_token_id, settings.batch_size, ceiling)
     samples = [
         {"id": ex["id"], "prompt": tokenizer.decode(ex["input_ids"][: ex["prompt_length"]])}
         for ex in examples
     ]
-    generation_metrics = [m for m in wanted if m in metrics.METRICS]
+    generation_metrics = [m for m in wanted if m in metrics.GENERATION_METRICS]
     if generation_metrics and chosen and "messages" in chosen[0]:
         template = read_json(tokenized_dir / "manifest.json")["template"]
-        raw = generate(model, tokenizer, examples, settings.batch_size, settings.max_new_tokens)
+        raw = generate(
+            model, tokenizer, examples, settings.batch_size, settings.max_new_tokens, ceiling
+        )
         predictions = [cut_at_stop(p, template) for p in raw]
         references = [r["messages"][-1]["content"] for r in chosen]
         results |= metrics.corpus_scores(
@@ -159,7 +172,7 @@ def evaluate_model(
                     pred, ref, generation_metrics, spec.evaluation.answer_pattern
                 ),
             }
-    if "multiple_choice_accuracy" in wanted:
+    if metrics.CHOICE_METRIC in wanted:
         if not all("choices" in r for r in chosen):
             raise ValueError(
                 "multiple_choice_accuracy needs examples with choices "
@@ -179,33 +192,54 @@ def evaluate_model(
     return results, samples
 
 
-class SkipEvaluation(RuntimeError):
-    """Nothing to evaluate (training failed); recorded as status `skipped`."""
+def evaluate_trained(
+    run,
+    base_location: str,
+    run_dir: Path,
+    data_dir: Path,
+    tokenized_dir: Path,
+    settings,
+    ceiling=None,
+) -> tuple[dict, list]:
+    """A finished run's model on the held-out split (+ lm-eval tasks if asked for)."""
+    tokenizer = models.load_tokenizer(run.model, base_location)
+    model = load_trained(run, base_location, run_dir)
+    scores, samples = evaluate_model(
+        model, tokenizer, data_dir, tokenized_dir, settings, run.dataset, ceiling
+    )
+    if settings.lm_eval is not None:
+        from tunebench import lm_eval_tasks
+
+        del model  # the harness loads its own copy
+        full = run.method == "full"
+        scores |= lm_eval_tasks.run_tasks(
+            settings.lm_eval,
+            base_location,
+            adapter_dir=None if full else run_dir / "model",
+            full_dir=run_dir / "model" if full else None,
+        )
+    return scores, samples
 
 
-def record(result_path: Path, samples_path: Path, identity: dict, data_dir: Path, run) -> dict:
-    """Run `run()` -> (metrics, samples), and always write a result file."""
-    test_sha = read_json(data_dir / "manifest.json")["test_sha256"]
-    try:
-        metrics, samples = run()
-        outcome = {"status": "ok", "reason": "", **metrics}
-    except SkipEvaluation as err:
-        outcome, samples = {"status": "skipped", "reason": str(err)}, []
-    except TokenizedUnavailable as err:
-        outcome, samples = {"status": err.status, "reason": str(err)}, []
-    except Exception as err:  # an evaluation failure is a row too
-        import traceback
+def evaluate_untuned(
+    spec,
+    dataset,
+    location: str,
+    data_dir: Path,
+    tokenized_dir: Path,
+    settings,
+    attention: str = "sdpa",
+    ceiling=None,
+) -> tuple[dict, list]:
+    """The untuned base model on the same held-out split, the baseline of every run of it."""
+    tokenizer = models.load_tokenizer(spec, location)
+    model = load_for_eval(spec, location, None, None, attention=attention)
+    scores, samples = evaluate_model(
+        model, tokenizer, data_dir, tokenized_dir, settings, dataset, ceiling
+    )
+    if settings.lm_eval is not None:
+        from tunebench import lm_eval_tasks
 
-        traceback.print_exc()
-        outcome = {"status": "failed", "reason": f"{type(err).__name__}: {err}".splitlines()[0]}
-        samples = []
-    write_jsonl(samples_path, samples)
-    result = {
-        **identity,
-        **outcome,
-        "test_sha256": test_sha,
-        **measure.peak_memory(),
-        "provenance": measure.provenance(),
-    }
-    write_json(result_path, result)
-    return result
+        del model
+        scores |= lm_eval_tasks.run_tasks(settings.lm_eval, location)
+    return scores, samples

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -64,3 +65,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes: locks, data sources, test splits."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

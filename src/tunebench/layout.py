@@ -9,6 +9,8 @@ from pathlib import Path
 
 TOKENIZER = "tokenizers/{tokenizer}"
 BASE_MODEL = "base_models/{model}"
+BASE_MODEL_RESULT = "base_models/{model}/result.json"
+PRETRAIN_WORK = "work/pretrain/{model}"
 DATA = "data/{dataset}"
 DATA_MANIFEST = "data/{dataset}/manifest.json"
 DATA_SPLITS = (
@@ -28,6 +30,7 @@ EVAL_SAMPLES = "runs/{run_id}/eval/samples.jsonl"
 BASELINE_RESULT = "baselines/{model}/{dataset}/eval/result.json"
 BASELINE_SAMPLES = "baselines/{model}/{dataset}/eval/samples.jsonl"
 LOG = "logs/{rule}/{name}.log"
+BENCHMARK = "benchmarks/{rule}/{name}.tsv"
 COMPARISON = ("comparison.csv", "comparison.md", "comparison.html")
 
 

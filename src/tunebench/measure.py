@@ -55,6 +55,34 @@ def peak_memory() -> dict:
     }
 
 
+class MemoryCeiling:
+    """resources.memory_limit_gb: a step whose process memory (RSS) crosses it stops as an `oom`
+    row, the CPU counterpart of a CUDA out-of-memory. Checked by training and pre-training after
+    every optimizer step and by evaluation after every batch."""
+
+    def __init__(self, limit_gb: float | None):
+        import psutil
+
+        self.limit = limit_gb * GIB if limit_gb else None
+        self.process = psutil.Process()
+
+    @classmethod
+    def from_mb(cls, limit_mb: int) -> MemoryCeiling:
+        return cls(limit_mb / 1024 if limit_mb else None)
+
+    def check(self, where: str) -> None:
+        if self.limit is None:
+            return
+        rss = self.process.memory_info().rss
+        if rss > self.limit:
+            from tunebench.outcomes import MemoryLimitExceeded
+
+            raise MemoryLimitExceeded(
+                f"process memory {rss / GIB:.2f} GB exceeds resources.memory_limit_gb "
+                f"{self.limit / GIB:.2f} at {where}"
+            )
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -10,7 +10,19 @@ import re
 from collections.abc import Sequence
 from functools import cache
 
-METRICS = ("exact_match", "exact_match_normalised", "answer_accuracy", "rouge_l", "bleu", "chrf")
+# Scored on greedy generations against the reference (this module).
+GENERATION_METRICS = (
+    "exact_match",
+    "exact_match_normalised",
+    "answer_accuracy",
+    "rouge_l",
+    "bleu",
+    "chrf",
+)
+# Scored by log-likelihood of each choice (evaluate.multiple_choice_accuracy).
+CHOICE_METRIC = "multiple_choice_accuracy"
+# Every metric a dataset can ask for (datasets[].evaluation.metrics), in table order.
+METRIC_NAMES = (*GENERATION_METRICS, CHOICE_METRIC)
 
 # A number as it appears in model output: optional sign and '$', either comma-grouped thousands
 # ("1,234") or plain digits, optional decimals. Strict thousands grouping keeps a list such as
@@ -73,8 +85,10 @@ def extract_answer(text: str, pattern: str | None = None) -> str | None:
 
 def _check_metrics(metrics: Sequence[str]) -> None:
     for name in metrics:
-        if name not in METRICS:
-            raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
+        if name not in GENERATION_METRICS:
+            raise ValueError(
+                f"unknown metric {name!r}; known metrics: {', '.join(GENERATION_METRICS)}"
+            )
 
 
 @cache

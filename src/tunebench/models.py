@@ -10,13 +10,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from tunebench.outcomes import ModelNotFound
 from tunebench.spec import ModelSpec
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-class ModelNotFound(FileNotFoundError):
-    pass
 
 
 def model_location(spec: ModelSpec, builtin_dir: Path | None) -> str:
@@ -62,10 +59,6 @@ def load_tokenizer(spec: ModelSpec, location: str):
     return tokenizer
 
 
-def accelerator() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def training_dtype(precision: str) -> torch.dtype:
     """auto: bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on a CPU."""
     if precision != "auto":
@@ -76,9 +69,14 @@ def training_dtype(precision: str) -> torch.dtype:
 
 
 def disable_cpu_bf16_repacking(model) -> int:
-    """Work around a silent bitsandbytes CPU bug (../shared/NOTES.md): on CPUs with AVX512-BF16,
-    the first eval-mode forward of a Linear4bit repacks its weight and gradients stop flowing
-    afterwards. Returns the number of layers patched."""
+    """Work around a silent bitsandbytes (0.50) CPU bug. On a CPU with AVX512-BF16,
+    `Linear4bit.forward` in eval mode (evaluation, generation, an eval pass during training)
+    repacks the weight into an inference layout (`_convert_weight_packed_for_cpu` in
+    bitsandbytes/nn/modules.py) and later training forwards go through `gemv_4bit`, which has
+    no autograd kernel: input gradients become None (torch warns "an autograd kernel was not
+    registered"), training goes on with wrong results and merging degrades. Turning the flag
+    off keeps the training layout. tests/test_training.py proves the bug on such CPUs and that
+    QLoRA still learns after an evaluation pass. Returns the number of layers patched."""
     import bitsandbytes as bnb
 
     patched = 0
@@ -98,9 +96,12 @@ def quantization_config(quant_type: str, double_quant: bool, compute_dtype: str)
     )
 
 
-def load_base_model(spec: ModelSpec, location: str, dtype: torch.dtype, quant=None):
-    """Load the untuned model; with `quant` (a BitsAndBytesConfig) in 4-bit for QLoRA."""
-    kwargs = hub_kwargs(spec) | {"dtype": dtype}
+def load_base_model(
+    spec: ModelSpec, location: str, dtype: torch.dtype, quant=None, attention: str = "sdpa"
+):
+    """Load the untuned model; with `quant` (a BitsAndBytesConfig) in 4-bit for QLoRA.
+    `attention`: the attention implementation (training.attention)."""
+    kwargs = hub_kwargs(spec) | {"dtype": dtype, "attn_implementation": attention}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}

@@ -10,7 +10,8 @@ import pandas as pd
 from tunebench import layout, measure, slurm
 from tunebench.io import atomic_path, read_json
 from tunebench.matrix import SHOWN_AXES, baselines, dataset_key, expand, model_key
-from tunebench.spec import METRIC_NAMES, Experiment
+from tunebench.metrics import METRIC_NAMES
+from tunebench.spec import Experiment
 
 IDENTITY = ["run_id", *SHOWN_AXES, "status", "reason"]
 # Metric columns, each followed by its delta vs the untuned base model, go between these two.
@@ -40,7 +41,7 @@ def _read(path: Path) -> dict | None:
 def _status(train: dict | None, evaluation: dict | None) -> tuple[str, str]:
     if train is not None and train.get("status") != "ok":
         return train["status"], train.get("reason", "")
-    if evaluation is None:
+    if evaluation is None or "status" not in evaluation:
         return "missing", "no evaluation result"
     return evaluation["status"], evaluation.get("reason", "")
 
@@ -94,6 +95,7 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
         path = root / layout.BASELINE_RESULT.format(
             model=model_key(model), dataset=dataset_key(dataset)
         )
+        # A baseline whose job never ran (killed, or its inputs failed) is a `missing` row.
         evaluation = _read(path) or {"run_id": f"base-{model.name}-{dataset.name}"}
         rows.append(
             _row(

@@ -1,23 +1,42 @@
-"""The experiment file: a pydantic model whose JSON schema is exported to workflow/schemas/.
+"""The experiment file: a pydantic model whose JSON schema is exported to workflow/schemas/ and
+whose every key is documented here, in its `description` (docs/experiment.md is generated from
+them by `make schema`).
 
 One experiment = models x methods (with their axes) x datasets x seeds, shaped by include/exclude.
-Unknown keys are errors everywhere (extra="forbid").
+Unknown keys are errors everywhere (extra="forbid"). Keys marked "an axis" take one value or a
+list; each value is one run of the matrix.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from tunebench.builtin.wordops import OPERATIONS
 from tunebench.data.formats import FORMATS
+from tunebench.metrics import METRIC_NAMES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
 PositiveFloat = Annotated[float, Field(gt=0, le=1e6)]
 Dtype = Literal["bfloat16", "float16", "float32"]
+T = TypeVar("T")
+
+# Every fine-tuning method an experiment can name (methods[].method).
+METHODS = ("full", "lora", "dora", "rslora", "qlora")
+# Split sizes when a dataset gives neither a fraction nor a count.
+DEFAULT_TEST_FRACTION = 0.15
+DEFAULT_VALIDATION_FRACTION = 0.05
 
 
 class Strict(BaseModel):
@@ -29,26 +48,52 @@ def as_list(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
+class _OneOrMany:
+    """An axis's JSON schema: one value, or a list of them (what the validator accepts)."""
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        schema = handler(core_schema)
+        return {"anyOf": [schema["items"], schema]}
+
+
+# A matrix axis: one value or a list of values, stored as a list.
+Axis = Annotated[list[T], BeforeValidator(as_list), _OneOrMany()]
+
+
 # ---------------------------------------------------------------- models
 
 
 class BuiltinModel(Strict):
-    """A tiny Llama-architecture model built from this config and pre-trained locally."""
+    """A tiny Llama-architecture model built from this config and pre-trained here, on the
+    built-in corpus, as a step of the workflow (no download, seconds to minutes on a CPU)."""
 
-    corpus: Literal["wordops"] = "wordops"
-    corpus_words: PositiveInt = Field(600, description="lexicon size of the pre-training corpus")
-    corpus_seed: int = 0
-    vocab_size: Annotated[int, Field(ge=300, le=65536)] = 512
-    hidden_size: PositiveInt = 64
-    intermediate_size: PositiveInt = 192
-    layers: PositiveInt = 2
-    heads: PositiveInt = 4
-    max_position_embeddings: PositiveInt = 256
-    pretrain_steps: PositiveInt = 600
-    pretrain_batch_size: PositiveInt = 32
-    pretrain_learning_rate: PositiveFloat = 3e-3
-    block_size: PositiveInt = 64
-    seed: int = 0
+    corpus: Literal["wordops"] = Field(
+        "wordops",
+        description="pre-training corpus: prose about made-up words (see builtin/wordops.py)",
+    )
+    corpus_words: PositiveInt = Field(
+        600, description="lexicon size of the pre-training corpus; more words, longer corpus"
+    )
+    corpus_seed: int = Field(0, description="seed of the lexicon and the corpus text")
+    vocab_size: Annotated[int, Field(ge=300, le=65536)] = Field(
+        512, description="byte-level BPE vocabulary trained on the corpus"
+    )
+    hidden_size: PositiveInt = Field(
+        64, description="width; parameters grow with its square (quality and time grow too)"
+    )
+    intermediate_size: PositiveInt = Field(192, description="MLP width")
+    layers: PositiveInt = Field(2, description="decoder layers; parameters grow linearly")
+    heads: PositiveInt = Field(4, description="attention heads; must divide hidden_size")
+    max_position_embeddings: PositiveInt = Field(256, description="longest sequence it can take")
+    pretrain_steps: PositiveInt = Field(
+        600,
+        description="optimizer steps of pre-training: more steps, a better base model and a "
+        "longer pretrain_base job (the critical path of a small experiment)",
+    )
+    pretrain_batch_size: PositiveInt = Field(32, description="blocks per pre-training step")
+    pretrain_learning_rate: PositiveFloat = Field(3e-3, description="peak LR (cosine schedule)")
+    block_size: PositiveInt = Field(64, description="tokens per pre-training block")
+    seed: int = Field(0, description="seed of the initial weights and the data order")
 
     @model_validator(mode="after")
     def heads_divide_hidden(self) -> BuiltinModel:
@@ -60,14 +105,31 @@ class BuiltinModel(Strict):
 
 
 class ModelSpec(Strict):
-    """Exactly one of `hub`, `path` or `builtin`."""
+    """A base model: exactly one of `hub`, `path` or `builtin`."""
 
-    name: Name
-    hub: str | None = Field(None, description="Hugging Face hub id, e.g. meta-llama/Llama-3.2-1B")
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    path: str | None = Field(None, description="local folder with a saved model and tokenizer")
-    builtin: BuiltinModel | None = None
-    trust_remote_code: bool = False
+    name: Name = Field(description="how tables, run ids and selectors name this model")
+    hub: str | None = Field(
+        None,
+        description="Hugging Face hub id, e.g. meta-llama/Llama-3.2-1B (HF_TOKEN is used if "
+        "set, never recorded)",
+    )
+    revision: str | None = Field(
+        None,
+        description="hub revision (branch, tag or commit); pin a commit to reproduce exactly",
+    )
+    path: str | None = Field(
+        None,
+        description="a local folder written by save_pretrained (config, weights, tokenizer); "
+        "relative paths must stay inside the project",
+    )
+    builtin: BuiltinModel | None = Field(
+        None, description="a tiny model built and pre-trained here (offline default)"
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="run the model repository's own Python code (needed by some "
+        "architectures); only for repositories you trust",
+    )
 
     @model_validator(mode="after")
     def one_source(self) -> ModelSpec:
@@ -89,18 +151,21 @@ class ModelSpec(Strict):
 Backend = Literal["hf", "unsloth"]
 # What Unsloth's FastLanguageModel can train; the rest is rejected at validation, not at training.
 UNSLOTH_METHODS = ("full", "lora", "rslora", "qlora")
+AdapterRank = Annotated[int, Field(gt=0, le=65536)]
 
 
 class MethodBase(Strict):
-    label: Name | None = None
-    backend: list[Backend] = Field(
+    label: Name | None = Field(
+        None,
+        description="distinguishes two entries of one method (in run ids, tables, selectors)",
+    )
+    backend: Axis[Backend] = Field(
         ["hf"],
         min_length=1,
-        description="hf: transformers + PEFT + bitsandbytes; unsloth: Unsloth's FastLanguageModel "
-        "in its own environment. A list is a matrix axis: [hf, unsloth] runs both side by side.",
+        description="an axis. hf: transformers + PEFT + bitsandbytes; unsloth: Unsloth's "
+        "FastLanguageModel in its own environment (faster on GPUs, no DoRA). [hf, unsloth] "
+        "runs both side by side",
     )
-
-    _backend_list = field_validator("backend", mode="before")(as_list)
 
     @model_validator(mode="after")
     def backend_supports_method(self):
@@ -115,32 +180,46 @@ class MethodBase(Strict):
 
 
 class FullMethod(MethodBase):
-    method: Literal["full"]
-    learning_rate: PositiveFloat | list[PositiveFloat] | None = None
+    """Full fine-tuning: every weight is trained (the most memory: weights, gradients and
+    optimizer states of the whole model)."""
 
-    _as_list = field_validator("learning_rate", mode="before")(
-        lambda v: None if v is None else as_list(v)
+    method: Literal["full"] = Field(description="full: train every weight")
+    learning_rate: Axis[PositiveFloat] | None = Field(
+        None,
+        description="an axis; default training.learning_rate. Full fine-tuning wants a "
+        "smaller LR than adapters (often 1e-5 to 2e-5 on real LLMs)",
     )
-
-
-AdapterRank = Annotated[int, Field(gt=0, le=65536)]
 
 
 class LoraMethod(MethodBase):
     """LoRA and its variants: `dora` (weight-decomposed), `rslora` (rank-stabilised scaling)."""
 
-    method: Literal["lora", "dora", "rslora"]
-    ranks: list[AdapterRank] = Field(min_length=1)
-    alpha: list[PositiveFloat] | None = None
-    alpha_ratio: list[PositiveFloat] | None = Field(
-        None, description="alpha = ratio x rank (default 2 when neither alpha nor alpha_ratio)"
+    method: Literal["lora", "dora", "rslora"] = Field(
+        description="lora: low-rank adapters; dora: LoRA plus a learned magnitude per output "
+        "(often better at low rank, slower steps); rslora: LoRA scaled by alpha/sqrt(rank) "
+        "instead of alpha/rank (keeps high ranks learning)"
     )
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: Literal["all-linear"] | list[Name] = "all-linear"
-    learning_rate: list[PositiveFloat] | None = None
-
-    _as_list = field_validator("ranks", "alpha", "alpha_ratio", "learning_rate", mode="before")(
-        lambda v: None if v is None else as_list(v)
+    ranks: Axis[AdapterRank] = Field(
+        min_length=1,
+        description="an axis: adapter rank r. Higher r: more trainable parameters, memory "
+        "and capacity",
+    )
+    alpha: Axis[PositiveFloat] | None = Field(
+        None, description="an axis: LoRA alpha (scale = alpha/r); or give alpha_ratio"
+    )
+    alpha_ratio: Axis[PositiveFloat] | None = Field(
+        None,
+        description="an axis: alpha = ratio x rank (default 2 when neither alpha nor "
+        "alpha_ratio is given), so the scale stays the same across ranks",
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: Literal["all-linear"] | list[Name] = Field(
+        "all-linear",
+        description="layers that get adapters: all-linear (every linear layer but the output "
+        "head; the usual best quality) or a list such as [q_proj, v_proj] (fewer parameters)",
+    )
+    learning_rate: Axis[PositiveFloat] | None = Field(
+        None, description="an axis; default training.learning_rate (adapters: often 1e-4 to 2e-4)"
     )
 
     @model_validator(mode="after")
@@ -151,20 +230,31 @@ class LoraMethod(MethodBase):
 
 
 class Quantization(Strict):
-    """bitsandbytes 4-bit settings for QLoRA."""
+    """bitsandbytes 4-bit settings for QLoRA: the frozen base is stored in 4 bits."""
 
-    quant_type: list[Literal["nf4", "fp4"]] = ["nf4"]
-    double_quant: list[bool] = [True]
-    compute_dtype: list[Dtype] = ["bfloat16"]
-
-    _as_list = field_validator("quant_type", "double_quant", "compute_dtype", mode="before")(
-        as_list
+    quant_type: Axis[Literal["nf4", "fp4"]] = Field(
+        ["nf4"],
+        description="an axis: the 4-bit data type. nf4 (NormalFloat) suits normally "
+        "distributed weights and was better than fp4 in the QLoRA paper; both take 4 bits",
+    )
+    double_quant: Axis[bool] = Field(
+        [True],
+        description="an axis: also quantise the quantisation constants (about 0.4 bits per "
+        "parameter saved, e.g. ~3 GB on a 65B model, at no measured quality cost)",
+    )
+    compute_dtype: Axis[Dtype] = Field(
+        ["bfloat16"],
+        description="an axis: the dtype 4-bit weights are dequantised to for each matmul. "
+        "bfloat16 on GPUs; float32 on a CPU without native bf16 (AVX2 only), where bf16 "
+        "compute is tens of times slower",
     )
 
 
 class QLoraMethod(LoraMethod):
-    method: Literal["qlora"]
-    quantization: Quantization
+    """LoRA adapters on a base model loaded in 4 bits (bitsandbytes): the least memory."""
+
+    method: Literal["qlora"] = Field(description="qlora: LoRA on a 4-bit base model")
+    quantization: Quantization = Field(description="how the base model is quantised")
 
     @model_validator(mode="after")
     def unsloth_quantization(self):
@@ -180,46 +270,43 @@ class QLoraMethod(LoraMethod):
 MethodSpec = Annotated[FullMethod | LoraMethod | QLoraMethod, Field(discriminator="method")]
 
 
-# ---------------------------------------------------------------- data, training, evaluation
-
-
-METRIC_NAMES = (
-    "exact_match",
-    "exact_match_normalised",
-    "answer_accuracy",
-    "rouge_l",
-    "bleu",
-    "chrf",
-    "multiple_choice_accuracy",
-)
+# ---------------------------------------------------------------- data
 
 
 class HubDataset(Strict):
     """A Hugging Face hub dataset (or anything `datasets.load_dataset` accepts)."""
 
-    id: str
-    config: str | None = None
+    id: str = Field(description="dataset id, e.g. openai/gsm8k, or a local dataset folder")
+    config: str | None = Field(None, description="the dataset's configuration (subset) name")
     split: str | None = Field(
         None,
         description="one split to load and split by fractions; default: the dataset's own "
         "train/validation/test splits when it has them",
     )
-    revision: str | None = None
+    revision: str | None = Field(
+        None, description="dataset revision; pin a commit to reproduce exactly"
+    )
 
 
 class SplitFiles(Strict):
     """A dataset that comes already split: one file per split."""
 
-    train: str
-    validation: str | None = None
-    test: str
+    train: str = Field(description="training examples (.jsonl .json .csv .tsv .parquet)")
+    validation: str | None = Field(
+        None, description="validation examples (validation loss at the end of training)"
+    )
+    test: str = Field(description="held-out examples every run and baseline is scored on")
 
 
 class DatasetEvaluation(Strict):
     """How a dataset is scored. Not part of dataset keys or run ids: changing it re-scores only."""
 
     metrics: list[Literal[METRIC_NAMES]] = Field(
-        ["exact_match", "exact_match_normalised"], min_length=1
+        ["exact_match", "exact_match_normalised"],
+        min_length=1,
+        description="scores of greedy generations against the reference (exact_match, "
+        "exact_match_normalised, answer_accuracy, rouge_l, bleu, chrf), or "
+        "multiple_choice_accuracy (log-likelihood of each choice)",
     )
     answer_pattern: str | None = Field(
         None,
@@ -241,46 +328,86 @@ class DatasetEvaluation(Strict):
 class DatasetSpec(Strict):
     """Exactly one source: builtin, path (one file), files (one per split) or hub."""
 
-    name: Name
-    builtin: Literal["wordops"] | None = None
-    path: str | None = Field(None, description="a .jsonl/.json/.csv/.tsv/.parquet file")
-    files: SplitFiles | None = None
-    hub: HubDataset | None = None
-    format: Literal[("auto", *FORMATS)] = "auto"
+    name: Name = Field(description="how tables, run ids and selectors name this dataset")
+    builtin: Literal["wordops"] | None = Field(
+        None, description="the built-in instruction task (offline default)"
+    )
+    path: str | None = Field(
+        None,
+        description="one file (.jsonl .json .csv .tsv .parquet), split here by fractions or "
+        "counts; relative paths must stay inside the project",
+    )
+    files: SplitFiles | None = Field(None, description="already split: one file per split")
+    hub: HubDataset | None = Field(None, description="a hub dataset (datasets.load_dataset)")
+    format: Literal[("auto", *FORMATS)] = Field(
+        "auto",
+        description="the rows' format; auto detects it from each row's fields (see README, "
+        "Datasets)",
+    )
     columns: dict[str, str] = Field(
         {},
         description="canonical field -> column in your data, "
         "e.g. {instruction: question, output: answer}",
     )
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(
+        None, description="a system message added to rows that have none"
+    )
     template: Literal["auto", "model", "alpaca", "chatml", "custom"] = Field(
-        "auto", description="auto: the model's chat template if it has one, else alpaca"
+        "auto",
+        description="how a row becomes text. auto: the model's chat template if it has one, "
+        "else alpaca; model: the model's (an error if it has none); custom: custom_template",
     )
     custom_template: str | None = Field(
         None, description="a Jinja chat template (template: custom)"
     )
-    loss_on: Literal["response", "all"] = "response"
-    n_words: PositiveInt = Field(600, description="built-in wordops: size of the lexicon")
-    operations: list[Literal["reverse", "first", "last", "count"]] = [
-        "reverse",
-        "first",
-        "last",
-        "count",
-    ]
-    test_fraction: float | None = Field(None, gt=0, lt=1, description="default 0.15")
-    validation_fraction: float | None = Field(None, ge=0, lt=1, description="default 0.05")
-    test_size: PositiveInt | None = Field(None, description="a count instead of a fraction")
-    validation_size: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
-    split_seed: int = 0
-    deduplicate: bool = True
+    loss_on: Literal["response", "all"] = Field(
+        "response",
+        description="response: loss on response tokens only (instruction tuning); all: on "
+        "every token",
+    )
+    n_words: PositiveInt = Field(
+        600, description="built-in wordops: size of the lexicon (more words, more examples)"
+    )
+    operations: list[Literal[tuple(OPERATIONS)]] = Field(
+        list(OPERATIONS), description="built-in wordops: which questions the task asks"
+    )
+    test_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=f"share of examples held out for test (default {DEFAULT_TEST_FRACTION})",
+    )
+    validation_fraction: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description=f"share held out for validation (default {DEFAULT_VALIDATION_FRACTION})",
+    )
+    test_size: PositiveInt | None = Field(None, description="a test count instead of a fraction")
+    validation_size: Annotated[int, Field(ge=0, le=10_000_000)] | None = Field(
+        None, description="a validation count instead of a fraction"
+    )
+    split_seed: int = Field(0, description="seed of the split; the same seed, the same split")
+    deduplicate: bool = Field(
+        True, description="drop exact and normalised (case, whitespace) duplicate rows"
+    )
     leakage: Literal["remove", "report"] = Field(
-        "remove", description="held-out prompts that also occur in train"
+        "remove",
+        description="held-out examples whose prompt also occurs in train: removed, or only "
+        "counted in the manifest",
     )
-    bad_rows: Literal["error", "skip"] = Field("error", description="skip: count and drop them")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="a malformed row stops preparation naming file:line, or is skipped and counted",
+    )
     too_long: Literal["drop", "truncate"] = Field(
-        "drop", description="examples over training.max_length"
+        "drop",
+        description="examples over training.max_length: dropped (their response would be "
+        "cut), or truncated keeping the start; counted in each run's result",
     )
-    evaluation: DatasetEvaluation = DatasetEvaluation()
+    evaluation: DatasetEvaluation = Field(
+        DatasetEvaluation(), description="how this dataset's held-out split is scored"
+    )
 
     @model_validator(mode="after")
     def consistent(self):
@@ -300,25 +427,95 @@ class DatasetSpec(Strict):
         return self
 
 
+# ---------------------------------------------------------------- training and evaluation
+
+
 class Training(Strict):
-    max_steps: PositiveInt | None = None
-    epochs: PositiveFloat | None = None
-    learning_rate: PositiveFloat = 2e-4
-    batch_size: PositiveInt = 8
-    gradient_accumulation: PositiveInt = 1
-    max_length: PositiveInt = 512
-    seeds: list[int] = Field([0], min_length=1)
-    optimizer: str = Field("adamw_torch", description="a transformers `optim` name")
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    gradient_checkpointing: bool = False
-    packing: bool = False
-    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, else fp32"
+    """How every run trains (TRL's SFTTrainer); methods may set their own learning rate."""
+
+    max_steps: PositiveInt | None = Field(
+        None, description="optimizer steps per run (give this or epochs)"
     )
-    logging_steps: PositiveInt = 10
+    epochs: PositiveFloat | None = Field(
+        None, description="passes over the training split (give this or max_steps)"
+    )
+    learning_rate: PositiveFloat = Field(
+        2e-4, description="peak LR, unless the method entry sets its own"
+    )
+    batch_size: PositiveInt = Field(
+        8,
+        description="examples per device per step (with packing: packed rows of max_length). "
+        "Higher: faster per example, more activation memory",
+    )
+    gradient_accumulation: PositiveInt = Field(
+        1,
+        description="steps whose gradients are summed before an update: the effective batch "
+        "is batch_size x this, at the memory of batch_size",
+    )
+    max_length: PositiveInt = Field(
+        512,
+        description="tokens per example (see datasets[].too_long); activation memory grows with it",
+    )
+    seeds: Axis[int] = Field(
+        [0],
+        min_length=1,
+        description="an axis: one run per seed; two or more give means, standard deviations "
+        "and intervals in the table",
+    )
+    optimizer: str = Field(
+        "adamw_torch",
+        description="a transformers `optim` name: adamw_torch (two fp32 states per trained "
+        "parameter), adamw_bnb_8bit or paged_adamw_8bit (8-bit states: about a quarter of "
+        "the optimizer memory), sgd, ...",
+    )
+    lr_scheduler: str = Field(
+        "cosine", description="a transformers scheduler name: cosine, linear, constant, ..."
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="share of the steps spent warming the LR up from 0"
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping threshold")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass: much less activation "
+        "memory, about 20-30% more step time",
+    )
+    packing: bool = Field(
+        False,
+        description="pack several examples into each row of max_length with TRL's best-fit "
+        "decreasing packing (padding-free: no compute on padding; position ids keep the "
+        "examples apart in SDPA and flash attention). Faster on data of mixed lengths; a "
+        "step then holds more examples",
+    )
+    padding_free: bool = Field(
+        False,
+        description="without packing: concatenate each batch into one row instead of padding "
+        "it (no compute on padding; same examples per step)",
+    )
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="attention implementation for training and evaluation: sdpa (PyTorch's "
+        "fused kernels), eager (plain, most memory), flash_attention_2 (needs the flash-attn "
+        "package and a GPU)",
+    )
+    liger_kernel: bool = Field(
+        False,
+        description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
+        "cross-entropy): less memory and faster steps on NVIDIA GPUs; needs the liger-kernel "
+        "package and a GPU (a run on a CPU fails, naming this key)",
+    )
+    torch_compile: bool = Field(
+        False,
+        description="compile the model with torch.compile: faster steps after a compile time "
+        "of tens of seconds to minutes, worth it for long runs",
+    )
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="auto: bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on a "
+        "CPU (bf16 on a CPU without native bf16 is tens of times slower)",
+    )
+    logging_steps: PositiveInt = Field(10, description="steps between logged losses")
     save_steps: PositiveInt | None = Field(
         None,
         description="checkpoint interval; a killed or preempted run resumes from the last "
@@ -329,8 +526,6 @@ class Training(Strict):
         description="deterministic kernels (torch.use_deterministic_algorithms); slower "
         "on GPUs, and some ops then raise instead of running non-deterministically",
     )
-
-    _as_list = field_validator("seeds", mode="before")(as_list)
 
     @model_validator(mode="after")
     def steps_or_epochs(self):
@@ -344,89 +539,122 @@ class HarnessTasks(Strict):
 
     tasks: list[str] = Field(min_length=1, description="task or group names, e.g. [hellaswag]")
     include_path: str | None = Field(None, description="a folder of your own task YAML files")
-    num_fewshot: Annotated[int, Field(ge=0, le=100)] | None = None
+    num_fewshot: Annotated[int, Field(ge=0, le=100)] | None = Field(
+        None, description="examples in each prompt (default: the task's own)"
+    )
     limit: PositiveInt | None = Field(None, description="examples per task (all by default)")
-    batch_size: PositiveInt = 8
+    batch_size: PositiveInt = Field(8, description="the harness's batch size")
 
 
 class Evaluation(Strict):
+    """How every run and baseline is scored on each dataset's held-out split."""
+
     lm_eval: HarnessTasks | None = Field(None, description="optional lm-evaluation-harness tasks")
-    max_new_tokens: PositiveInt = 32
-    batch_size: PositiveInt = 32
-    max_examples: PositiveInt | None = Field(None, description="cap on test examples scored")
+    max_new_tokens: PositiveInt = Field(
+        32, description="greedy generation length; answers longer than this are cut"
+    )
+    batch_size: PositiveInt = Field(32, description="examples per evaluation batch")
+    max_examples: PositiveInt | None = Field(
+        None,
+        description="score the first N test examples (all by default); fewer is faster but noisier",
+    )
 
 
 class Cost(Strict):
     """Price per accelerator-hour, keyed by a substring of the accelerator name ("A100", "cpu")."""
 
-    price_per_hour: dict[str, Annotated[float, Field(ge=0)]] = {"cpu": 0.0}
-    currency: str = "USD"
+    price_per_hour: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        {"cpu": 0.0},
+        description="accelerator-name substring -> price per GPU-hour (per machine-hour on a "
+        "CPU); the longest matching key wins",
+    )
+    currency: str = Field("USD", description="the currency of the prices (a column name)")
 
 
 class JobResources(Strict):
     """What one Snakemake job asks the scheduler for (Slurm: --gpus, --mem, --time, ...)."""
 
-    gpus: Annotated[int, Field(ge=0, le=64)] | None = None
+    gpus: Annotated[int, Field(ge=0, le=64)] | None = Field(None, description="GPUs per job")
     gpu_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")] | None = Field(
         None, description="e.g. a100, h100 (Slurm --gpus=MODEL:N)"
     )
-    cpus_per_gpu: PositiveInt | None = None
-    mem_gb: PositiveFloat | None = None
-    runtime_minutes: PositiveInt | None = None
+    cpus_per_gpu: PositiveInt | None = Field(None, description="CPU cores per GPU")
+    mem_gb: PositiveFloat | None = Field(None, description="host memory per job")
+    runtime_minutes: PositiveInt | None = Field(None, description="time limit per job")
 
 
 class ResourceOverride(Strict):
     """Resources for the runs whose fields all match (like an exclude selector)."""
 
-    match: dict[str, Any] = Field(min_length=1)
-    train: JobResources = JobResources()
-    evaluate: JobResources = JobResources()
+    match: dict[str, Any] = Field(
+        min_length=1, description="run fields that must all match, e.g. {model: llama-70b}"
+    )
+    train: JobResources = Field(JobResources(), description="replaces these training requests")
+    evaluate: JobResources = Field(JobResources(), description="replaces these evaluation requests")
 
 
 class Resources(Strict):
     """What jobs may use. `threads` is also the torch thread count (Slurm: cpus per task)."""
 
-    threads: PositiveInt = 1
+    threads: PositiveInt = Field(
+        1, description="CPU threads per job (torch threads; Slurm cpus per task)"
+    )
     partition: str | None = Field(
         None,
         description="Slurm partition; default $TUNEBENCH_SLURM_PARTITION, else the "
         "cluster's default",
     )
     account: str | None = Field(None, description="Slurm account; default $TUNEBENCH_SLURM_ACCOUNT")
-    train: JobResources = JobResources(mem_gb=8, runtime_minutes=120)
-    evaluate: JobResources = JobResources(mem_gb=8, runtime_minutes=60)
+    train: JobResources = Field(
+        JobResources(mem_gb=8, runtime_minutes=120), description="every training job"
+    )
+    evaluate: JobResources = Field(
+        JobResources(mem_gb=8, runtime_minutes=60), description="every evaluation job"
+    )
     default: JobResources = Field(
         JobResources(mem_gb=4, runtime_minutes=60),
         description="data preparation, pre-training, the table",
     )
-    overrides: list[ResourceOverride] = []
+    overrides: list[ResourceOverride] = Field(
+        [], description="per-run requests, applied in order over train/evaluate"
+    )
     memory_limit_gb: PositiveFloat | None = Field(
         None,
-        description="stop a run whose process memory (RSS) exceeds this, as an `oom` row: "
+        description="stop a step whose process memory (RSS) exceeds this, as an `oom` row: "
         "the CPU counterpart of a CUDA out-of-memory",
     )
 
 
 class Tracking(Strict):
+    """Experiment trackers, beside tunebench's own result files."""
+
     wandb: bool = Field(False, description="log to W&B (offline unless WANDB_API_KEY is set)")
-    project: str = "tunebench"
+    project: str = Field("tunebench", description="the W&B project")
 
 
 Selector = dict[str, Any]
 
 
 class Experiment(Strict):
-    name: Name
-    description: str = ""
-    models: list[ModelSpec] = Field(min_length=1)
-    methods: list[MethodSpec] = Field(min_length=1)
-    datasets: list[DatasetSpec] = Field(min_length=1)
-    training: Training
-    evaluation: Evaluation = Evaluation()
-    cost: Cost = Cost()
-    resources: Resources = Resources()
-    tracking: Tracking = Tracking()
-    include: list[Selector] = Field([], description="extra runs: {model, method, rank, ...}")
+    """One experiment file: what to compare (models x methods x datasets x seeds) and how."""
+
+    name: Name = Field(description="results go to results/<name>/")
+    description: str = Field("", description="free text, printed above the table")
+    models: list[ModelSpec] = Field(min_length=1, description="base models: an axis")
+    methods: list[MethodSpec] = Field(
+        min_length=1, description="fine-tuning methods, each with its own axes"
+    )
+    datasets: list[DatasetSpec] = Field(min_length=1, description="datasets: an axis")
+    training: Training = Field(description="settings every run shares")
+    evaluation: Evaluation = Field(Evaluation(), description="how runs are scored")
+    cost: Cost = Field(Cost(), description="prices for the cost column")
+    resources: Resources = Field(Resources(), description="what each job asks for")
+    tracking: Tracking = Field(Tracking(), description="experiment trackers")
+    include: list[Selector] = Field(
+        [],
+        description="extra runs: {model, method, rank, ...}; missing fields come from "
+        "the named method entry",
+    )
     exclude: list[Selector] = Field([], description="drop runs whose fields all match")
 
     @model_validator(mode="after")
@@ -445,9 +673,7 @@ def key_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("full", "lora", "dora", "rslora", "qlora") or re.fullmatch(
-            r"function-(before|after|wrap)\[.*\]", str(part)
-        ):
+        elif part in METHODS or re.fullmatch(r"function-(before|after|wrap)\[.*\]", str(part)):
             continue
         else:
             out += f".{part}" if out else str(part)

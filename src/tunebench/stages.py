@@ -1,19 +1,323 @@
-"""`tunebench stage NAME ...`: the commands that Snakemake rules run, one per rule.
+"""`tunebench stage NAME --option value ...`: the steps the Snakemake rules run, one per rule.
 
-Rules pass resolved specs as JSON (from the experiment, via `params`) and every path explicitly,
-so each stage is a plain function of its arguments, testable without Snakemake.
+Each stage is a typed function of its inputs: rules pass resolved specs as JSON (from the
+experiment, via `params`) and every path explicitly, so a stage is testable without Snakemake.
+The command line of each stage is derived from its signature (`add_parsers`): a parameter
+`model_dir: Path | None` is the option `--model-dir`, a pydantic model is parsed from JSON, and
+an empty value is None.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import inspect
 import logging
 import os
+import types
+import typing
 import warnings
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from tunebench.matrix import RunConfig
 from tunebench.spec import DatasetSpec, Evaluation, Experiment, ModelSpec, Tracking
+
+
+def build_tokenizer(model: ModelSpec, out: Path) -> None:
+    """Train the byte-level BPE tokenizer of the built-in models."""
+    from tunebench.builtin import wordops
+    from tunebench.builtin.tokenizer import train_tokenizer
+    from tunebench.io import atomic_dir
+
+    spec = model.builtin
+    words = wordops.make_lexicon(spec.corpus_words, seed=spec.corpus_seed)
+    texts = wordops.corpus_lines(words, seed=spec.corpus_seed) + [
+        r["instruction"] for r in wordops.instruction_rows(words[:50], list(wordops.OPERATIONS))
+    ]
+    with atomic_dir(out) as tmp:
+        tokenizer = train_tokenizer(texts, spec.vocab_size, tmp)
+    print(f"tokenizer: {len(tokenizer)} tokens -> {out}")
+
+
+def pretrain(
+    model: ModelSpec,
+    tokenizer: Path,
+    out: Path,
+    work: Path,
+    attempt: str = "",
+    memory_limit_mb: int = 0,
+    threads: int = 1,
+) -> dict:
+    """Pre-train a built-in base model; its folder's result.json says whether it finished."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tunebench import outcomes
+    from tunebench.builtin import wordops
+    from tunebench.builtin.pretrain import pretrain as run_pretrain
+    from tunebench.callbacks import MemoryCeilingCallback
+    from tunebench.io import atomic_dir
+    from tunebench.measure import MemoryCeiling
+
+    torch.set_num_threads(threads)
+    spec = model.builtin
+
+    def build() -> dict:
+        loaded = AutoTokenizer.from_pretrained(tokenizer)
+        words = wordops.make_lexicon(spec.corpus_words, seed=spec.corpus_seed)
+        lines = wordops.corpus_lines(words, seed=spec.corpus_seed)
+        ceiling = MemoryCeilingCallback(MemoryCeiling.from_mb(memory_limit_mb))
+        with atomic_dir(out) as tmp:
+            return run_pretrain(spec, loaded, lines, tmp, work, spec.seed, (ceiling,))
+
+    identity = {"model": model.name, "kind": "pretrain", "attempt": attempt}
+    result = outcomes.record(out / "result.json", identity, build, attempts=work / "attempts")
+    print(f"pretrain {model.name}: {result['status']} {result['reason']}")
+    return result
+
+
+def prepare_data(dataset: DatasetSpec, out: Path) -> None:
+    """Read, clean and split a dataset (a bad row stops here, naming file and line)."""
+    import json
+
+    from tunebench.data.prepare import prepare
+
+    manifest = prepare(dataset, out)
+    print(json.dumps(manifest["counts"]))
+
+
+def tokenize(
+    model: ModelSpec,
+    dataset: DatasetSpec,
+    data: Path,
+    out: Path,
+    model_dir: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    attempt: str = "",
+) -> dict:
+    """Tokenise a prepared dataset once per tokenizer. A tokenizer that cannot be loaded is
+    recorded in the manifest (`missing_model`), and every run of that model reports it."""
+    from tunebench import models, outcomes
+    from tunebench.data.tokenize import tokenize_dataset, write_empty_splits
+
+    def work() -> dict:
+        location = str(tokenizer_dir) if tokenizer_dir else models.model_location(model, model_dir)
+        tokenizer = models.load_tokenizer(model, location)
+        return tokenize_dataset(tokenizer, dataset, data, out, location)
+
+    identity = {"dataset": dataset.name, "model": model.name, "attempt": attempt}
+    manifest = outcomes.record(out / "manifest.json", identity, work)
+    if manifest["status"] != "ok":
+        write_empty_splits(out)
+    print(f"tokenize {dataset.name} for {model.name}: {manifest['status']} {manifest['reason']}")
+    return manifest
+
+
+def _require_inputs(model: ModelSpec, model_dir: Path | None, tokenized: Path) -> str:
+    """The model's location, once the steps before this one are known to have finished."""
+    from tunebench import models, outcomes
+
+    if model_dir is not None and (model_dir / "result.json").is_file():
+        outcomes.require_ok(model_dir / "result.json", f"pre-training {model.name}")
+    outcomes.require_ok(tokenized / "manifest.json", f"tokenising for {model.name}")
+    return models.model_location(model, model_dir)
+
+
+def train(
+    run: RunConfig,
+    tokenized: Path,
+    run_dir: Path,
+    result: Path,
+    tracking: Tracking,
+    model_dir: Path | None = None,
+    attempt: str = "",
+    memory_limit_mb: int = 0,
+    threads: int = 1,
+) -> dict:
+    """Fine-tune one run of the matrix and record its result (a failure is a row)."""
+    backend_error = None
+    if run.backend == "unsloth":
+        try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
+            from tunebench import unsloth_backend  # noqa: F401
+        except Exception as err:  # e.g. no GPU with UNSLOTH_DISABLE_CPU_FALLBACK=1: a failed row
+            backend_error = err
+    import torch
+
+    from tunebench import outcomes
+    from tunebench.measure import MemoryCeiling
+    from tunebench.train import train_run
+
+    torch.set_num_threads(threads)
+
+    def work() -> dict:
+        if backend_error is not None:
+            raise backend_error
+        location = _require_inputs(run.model, model_dir, tokenized)
+        ceiling = MemoryCeiling.from_mb(memory_limit_mb)
+        return train_run(run, location, tokenized, run_dir, tracking, ceiling)
+
+    identity = {
+        "run_id": run.run_id,
+        "config": run.model_dump(mode="json"),
+        "axes": run.axes(),
+        "seed": run.seed,
+        "attempt": attempt,
+    }
+    recorded = outcomes.record(result, identity, work)
+    print(f"{run.run_id}: {recorded['status']} {recorded['reason']}")
+    return recorded
+
+
+def evaluate(
+    run: RunConfig,
+    train_result: Path,
+    run_dir: Path,
+    dataset: DatasetSpec,
+    data: Path,
+    tokenized: Path,
+    evaluation: Evaluation,
+    result: Path,
+    samples: Path,
+    model_dir: Path | None = None,
+    attempt: str = "",
+    memory_limit_mb: int = 0,
+    threads: int = 1,
+) -> dict:
+    """Score a fine-tuned run on the held-out split. `dataset` carries the metrics, which the
+    run's own config leaves out (changing a metric re-scores without retraining)."""
+    import torch
+
+    from tunebench import evaluate as ev
+    from tunebench import outcomes
+    from tunebench.measure import MemoryCeiling
+
+    torch.set_num_threads(threads)
+    scored = run.model_copy(update={"dataset": dataset})
+
+    def work() -> tuple[dict, list]:
+        outcomes.require_ok(train_result, "training", status="skipped")
+        location = _require_inputs(run.model, model_dir, tokenized)
+        ceiling = MemoryCeiling.from_mb(memory_limit_mb)
+        return ev.evaluate_trained(scored, location, run_dir, data, tokenized, evaluation, ceiling)
+
+    identity = {"run_id": run.run_id, "axes": run.axes(), "kind": "run"}
+    return _record_evaluation(identity, attempt, data, result, samples, work)
+
+
+def evaluate_base(
+    model: ModelSpec,
+    dataset: DatasetSpec,
+    data: Path,
+    tokenized: Path,
+    evaluation: Evaluation,
+    result: Path,
+    samples: Path,
+    model_dir: Path | None = None,
+    attention: str = "sdpa",
+    attempt: str = "",
+    memory_limit_mb: int = 0,
+    threads: int = 1,
+) -> dict:
+    """Score the untuned base model on the same held-out split: every run's baseline."""
+    import torch
+
+    from tunebench import evaluate as ev
+    from tunebench.measure import MemoryCeiling
+
+    torch.set_num_threads(threads)
+
+    def work() -> tuple[dict, list]:
+        location = _require_inputs(model, model_dir, tokenized)
+        ceiling = MemoryCeiling.from_mb(memory_limit_mb)
+        return ev.evaluate_untuned(
+            model, dataset, location, data, tokenized, evaluation, attention, ceiling
+        )
+
+    identity = {
+        "run_id": f"base-{model.name}-{dataset.name}",
+        "axes": {"model": model.name, "dataset": dataset.name, "method": "base"},
+        "kind": "baseline",
+    }
+    return _record_evaluation(identity, attempt, data, result, samples, work)
+
+
+def _record_evaluation(identity, attempt, data, result, samples, work) -> dict:
+    """Record scores (a failure is a row) and write the samples beside them (none if failed)."""
+    from tunebench import outcomes
+    from tunebench.io import read_json, write_jsonl
+
+    scored: list = []
+
+    def scores() -> dict:
+        values, examples = work()
+        scored.extend(examples)
+        return values
+
+    identity = identity | {
+        "attempt": attempt,
+        "test_sha256": read_json(data / "manifest.json")["test_sha256"],
+    }
+    recorded = outcomes.record(result, identity, scores)
+    write_jsonl(samples, scored)
+    print(f"{identity['run_id']}: {recorded['status']} {recorded['reason']}")
+    return recorded
+
+
+def compile_report(experiment: Experiment, results: Path, out: Path) -> None:
+    """The comparison table and plot, rebuilt from every result file."""
+    from tunebench.report import compile_comparison
+
+    compile_comparison(experiment, results, out)
+
+
+STAGES = (
+    build_tokenizer,
+    pretrain,
+    prepare_data,
+    tokenize,
+    train,
+    evaluate,
+    evaluate_base,
+    compile_report,
+)
+
+
+# ---------------------------------------------------------------- the derived command line
+
+
+def _converter(annotation):
+    """How to read one option's text as the parameter's type."""
+    optional = type(None) in typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        convert = annotation.model_validate_json
+    elif annotation in (Path, str, int, float):
+        convert = annotation
+    else:
+        raise TypeError(f"no command-line form for {annotation!r}")
+    return (lambda text: None if text == "" else convert(text)) if optional else convert
+
+
+def add_parsers(subparsers) -> None:
+    stage = subparsers.add_parser(
+        "stage", help="run one workflow step (used by the Snakemake rules)"
+    )
+    names = stage.add_subparsers(dest="stage", required=True)
+    for func in STAGES:
+        p = names.add_parser(func.__name__.replace("_", "-"), help=func.__doc__.splitlines()[0])
+        hints = typing.get_type_hints(func)
+        for param in inspect.signature(func).parameters.values():
+            required = param.default is inspect.Parameter.empty
+            p.add_argument(
+                f"--{param.name.replace('_', '-')}",
+                dest=param.name,
+                type=_converter(hints[param.name]),
+                required=required,
+                default=None if required else param.default,
+            )
+        p.set_defaults(func=lambda args, f=func: _run_stage(f, args))
 
 
 def _quiet_libraries() -> None:
@@ -26,212 +330,7 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
-def build_tokenizer(a) -> None:
-    from tunebench.builtin import wordops
-    from tunebench.builtin.tokenizer import train_tokenizer
-    from tunebench.io import atomic_dir
-
-    spec = ModelSpec.model_validate_json(a.model).builtin
-    words = wordops.make_lexicon(spec.corpus_words, seed=spec.corpus_seed)
-    texts = wordops.corpus_lines(words, seed=spec.corpus_seed) + [
-        r["instruction"] for r in wordops.instruction_rows(words[:50], list(wordops.OPERATIONS))
-    ]
-    with atomic_dir(a.out) as tmp:
-        tokenizer = train_tokenizer(texts, spec.vocab_size, tmp)
-    print(f"tokenizer: {len(tokenizer)} tokens -> {a.out}")
-
-
-def pretrain(a) -> None:
-    import torch
-    from transformers import AutoTokenizer
-
-    from tunebench.builtin import wordops
-    from tunebench.builtin.pretrain import pretrain as run_pretrain
-    from tunebench.io import atomic_dir, write_json
-
-    torch.set_num_threads(a.threads)
-    spec = ModelSpec.model_validate_json(a.model).builtin
-    tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
-    words = wordops.make_lexicon(spec.corpus_words, seed=spec.corpus_seed)
-    lines = wordops.corpus_lines(words, seed=spec.corpus_seed)
-    with atomic_dir(a.out) as tmp:
-        stats = run_pretrain(spec, tokenizer, lines, tmp, Path(a.work), spec.seed)
-        write_json(tmp / "pretrain_stats.json", stats)
-    print(f"pretrained {stats['parameters']:,} parameters, final loss {stats['log_history'][-2]}")
-
-
-def prepare_data(a) -> None:
-    from tunebench.data.prepare import prepare
-
-    manifest = prepare(DatasetSpec.model_validate_json(a.dataset), Path(a.out))
-    print(json.dumps(manifest["counts"]))
-
-
-def _model_location(model: ModelSpec, model_dir: str | None) -> str:
-    from tunebench import models
-
-    return models.model_location(model, Path(model_dir) if model_dir else None)
-
-
-def tokenize(a) -> None:
-    from tunebench import models
-    from tunebench.data.tokenize import tokenize_dataset, write_unavailable
-
-    model = ModelSpec.model_validate_json(a.model)
-    try:
-        location = a.tokenizer_dir or _model_location(model, a.model_dir)
-        tokenizer = models.load_tokenizer(model, location)
-    except models.ModelNotFound as err:
-        # Not a crash of the matrix: every run of this model becomes a `missing_model` row.
-        write_unavailable(Path(a.out), "missing_model", str(err))
-        print(f"error: {err}")
-        return
-    dataset = DatasetSpec.model_validate_json(a.dataset)
-    manifest = tokenize_dataset(tokenizer, dataset, Path(a.data), Path(a.out), location)
-    print(json.dumps(manifest["splits"]))
-
-
-def train(a) -> None:
-    from tunebench.matrix import RunConfig
-
-    run = RunConfig.model_validate_json(a.run)
-    backend_error = None
-    if run.backend == "unsloth":
-        try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
-            from tunebench import unsloth_backend  # noqa: F401
-        except Exception as err:  # e.g. no GPU with UNSLOTH_DISABLE_CPU_FALLBACK=1: a failed row
-            backend_error = err
-    from tunebench.train import run_and_record
-
-    result = run_and_record(
-        run,
-        Path(a.model_dir) if a.model_dir else None,
-        Path(a.tokenized),
-        Path(a.run_dir),
-        Path(a.result),
-        Tracking.model_validate_json(a.tracking),
-        a.threads,
-        int(a.memory_limit_mb) / 1024 if a.memory_limit_mb and int(a.memory_limit_mb) else None,
-        backend_error,
-    )
-    print(f"{run.run_id}: {result['status']} {result.get('reason', '')}")
-
-
-def evaluate(a) -> None:
-    import torch
-
-    from tunebench import evaluate as ev
-    from tunebench import models
-    from tunebench.data.tokenize import check_available
-    from tunebench.io import read_json
-    from tunebench.matrix import RunConfig
-
-    torch.set_num_threads(a.threads)
-    settings = Evaluation.model_validate_json(a.evaluation)
-    dataset = DatasetSpec.model_validate_json(a.dataset)
-    data_dir, tokenized = Path(a.data), Path(a.tokenized)
-
-    if a.run:
-        run = RunConfig.model_validate_json(a.run)
-        spec, identity = run.model, {"run_id": run.run_id, "axes": run.axes(), "kind": "run"}
-        trained = read_json(a.train_result)
-    else:
-        spec = ModelSpec.model_validate_json(a.model)
-        identity = {
-            "run_id": f"base-{spec.name}-{dataset.name}",
-            "axes": {"model": spec.name, "dataset": dataset.name, "method": "base"},
-            "kind": "baseline",
-        }
-        trained = None
-
-    def work():
-        if trained is not None and trained["status"] != "ok":
-            raise ev.SkipEvaluation(f"training did not finish ({trained['status']})")
-        check_available(tokenized)
-        location = _model_location(spec, a.model_dir)
-        tokenizer = models.load_tokenizer(spec, location)
-        if trained is None:
-            model = ev.load_for_eval(spec, location, None, None)
-        else:
-            model = ev.load_trained(run, location, Path(a.run_dir))
-        scores, samples = ev.evaluate_model(
-            model, tokenizer, data_dir, tokenized, settings, dataset
-        )
-        if settings.lm_eval is not None:
-            from tunebench import harness
-
-            del model  # the harness loads its own copy
-            trained_dir = Path(a.run_dir) / "model" if trained is not None else None
-            full = trained is not None and run.method == "full"
-            scores |= harness.run_tasks(
-                settings.lm_eval,
-                location,
-                adapter_dir=None if full else trained_dir,
-                full_dir=trained_dir if full else None,
-            )
-        return scores, samples
-
-    result = ev.record(Path(a.result), Path(a.samples), identity, data_dir, work)
-    print(f"{identity['run_id']}: {result['status']} EM={result.get('exact_match')}")
-
-
-def compile_report(a) -> None:
-    from tunebench.report import compile_comparison
-
-    exp = Experiment.model_validate_json(a.experiment)
-    compile_comparison(exp, Path(a.results), Path(a.out))
-
-
-STAGES = {
-    "build-tokenizer": (build_tokenizer, ["model", "out"]),
-    "pretrain": (pretrain, ["model", "tokenizer", "out", "work"]),
-    "prepare-data": (prepare_data, ["dataset", "out"]),
-    "tokenize": (tokenize, ["model", "dataset", "model-dir", "tokenizer-dir", "data", "out"]),
-    "train": (
-        train,
-        ["run", "model-dir", "tokenized", "run-dir", "result", "tracking", "memory-limit-mb"],
-    ),
-    "evaluate": (
-        evaluate,
-        [
-            "run",
-            "train-result",
-            "run-dir",
-            "model",
-            "dataset",
-            "model-dir",
-            "data",
-            "tokenized",
-            "evaluation",
-            "result",
-            "samples",
-        ],
-    ),
-    "compile": (compile_report, ["experiment", "results", "out"]),
-}
-
-
-def add_parsers(subparsers) -> None:
-    stage = subparsers.add_parser(
-        "stage", help="run one workflow step (used by the Snakemake rules)"
-    )
-    stages = stage.add_subparsers(dest="stage", required=True)
-    for name, (func, options) in STAGES.items():
-        p = stages.add_parser(name)
-        for option in options:
-            p.add_argument(f"--{option}", default=None)
-        p.add_argument("--threads", type=int, default=1)
-        p.set_defaults(func=lambda a, f=func: _run_stage(f, a))
-
-
-def _run_stage(func, args) -> int:
+def _run_stage(func, args: argparse.Namespace) -> int:
     _quiet_libraries()
-    func(args)
+    func(**{name: getattr(args, name) for name in inspect.signature(func).parameters})
     return 0
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="tunebench stage")
-    add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    args.func(args)

@@ -1,66 +1,27 @@
 """Rule train: one run of the matrix with TRL's SFTTrainer (+ PEFT, + bitsandbytes for QLoRA).
 
-A failure inside training (an exception, an out-of-memory) is a result, not a crash: the result
-file records status and reason and the job exits 0, so the rest of the matrix goes on.
+`train_run` does the work and returns the run's measurements; the stage (stages.train) records
+it with outcomes.record, so a failure inside training is a row of the table, not a crash.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-import traceback
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, set_seed
+from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from tunebench import measure, models
-from tunebench.data.tokenize import TokenizedUnavailable, check_available, load_split
-from tunebench.io import write_json
+from tunebench.callbacks import LossGuard, MemoryCeilingCallback, TrainingClock, training_clock
+from tunebench.data.tokenize import load_split
 from tunebench.matrix import RunConfig
+from tunebench.outcomes import StageFailure
 
 log = logging.getLogger("tunebench.train")
-
-
-class LossGuard(TrainerCallback):
-    """Stop early on a NaN/inf loss instead of training on garbage for hours."""
-
-    def __init__(self):
-        self.bad_loss = None
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "grad_norm"):
-            value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(float(value)):
-                self.bad_loss = (state.global_step, f"{key} {value}")
-                control.should_training_stop = True
-                return
-
-
-class MemoryLimitExceeded(MemoryError):
-    """The CPU counterpart of a CUDA out-of-memory: the harness's own ceiling was crossed."""
-
-
-class MemoryCeiling(TrainerCallback):
-    """Stop a run whose process RSS exceeds `limit_gb` (resources.memory_limit_gb)."""
-
-    def __init__(self, limit_gb: float):
-        import psutil
-
-        self.limit = limit_gb * measure.GIB
-        self.process = psutil.Process()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        rss = self.process.memory_info().rss
-        if rss > self.limit:
-            raise MemoryLimitExceeded(
-                f"process memory {rss / measure.GIB:.2f} GB exceeds resources.memory_limit_gb "
-                f"{self.limit / measure.GIB:.2f} at step {state.global_step}"
-            )
-
 
 # Trainer writes trainer_state.json last: a checkpoint without it was cut off by a kill.
 CHECKPOINT_COMPLETE = "trainer_state.json"
@@ -118,15 +79,22 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=run.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
+        # transformers 5 folded warmup_ratio into warmup_steps: a value below 1 is a fraction of
+        # the total steps (TrainingArguments.get_warmup_steps), which is what warmup_ratio means.
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optimizer,
         # Unsloth sets up its own checkpointing when it loads the model.
         gradient_checkpointing=t.gradient_checkpointing and run.backend == "hf",
+        # BFD packing (TRL's default strategy) implies padding-free batches: one row of several
+        # examples whose position_ids restart, which SDPA and flash attention keep apart.
         packing=t.packing,
+        padding_free=t.padding_free,
         max_length=t.max_length,
         completion_only_loss=True,
+        use_liger_kernel=t.liger_kernel,
+        torch_compile=t.torch_compile,
         bf16=dtype == torch.bfloat16 and run.method != "qlora",
         fp16=dtype == torch.float16 and run.method != "qlora",
         use_cpu=not torch.cuda.is_available(),
@@ -140,6 +108,8 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         full_determinism=t.deterministic,
         # The default (True) logs a NaN loss as a finite number: LossGuard must see it.
         logging_nan_inf_filter=False,
+        # TrainingClock's seconds come back with a checkpoint: tokens/s spans every segment.
+        restore_callback_states_from_checkpoint=True,
     )
 
 
@@ -154,14 +124,26 @@ def _tracking(tracking, run_dir: Path) -> str:
     return "wandb"
 
 
+def check_settings(run: RunConfig) -> None:
+    """Settings this machine cannot honour fail the run at once, naming the key."""
+    if run.training.liger_kernel and not torch.cuda.is_available():
+        raise StageFailure(
+            "training.liger_kernel needs a CUDA GPU (Liger's kernels are Triton GPU kernels) "
+            "and this job has none; set it to false for CPU runs"
+        )
+
+
 def train_run(
     run: RunConfig,
     model_location: str,
     tokenized_dir: Path,
     run_dir: Path,
     tracking,
-    memory_limit_gb: float | None = None,
+    ceiling: measure.MemoryCeiling | None = None,
 ) -> dict:
+    """Train one run; save its adapter (or model) and tokenizer to run_dir/model. Returns the
+    run's measurements; raises on failure (see outcomes.status_of)."""
+    check_settings(run)
     set_seed(run.seed)
     measure.reset_peak_memory()
     tokenizer = models.load_tokenizer(run.model, model_location)
@@ -179,12 +161,16 @@ def train_run(
         model = unsloth_backend.load_model(run, model_location, dtype, models.hub_kwargs(run.model))
         peft_config = None
     else:
-        model = models.load_base_model(run.model, model_location, dtype, quant)
+        model = models.load_base_model(
+            run.model, model_location, dtype, quant, run.training.attention
+        )
         model, peft_config = models.prepare_for_method(
             run, model, run.training.gradient_checkpointing
         )
     guard = LossGuard()
-    callbacks = [guard] + ([MemoryCeiling(memory_limit_gb)] if memory_limit_gb else [])
+    callbacks = [guard, TrainingClock()]
+    if ceiling is not None:
+        callbacks.append(MemoryCeilingCallback(ceiling))
     trainer = SFTTrainer(
         model=model,
         args=sft_config(run, run_dir / "checkpoints", _tracking(tracking, run_dir)),
@@ -201,28 +187,26 @@ def train_run(
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints")
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - started
+    segment_seconds = time.perf_counter() - started
+    train_seconds = training_clock(trainer).seconds
     memory = measure.peak_memory()
-    if guard.bad_loss is not None:
-        step, loss = guard.bad_loss
-        return {
-            "status": "failed",
-            "reason": f"non-finite {loss} at step {step}",
-            "trainable_params": trainable,
-            "total_params": total,
-            **memory,
-        }
+    guard.check(
+        output.training_loss,
+        output.global_step,
+        trainable_params=trainable,
+        total_params=total,
+        **memory,
+    )
     val_loss = trainer.evaluate(val_set)["eval_loss"] if len(val_set) else None
     trainer.save_model(str(run_dir / "model"))
     tokenizer.save_pretrained(str(run_dir / "model"))
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "status": "ok",
-        "reason": "",
         "trainable_params": trainable,
         "total_params": total,
         "train_seconds": train_seconds,
+        "train_seconds_last_segment": segment_seconds,
         "train_tokens": tokens,
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "steps": output.global_step,
@@ -236,58 +220,6 @@ def train_run(
             "validation": long_val,
         },
         "log_history": trainer.state.log_history,
+        "accelerator_hours": measure.accelerator_hours(train_seconds, measure.hardware()),
         **memory,
     }
-
-
-def failure_status(err: BaseException) -> str:
-    if isinstance(err, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(err).lower():
-        return "oom"
-    if isinstance(err, models.ModelNotFound):
-        return "missing_model"
-    if isinstance(err, TokenizedUnavailable):
-        return err.status
-    return "failed"
-
-
-def run_and_record(
-    run: RunConfig,
-    builtin_dir: Path | None,
-    tokenized_dir: Path,
-    run_dir: Path,
-    result_path: Path,
-    tracking,
-    threads: int,
-    memory_limit_gb: float | None = None,
-    backend_error: BaseException | None = None,
-) -> dict:
-    """Train and always write a result file; return it. `backend_error`: the backend could not
-    be imported (e.g. Unsloth without a GPU): recorded as this run's failure."""
-    torch.set_num_threads(threads)
-    started = time.time()
-    try:
-        if backend_error is not None:
-            raise backend_error
-        check_available(tokenized_dir)
-        location = models.model_location(run.model, builtin_dir)
-        outcome = train_run(run, location, tokenized_dir, run_dir, tracking, memory_limit_gb)
-    except (Exception, torch.OutOfMemoryError) as err:  # a failed run is a row, not a crash
-        traceback.print_exc()
-        outcome = {
-            "status": failure_status(err),
-            "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-            **measure.peak_memory(),
-        }
-    hw = measure.hardware()
-    result = {
-        "run_id": run.run_id,
-        "config": run.model_dump(mode="json"),
-        "axes": run.axes(),
-        **outcome,
-        "wall_seconds": time.time() - started,
-        "accelerator_hours": measure.accelerator_hours(outcome.get("train_seconds") or 0, hw),
-        "seed": run.seed,
-        "provenance": measure.provenance(),
-    }
-    write_json(result_path, result)
-    return result

@@ -1,13 +1,13 @@
-# The experiment -> wildcards and input functions. The matrix itself is computed by the
-# tunebench library (src/tunebench/matrix.py), the same code `tunebench plan` runs.
+# The experiment -> wildcards, input functions and per-job settings. The matrix itself is
+# computed by the tunebench library (src/tunebench/matrix.py), the same code `tunebench plan`
+# runs. Nothing here imports torch or transformers: building the DAG stays cheap.
 
-import os
-from pathlib import Path
+from functools import cache
 
-from snakemake_interface_executor_plugins.settings import DeploymentMethod
+from snakemake.utils import validate
 
-from tunebench import envs, layout
-from tunebench.cli import validate_data
+from tunebench import layout, outcomes
+from tunebench.experiment import validate_data
 from tunebench.matrix import (
     SCORING_ONLY,
     baselines,
@@ -19,12 +19,10 @@ from tunebench.matrix import expand as expand_matrix
 from tunebench.resources import snakemake_resources
 from tunebench.slurm import normalise_cancelled_status
 
+# What the user wrote, against the exported schema (the one editors use); then the pydantic
+# model itself, whose messages name the key and which checks what a schema cannot.
+validate(config, "../schemas/experiment.schema.json", set_default=False)
 EXPERIMENT = validate_data(dict(config), "experiment config")
-validate(
-    EXPERIMENT.model_dump(mode="json"),
-    "../schemas/experiment.schema.json",
-    set_default=False,
-)
 
 # A scancel'ed Slurm job must end the workflow, not hang it (see tunebench/slurm.py).
 normalise_cancelled_status()
@@ -59,9 +57,9 @@ def log_path(rule_name, name_pattern):
 
 
 def base_model_dir(model):
-    """The folder of a built-in base model (a DAG output); None for hub or local models."""
+    """The folder of a built-in base model (a DAG output); "" for hub or local models."""
     if model.builtin is None:
-        return None
+        return ""
     return at_root(layout.BASE_MODEL, model=model_key(model))
 
 
@@ -69,6 +67,10 @@ def tokenized_dir(model, dataset):
     return at_root(
         layout.TOKENIZED, dataset=dataset_key(dataset), tokenizer=tokenizer_key(model)
     )
+
+
+def data_dir(dataset):
+    return at_root(layout.DATA, dataset=dataset_key(dataset))
 
 
 def model_and_data_inputs(model, dataset):
@@ -81,78 +83,9 @@ def model_and_data_inputs(model, dataset):
         ),
         "data": at_root(layout.DATA_MANIFEST, dataset=dataset_key(dataset)),
     }
-    folder = base_model_dir(model)
-    if folder:
-        inputs["model"] = folder
+    if model.builtin is not None:
+        inputs["model"] = base_model_dir(model)
     return inputs
-
-
-def run_of(wildcards):
-    return RUNS[wildcards.run_id]
-
-
-# ---------------------------------------------------------------- environments per backend
-# With --sdm apptainer every job runs in the pinned image of its backend (containers/); without,
-# hf jobs run in this environment and unsloth training in the Unsloth env, created on demand.
-PROJECT = Path(workflow.basedir)
-SOURCE = Path(envs.__file__).resolve().parents[1]
-IN_CONTAINERS = (
-    DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
-)
-# The Unsloth env follows this env's torch build: hf-cpu -> unsloth-cpu, hf-cuda -> unsloth-cuda.
-VARIANT = envs.current_variant()
-UNSLOTH_LOCK = envs.lock_file(PROJECT, "unsloth", VARIANT)
-UNSLOTH_ENV = envs.env_dir(UNSLOTH_LOCK) if UNSLOTH_LOCK.is_file() else None
-
-
-def image(backend):
-    return envs.image_reference(PROJECT, backend)
-
-
-def run_image(wildcards):
-    return image(run_of(wildcards).backend)
-
-
-def image_named(backend):
-    """What a job records as its container image: the reference --sdm apptainer runs it in;
-    else the one the whole workflow runs in (docker run -e TUNEBENCH_CONTAINER_IMAGE=...), or
-    "host"."""
-    if IN_CONTAINERS:
-        return image(backend)
-    return os.environ.get("TUNEBENCH_CONTAINER_IMAGE", "host")
-
-
-def tunebench_command(backend):
-    """The interpreter of a backend's stage: the Unsloth env's python (with this checkout's
-    code on its path) when it is not the image's own."""
-    if backend == "unsloth" and not IN_CONTAINERS:
-        return f"PYTHONPATH={SOURCE} {UNSLOTH_ENV}/bin/python -m tunebench.cli"
-    return "tunebench"
-
-
-def run_json(wildcards):
-    """The run's config without scoring-only settings: changing a metric must not retrain."""
-    return run_of(wildcards).model_dump_json(exclude=SCORING_ONLY)
-
-
-def train_inputs(wildcards):
-    run = run_of(wildcards)
-    inputs = model_and_data_inputs(run.model, run.dataset)
-    if run.backend == "unsloth" and not IN_CONTAINERS:
-        inputs["environment"] = str(UNSLOTH_ENV / envs.RECORD)
-    return inputs
-
-
-def evaluate_inputs(wildcards):
-    run = run_of(wildcards)
-    return {
-        "train": at_root(layout.TRAIN_RESULT, run_id=wildcards.run_id),
-        **model_and_data_inputs(run.model, run.dataset),
-    }
-
-
-def evaluate_base_inputs(wildcards):
-    return model_and_data_inputs(MODELS[wildcards.model], DATASETS[wildcards.dataset])
 
 
 def tokenizer_source(wildcards):
@@ -163,20 +96,60 @@ def tokenizer_source(wildcards):
     return {}
 
 
-def run_resource(kind, name):
-    """A resource of a train/evaluate job of one run (resources.train/evaluate + overrides)."""
-    return lambda w: snakemake_resources(EXPERIMENT, kind, run_of(w).axes())[name]
+def run_of(wildcards):
+    return RUNS[wildcards.run_id]
 
 
-def base_resource(name):
-    """A resource of an untuned-model evaluation (resources.evaluate + overrides by model)."""
-    return lambda w: snakemake_resources(
-        EXPERIMENT, "evaluate", {"model": MODELS[w.model].name, "method": "base"}
-    )[name]
+@cache
+def run_json(run_id):
+    """The run's config without scoring-only settings: changing a metric must not retrain."""
+    return RUNS[run_id].model_dump_json(exclude=SCORING_ONLY)
 
 
-# Data preparation, pre-training and the table: resources.default.
+def attempt(record):
+    """A param that makes the next invocation retry a step whose result recorded a failure.
+
+    It is "" the first time, the recorded value after a success, and a new value after a
+    failure, so Snakemake's params trigger reruns exactly the failed steps, and does so for
+    bare `snakemake` as for `tunebench run` (outcomes.next_attempt)."""
+    return lambda w: outcomes.next_attempt(at_root(record, **dict(w.items())))
+
+
+# ---------------------------------------------------------------- resources per job
+
+
+@cache
+def _run_resources(kind, run_id):
+    return snakemake_resources(EXPERIMENT, kind, RUNS[run_id].axes())
+
+
+@cache
+def _base_resources(model):
+    axes = {"model": MODELS[model].name, "method": "base"}
+    return snakemake_resources(EXPERIMENT, "evaluate", axes)
+
+
+def run_resources(kind):
+    """A train/evaluate rule's resources, each resolved per run (resources.<kind>, then the
+    matching resources.overrides), plus the harness's own memory ceiling."""
+    return {
+        name: lambda w, name=name: _run_resources(kind, w.run_id)[name]
+        for name in snakemake_resources(EXPERIMENT, kind)
+    } | {"memory_limit_mb": MEMORY_LIMIT_MB}
+
+
+def base_resources():
+    """The resources of an untuned model's evaluation (resources.evaluate + overrides by model)."""
+    return {
+        name: lambda w, name=name: _base_resources(w.model)[name]
+        for name in snakemake_resources(EXPERIMENT, "evaluate")
+    } | {"memory_limit_mb": MEMORY_LIMIT_MB}
+
+
+# Data preparation, pre-training and the table: resources.default. The memory ceiling is a
+# resource, not a param, so changing it re-runs nothing.
 SMALL_JOB = snakemake_resources(EXPERIMENT, "default")
+PRETRAIN_JOB = SMALL_JOB | {"memory_limit_mb": MEMORY_LIMIT_MB}
 
 
 def comparison_outputs():

@@ -8,14 +8,12 @@ rule build_tokenizer:
     log:
         log_path("build_tokenizer", "{tokenizer}"),
     resources:
-        mem_mb=SMALL_JOB["mem_mb"],
-        runtime=SMALL_JOB["runtime"],
-        slurm_partition=SMALL_JOB["slurm_partition"],
-        slurm_account=SMALL_JOB["slurm_account"],
+        **SMALL_JOB,
     params:
         model=lambda w: TOKENIZER_OWNER[w.tokenizer].model_dump_json(),
     shell:
-        "tunebench stage build-tokenizer --model {params.model:q} --out {output} > {log} 2>&1"
+        "tunebench stage build-tokenizer --model {params.model:q} --out {output}"
+        " > {log} 2>&1"
 
 
 rule pretrain_base:
@@ -28,19 +26,18 @@ rule pretrain_base:
     log:
         log_path("pretrain_base", "{model}"),
     benchmark:
-        at_root("benchmarks/pretrain_base/{model}.tsv")
+        at_root(layout.BENCHMARK.format(rule="pretrain_base", name="{model}"))
     threads: EXPERIMENT.resources.threads
     resources:
-        mem_mb=SMALL_JOB["mem_mb"],
-        runtime=SMALL_JOB["runtime"],
-        slurm_partition=SMALL_JOB["slurm_partition"],
-        slurm_account=SMALL_JOB["slurm_account"],
+        **PRETRAIN_JOB,
     params:
         model=lambda w: MODELS[w.model].model_dump_json(),
-        work=lambda w: at_root("work/pretrain/{model}", model=w.model),
+        work=lambda w: at_root(layout.PRETRAIN_WORK, model=w.model),
+        attempt=attempt(layout.BASE_MODEL_RESULT),
     shell:
         "tunebench stage pretrain --model {params.model:q} --tokenizer {input.tokenizer}"
-        " --out {output} --work {params.work} --threads {threads} > {log} 2>&1"
+        " --out {output} --work {params.work} --attempt={params.attempt:q}"
+        " --memory-limit-mb {resources.memory_limit_mb} --threads {threads} > {log} 2>&1"
 
 
 rule prepare_data:
@@ -50,10 +47,7 @@ rule prepare_data:
     log:
         log_path("prepare_data", "{dataset}"),
     resources:
-        mem_mb=SMALL_JOB["mem_mb"],
-        runtime=SMALL_JOB["runtime"],
-        slurm_partition=SMALL_JOB["slurm_partition"],
-        slurm_account=SMALL_JOB["slurm_account"],
+        **SMALL_JOB,
     params:
         dataset=lambda w: DATASETS[w.dataset].model_dump_json(),
         out=lambda w: at_root(layout.DATA, dataset=w.dataset),
@@ -72,21 +66,17 @@ rule tokenize:
     log:
         log_path("tokenize", "{dataset}.{tokenizer}"),
     resources:
-        mem_mb=SMALL_JOB["mem_mb"],
-        runtime=SMALL_JOB["runtime"],
-        slurm_partition=SMALL_JOB["slurm_partition"],
-        slurm_account=SMALL_JOB["slurm_account"],
+        **SMALL_JOB,
     params:
         model=lambda w: TOKENIZER_OWNER[w.tokenizer].model_dump_json(),
         dataset=lambda w: DATASETS[w.dataset].model_dump_json(),
-        tokenizer_dir=lambda w, input: (
-            f"--tokenizer-dir {input.tokenizer}" if "tokenizer" in input.keys() else ""
-        ),
+        tokenizer_dir=lambda w, input: input.get("tokenizer", ""),
         data=lambda w: at_root(layout.DATA, dataset=w.dataset),
         out=lambda w: at_root(
             layout.TOKENIZED, dataset=w.dataset, tokenizer=w.tokenizer
         ),
+        attempt=attempt(layout.TOKENIZED_MANIFEST),
     shell:
         "tunebench stage tokenize --model {params.model:q} --dataset {params.dataset:q}"
-        " {params.tokenizer_dir}"
-        " --data {params.data} --out {params.out} > {log} 2>&1"
+        " --tokenizer-dir={params.tokenizer_dir:q} --data {params.data} --out {params.out}"
+        " --attempt={params.attempt:q} > {log} 2>&1"

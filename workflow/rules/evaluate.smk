@@ -3,67 +3,61 @@
 
 rule evaluate:
     input:
-        unpack(evaluate_inputs),
+        unpack(lambda w: model_and_data_inputs(run_of(w).model, run_of(w).dataset)),
+        train=at_root(layout.TRAIN_RESULT),
     output:
         result=at_root(layout.EVAL_RESULT),
         samples=at_root(layout.EVAL_SAMPLES),
     log:
         log_path("evaluate", "{run_id}"),
     benchmark:
-        at_root("benchmarks/evaluate/{run_id}.tsv")
+        at_root(layout.BENCHMARK.format(rule="evaluate", name="{run_id}"))
     threads: EXPERIMENT.resources.threads
     resources:
-        mem_mb=run_resource("evaluate", "mem_mb"),
-        runtime=run_resource("evaluate", "runtime"),
-        gpu=run_resource("evaluate", "gpu"),
-        gpu_model=run_resource("evaluate", "gpu_model"),
-        cpus_per_gpu=run_resource("evaluate", "cpus_per_gpu"),
-        slurm_partition=run_resource("evaluate", "slurm_partition"),
-        slurm_account=run_resource("evaluate", "slurm_account"),
+        **run_resources("evaluate"),
     params:
-        run=run_json,
-        dataset=lambda w: DATASETS[dataset_key(run_of(w).dataset)].model_dump_json(),
-        model_dir=lambda w: base_model_dir(run_of(w).model) or "",
+        run=lambda w: run_json(w.run_id),
+        dataset=lambda w: run_of(w).dataset.model_dump_json(),
+        model_dir=lambda w: base_model_dir(run_of(w).model),
         tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
-        data=lambda w: at_root(layout.DATA, dataset=dataset_key(run_of(w).dataset)),
+        data=lambda w: data_dir(run_of(w).dataset),
         run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
-        image=image_named("hf"),
+        attempt=attempt(layout.EVAL_RESULT),
     shell:
-        "TUNEBENCH_CONTAINER_IMAGE={params.image:q} tunebench stage evaluate --run {params.run:q} --dataset {params.dataset:q}"
-        " --train-result {input.train}"
-        " --run-dir {params.run_dir} --model-dir={params.model_dir:q} --data {params.data}"
+        "tunebench stage evaluate --run {params.run:q} --dataset {params.dataset:q}"
+        " --train-result {input.train} --run-dir {params.run_dir}"
+        " --model-dir={params.model_dir:q} --data {params.data}"
         " --tokenized {params.tokenized} --evaluation {params.evaluation:q}"
-        " --result {output.result} --samples {output.samples} --threads {threads} > {log} 2>&1"
+        " --result {output.result} --samples {output.samples} --attempt={params.attempt:q}"
+        " --memory-limit-mb {resources.memory_limit_mb} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_base:
     input:
-        unpack(evaluate_base_inputs),
+        unpack(lambda w: model_and_data_inputs(MODELS[w.model], DATASETS[w.dataset])),
     output:
         result=at_root(layout.BASELINE_RESULT),
         samples=at_root(layout.BASELINE_SAMPLES),
     log:
         log_path("evaluate_base", "{model}.{dataset}"),
+    benchmark:
+        at_root(layout.BENCHMARK.format(rule="evaluate_base", name="{model}.{dataset}"))
     threads: EXPERIMENT.resources.threads
     resources:
-        mem_mb=base_resource("mem_mb"),
-        runtime=base_resource("runtime"),
-        gpu=base_resource("gpu"),
-        gpu_model=base_resource("gpu_model"),
-        cpus_per_gpu=base_resource("cpus_per_gpu"),
-        slurm_partition=base_resource("slurm_partition"),
-        slurm_account=base_resource("slurm_account"),
+        **base_resources(),
     params:
         model=lambda w: MODELS[w.model].model_dump_json(),
         dataset=lambda w: DATASETS[w.dataset].model_dump_json(),
-        model_dir=lambda w: base_model_dir(MODELS[w.model]) or "",
+        model_dir=lambda w: base_model_dir(MODELS[w.model]),
         tokenized=lambda w: tokenized_dir(MODELS[w.model], DATASETS[w.dataset]),
-        data=lambda w: at_root(layout.DATA, dataset=w.dataset),
+        data=lambda w: data_dir(DATASETS[w.dataset]),
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
-        image=image_named("hf"),
+        attention=EXPERIMENT.training.attention,
+        attempt=attempt(layout.BASELINE_RESULT),
     shell:
-        "TUNEBENCH_CONTAINER_IMAGE={params.image:q} tunebench stage evaluate --model {params.model:q} --dataset {params.dataset:q}"
+        "tunebench stage evaluate-base --model {params.model:q} --dataset {params.dataset:q}"
         " --model-dir={params.model_dir:q} --data {params.data} --tokenized {params.tokenized}"
-        " --evaluation {params.evaluation:q} --result {output.result}"
-        " --samples {output.samples} --threads {threads} > {log} 2>&1"
+        " --evaluation {params.evaluation:q} --attention {params.attention}"
+        " --result {output.result} --samples {output.samples} --attempt={params.attempt:q}"
+        " --memory-limit-mb {resources.memory_limit_mb} --threads {threads} > {log} 2>&1"

@@ -17,13 +17,10 @@ rule compile:
     log:
         log_path("compile", "comparison"),
     resources:
-        mem_mb=SMALL_JOB["mem_mb"],
-        runtime=SMALL_JOB["runtime"],
-        slurm_partition=SMALL_JOB["slurm_partition"],
-        slurm_account=SMALL_JOB["slurm_account"],
+        **SMALL_JOB,
     params:
         experiment=EXPERIMENT.model_dump_json(),
         root=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "tunebench stage compile --experiment {params.experiment:q} --results {params.root}"
-        " --out {params.root} > {log} 2>&1"
+        "tunebench stage compile-report --experiment {params.experiment:q}"
+        " --results {params.root} --out {params.root} > {log} 2>&1"

@@ -46,8 +46,17 @@ def packed_blocks(lines: list[str], tokenizer, block_size: int) -> Dataset:
     return Dataset.from_dict({"input_ids": blocks})
 
 
-def pretrain(spec, tokenizer, lines: list[str], out_dir: Path, work_dir: Path, seed: int) -> dict:
-    """Pre-train from scratch; save the model and tokenizer to `out_dir`. Returns training stats."""
+def pretrain(
+    spec,
+    tokenizer,
+    lines: list[str],
+    out_dir: Path,
+    work_dir: Path,
+    seed: int,
+    callbacks: tuple = (),
+) -> dict:
+    """Pre-train from scratch; save the model and tokenizer to `out_dir`. Returns training stats.
+    `callbacks`: Trainer callbacks (the memory ceiling)."""
     set_seed(seed)
     model = build_model(spec, tokenizer)
     dataset = packed_blocks(lines, tokenizer, spec.block_size)
@@ -69,7 +78,13 @@ def pretrain(spec, tokenizer, lines: list[str], out_dir: Path, work_dir: Path, s
         disable_tqdm=True,
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=list(callbacks),
+    )
     output = trainer.train()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -6,7 +6,6 @@ Every check runs before anything is written, so a bad input leaves no half-prepa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections import Counter
@@ -15,21 +14,17 @@ from pathlib import Path
 from tunebench.builtin import wordops
 from tunebench.data import formats, sources
 from tunebench.data.sources import DataError
-from tunebench.io import write_json, write_jsonl
-from tunebench.spec import DatasetSpec
+from tunebench.io import sha256_file, write_json, write_jsonl
+from tunebench.spec import DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, DatasetSpec
 
 SPLITS = ("train", "validation", "test")
-DEFAULT_TEST_FRACTION = 0.15
-DEFAULT_VALIDATION_FRACTION = 0.05
+
+
 MAX_REPORTED_BAD_ROWS = 20
 
 __all__ = ["SPLITS", "DataError", "prepare"]
 
 Records = list[tuple[str, dict]]
-
-
-def _file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_records(spec: DatasetSpec, bad: list[str]) -> tuple[dict[str, Records] | Records, dict]:
@@ -45,13 +40,13 @@ def load_records(spec: DatasetSpec, bad: list[str]) -> tuple[dict[str, Records] 
     if spec.path is not None:
         return sources.read_file(Path(spec.path), skipped), {
             "path": spec.path,
-            "sha256": _file_sha256(spec.path),
+            "sha256": sha256_file(spec.path),
         }
     if spec.files is not None:
         given = {s: getattr(spec.files, s) for s in SPLITS if getattr(spec.files, s)}
         records = {s: sources.read_file(Path(p), skipped) for s, p in given.items()}
         return records, {
-            "files": {s: {"path": p, "sha256": _file_sha256(p)} for s, p in given.items()}
+            "files": {s: {"path": p, "sha256": sha256_file(p)} for s, p in given.items()}
         }
     hub = spec.hub
     facts = {"hub": hub.id, "config": hub.config, "revision": hub.revision}
@@ -181,7 +176,7 @@ def prepare(spec: DatasetSpec, out_dir: Path) -> dict:
         "source": source,
         "counts": dict(counts),
         "bad_rows": bad[:MAX_REPORTED_BAD_ROWS],
-        "test_sha256": hashlib.sha256((out_dir / "test.jsonl").read_bytes()).hexdigest(),
+        "test_sha256": sha256_file(out_dir / "test.jsonl"),
     }
     write_json(out_dir / "manifest.json", manifest)
     return manifest

@@ -13,7 +13,7 @@ from datasets import Dataset
 
 from tunebench.data.prepare import SPLITS
 from tunebench.data.templates import render, resolve
-from tunebench.io import atomic_path, read_json, read_jsonl, write_json
+from tunebench.io import atomic_path, read_jsonl
 from tunebench.spec import DatasetSpec
 
 
@@ -33,6 +33,7 @@ def tokenize_example(tokenizer, example: dict, spec: DatasetSpec) -> dict:
 def tokenize_dataset(
     tokenizer, spec: DatasetSpec, data_dir: Path, out_dir: Path, tokenizer_source: str
 ) -> dict:
+    """Write the tokenised splits to out_dir; return what the manifest records of them."""
     lengths = {}
     for name in SPLITS:
         rows = [
@@ -49,39 +50,23 @@ def tokenize_dataset(
             "max_tokens": max((len(r["input_ids"]) for r in rows), default=0),
             "tokens": sum(len(r["input_ids"]) for r in rows),
         }
-    manifest = {
-        "status": "ok",
+    return {
         "tokenizer": tokenizer_source,
         "template": resolve(spec.template, tokenizer),
         "loss_on": spec.loss_on,
         "splits": lengths,
     }
-    write_json(out_dir / "manifest.json", manifest)
-    return manifest
 
 
 def load_split(tokenized_dir: Path, name: str) -> Dataset:
     return Dataset.from_parquet(str(tokenized_dir / f"{name}.parquet"))
 
 
-def write_unavailable(out_dir: Path, status: str, reason: str) -> None:
-    """Record that this tokenizer could not be loaded; runs that need it report the reason."""
+def write_empty_splits(out_dir: Path) -> None:
+    """The split files of a tokenizer that could not be loaded: the rule's outputs exist, the
+    manifest says why they are empty, and every run that needs them reports that reason."""
     for name in SPLITS:
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             Dataset.from_dict(
                 {"id": [], "input_ids": [], "completion_mask": [], "prompt_length": []}
             ).to_parquet(str(tmp))
-    write_json(out_dir / "manifest.json", {"status": status, "reason": reason})
-
-
-class TokenizedUnavailable(RuntimeError):
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status = status
-
-
-def check_available(tokenized_dir: Path) -> None:
-    """Raise TokenizedUnavailable if tokenisation recorded a failure (e.g. a missing model)."""
-    manifest = read_json(tokenized_dir / "manifest.json")
-    if manifest.get("status", "ok") != "ok":
-        raise TokenizedUnavailable(manifest["status"], manifest["reason"])

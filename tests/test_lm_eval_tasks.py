@@ -7,9 +7,8 @@ import json
 import pytest
 import yaml
 
-from tunebench import harness
-from tunebench.spec import HarnessTasks, Tracking
-from tunebench.train import run_and_record
+from tunebench import lm_eval_tasks
+from tunebench.spec import HarnessTasks
 
 pytest.importorskip("lm_eval")
 
@@ -47,28 +46,22 @@ def test_harness_scores_base_and_adapter(tiny_model, tiny_data, tmp_path):
     settings = HarnessTasks(
         tasks=["tunebench_first_letter"], include_path=local_task(tmp_path), batch_size=4
     )
-    base = harness.run_tasks(settings, str(model_dir))
+    base = lm_eval_tasks.run_tasks(settings, str(model_dir))
     assert 0.0 <= base["lm_eval/tunebench_first_letter/acc"] <= 1.0
 
-    from test_training import METHODS, run_for
+    from test_training import METHODS, run_for, train
 
     run = run_for(METHODS["lora"], max_steps=3)
-    result = run_and_record(
-        run,
-        model_dir,
-        tokenized,
-        tmp_path / "run",
-        tmp_path / "run" / "result.json",
-        Tracking(),
-        threads=1,
-    )
+    result = train(run, model_dir, tokenized, tmp_path / "run")
     assert result["status"] == "ok"
-    tuned = harness.run_tasks(settings, str(model_dir), adapter_dir=tmp_path / "run" / "model")
+    tuned = lm_eval_tasks.run_tasks(
+        settings, str(model_dir), adapter_dir=tmp_path / "run" / "model"
+    )
     assert set(tuned) == set(base)
 
 
 def test_adapter_goes_through_the_harness_peft_argument(tmp_path):
-    args = harness.model_args("base-model", tmp_path / "adapter", None, "float32")
+    args = lm_eval_tasks.model_args("base-model", tmp_path / "adapter", None, "float32")
     assert args == {
         "pretrained": "base-model",
         "dtype": "float32",

@@ -1,0 +1,111 @@
+"""Read an experiment file into a validated Experiment, or say exactly what is wrong with it.
+
+Used by the command line and by the workflow (workflow/rules/common.smk), so both reject the
+same files with the same messages: a key path (`methods[1].ranks[0]: ...`) or `file:line`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from tunebench.matrix import MatrixError, expand
+from tunebench.spec import Experiment, key_path
+
+MAX_EXPERIMENT_BYTES = 1_000_000
+# Experiment files have no use for many aliases; a "billion laughs" file has thousands.
+MAX_YAML_ALIASES = 64
+
+
+class ExperimentError(ValueError):
+    pass
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and validate an experiment file; ExperimentError names the key path or line."""
+    return validate_data(read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The file's settings as written, refusing what is not a bounded YAML mapping."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_EXPERIMENT_BYTES:
+            raise ExperimentError(
+                f"{path}: larger than {MAX_EXPERIMENT_BYTES} bytes; not an experiment file"
+            )
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ExperimentError(f"{path}: no such experiment file") from err
+    except UnicodeDecodeError as err:
+        raise ExperimentError(
+            f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})"
+        ) from err
+    try:
+        aliases = sum(
+            isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)
+        )
+        if aliases > MAX_YAML_ALIASES:
+            raise ExperimentError(
+                f"{path}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); "
+                "refusing a file that expands exponentially"
+            )
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ExperimentError(
+            f"{where}: YAML syntax error: {getattr(err, 'problem', err)}"
+        ) from err
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def validate_data(data: dict, source: str = "experiment") -> Experiment:
+    """Validate settings already parsed (a file's, or Snakemake's config)."""
+    try:
+        exp = Experiment.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{key_path(e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ExperimentError(f"{source}: invalid experiment\n  " + "\n  ".join(lines)) from err
+    try:
+        expand(exp)
+        check_paths(exp)
+    except MatrixError as err:
+        raise ExperimentError(f"{source}: invalid experiment\n  {err}") from err
+    return exp
+
+
+def path_fields(exp: Experiment):
+    """(key path, value) of every file or folder an experiment names."""
+    for i, model in enumerate(exp.models):
+        if model.path:
+            yield f"models[{i}].path", model.path
+    for i, data in enumerate(exp.datasets):
+        if data.path:
+            yield f"datasets[{i}].path", data.path
+        for split in ("train", "validation", "test"):
+            value = getattr(data.files, split) if data.files else None
+            if value:
+                yield f"datasets[{i}].files.{split}", value
+    if exp.evaluation.lm_eval and exp.evaluation.lm_eval.include_path:
+        yield "evaluation.lm_eval.include_path", exp.evaluation.lm_eval.include_path
+
+
+def check_paths(exp: Experiment, project: Path | None = None) -> None:
+    """A relative path must stay inside the project (the directory tunebench runs in); a file
+    elsewhere must be named by an absolute path, so that escaping is always deliberate."""
+    project = (project or Path.cwd()).resolve()
+    for where, value in path_fields(exp):
+        if "\x00" in value:
+            raise MatrixError(where, "contains a NUL byte")
+        path = Path(value)
+        if not path.is_absolute() and not (project / path).resolve().is_relative_to(project):
+            raise MatrixError(
+                where,
+                f"{value!r} escapes the project directory {project}; "
+                "use an absolute path for a file outside it",
+            )

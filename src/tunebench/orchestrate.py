@@ -1,0 +1,139 @@
+"""`tunebench run`: start Snakemake on an experiment, then say what came of it.
+
+Everything the workflow itself decides (keep going after a failure, retry steps that failed last
+time, rerun triggers) lives in the workflow and its default profile, so a bare
+`snakemake --configfile EXPERIMENT` behaves the same. This adds only what needs the outcome: a
+refusal when another run holds the directory, a partial table when jobs were killed, and a
+summary that names the rows that did not finish, or the first failing job's log.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tunebench import layout
+from tunebench.experiment import ExperimentError
+from tunebench.spec import Experiment
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+PROFILES = REPO / "workflow" / "profiles"
+
+
+def profile_args(profile: str | None) -> list[str]:
+    """The workflow's own profile always (as bare Snakemake finds it next to the Snakefile),
+    plus a global one such as `slurm` by name or folder."""
+    args = ["--workflow-profile", str(PROFILES / "default")]
+    if profile:
+        path = Path(profile) if Path(profile).is_dir() else PROFILES / profile
+        if not path.is_dir():
+            raise ExperimentError(f"--profile {profile}: no such profile ({path})")
+        args += ["--profile", str(path)]
+    return args
+
+
+def locked_by_another_run(workdir: Path, snakemake_args: list[str]) -> bool:
+    """Snakemake locks the directory of a running workflow; say so before it does, clearly."""
+    if "--unlock" in snakemake_args:
+        return False
+    locks = workdir / ".snakemake" / "locks"
+    return locks.is_dir() and any(locks.iterdir())
+
+
+def snakemake_command(experiment: str, profile: str | None, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--configfile",
+        str(experiment),
+        *profile_args(profile),
+        *extra,
+    ]
+
+
+def run(exp: Experiment, experiment: str, profile: str | None, extra: list[str]) -> int:
+    if locked_by_another_run(Path.cwd(), extra):
+        # Checked before anything is touched: the other run's files are left alone.
+        print(
+            f"error: another tunebench run is working in {Path.cwd()} (Snakemake's lock in "
+            ".snakemake/locks). Wait for it to finish; if it was killed, clear the stale "
+            "lock with: tunebench run EXPERIMENT -- --unlock",
+            file=sys.stderr,
+        )
+        return 1
+    command = snakemake_command(experiment, profile, extra)
+    print("+ " + " ".join(command), flush=True)
+    code = subprocess.call(command)
+    if "--dry-run" in extra or "-n" in extra or "--unlock" in extra:
+        return code
+    return summarise(exp, layout.results_root(exp.name), code)
+
+
+def summarise(exp: Experiment, root: Path, code: int) -> int:
+    """Print where the table is and which rows did not finish; the exit status says whether
+    every row finished."""
+    import pandas as pd
+
+    from tunebench import slurm
+    from tunebench.matrix import expand
+    from tunebench.report import PARTIAL, compile_comparison
+
+    if root.exists():
+        slurm.link_logs(root, [run.run_id for run in expand(exp)])
+    table_path = root / "comparison.csv"
+    if code != 0 and root.exists():
+        # Jobs killed by a scheduler never reach `compile`: build a partial table here, with
+        # rows for what is missing, so the failures are visible. It is not the workflow's
+        # target (comparison.*), so the next run still finishes the matrix.
+        try:
+            table = compile_comparison(exp, root, root, partial=True)
+        except ValueError as err:  # e.g. rows scored on different test sets: say so, briefly
+            print(f"\n(no partial table: {err})", file=sys.stderr)
+            return code
+        table_path = root / f"{PARTIAL}.csv"
+        if (table["status"] == "ok").any():
+            print(f"\npartial comparison (workflow unfinished): {table_path}")
+        else:
+            print(f"\nno step finished; {first_failure(Path.cwd())}", file=sys.stderr)
+            return code
+    if not table_path.is_file():
+        print(f"\nno comparison table; {first_failure(Path.cwd())}", file=sys.stderr)
+        return code or 1
+    table = pd.read_csv(table_path)
+    failed = table[table["status"] != "ok"]
+    print(f"\ncomparison: {table_path} ({len(table)} rows)")
+    if len(failed):
+        print(
+            f"{len(failed)} row(s) did not finish: "
+            + ", ".join(f"{r.run_id} [{r.status}]" for r in failed.itertuples())
+        )
+        return code or 1
+    return code
+
+
+# Snakemake's own log of an invocation: "Error in rule NAME:" ... "log: PATH (check log ...)".
+ERROR_IN_RULE = re.compile(r"^Error in rule (\S+):$(.*?)(?=^\S|\Z)", re.M | re.S)
+LOG_LINE = re.compile(r"^\s+log: (\S+)", re.M)
+
+
+def first_failure(workdir: Path) -> str:
+    """The first job that failed in the newest Snakemake log: its rule, log and last line."""
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        return "Snakemake wrote no log (see its output above)"
+    found = ERROR_IN_RULE.search(logs[-1].read_text(errors="replace"))
+    if not found:
+        return f"see Snakemake's log {logs[-1]}"
+    rule, block = found.group(1), found.group(2)
+    log = LOG_LINE.search(block)
+    if not log or not Path(log.group(1)).is_file():
+        return f"the first failing job was rule {rule} (Snakemake's log: {logs[-1]})"
+    lines = [line for line in Path(log.group(1)).read_text(errors="replace").splitlines() if line]
+    last = f": {lines[-1].strip()}" if lines else ""
+    return f"the first failing job was rule {rule}, log {log.group(1)}{last}"
