@@ -18,10 +18,12 @@ env: $(VENV)/.installed
 
 # Only what the lock pins, each file checked against its hash (torch included: a CPU build here,
 # so nothing can pull GBs of CUDA wheels); then tunebench itself, and a record of the lock that
-# every result carries (with any drift from it).
+# every result carries (with any drift from it). PyPI lacks torch's CPU build: wheel_source.py
+# names a local wheel folder that holds it, else PyTorch's CPU index.
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --require-hashes --no-deps \
+		$$($(PYTHON) src/tunebench/wheel_source.py $(LOCK)) -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/tunebench env record hf $(LOCK)
 	touch $@
@@ -43,8 +45,10 @@ format: env
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/snakefmt workflow
 
+# The JSON schema and the reference of every key, both generated from src/tunebench/spec.py.
 schema: env
 	$(BIN)/tunebench schema --output workflow/schemas/experiment.schema.json
+	$(BIN)/tunebench schema --markdown --output docs/experiment.md
 
 # Regenerate the four locks from pyproject.toml (UPGRADE=1 moves every pin to the newest allowed),
 # and the lock hashes the image records in containers/images.json will carry.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ from conftest import REPO, tiny_experiment
 
 from tunebench.cli import main
 from tunebench.experiment import ExperimentError, load_experiment, validate_data
-from tunebench.spec import Experiment
 
 
 def write(tmp_path: Path, data) -> Path:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from tunebench.io import sha256_file
+from tunebench.wheel_source import install_options
 
 RECORD = "tunebench-env.json"
 STACKS = ("hf", "unsloth")
@@ -146,7 +147,7 @@ def ensure(stack: str, lock: Path, python: str | None = None) -> Path:
         subprocess.run([base, "-m", "venv", str(building)], check=True)
         subprocess.run(
             [
-                *installer(building / "bin" / "python"),
+                *installer(building / "bin" / "python", lock),
                 "--require-hashes",
                 "--no-deps",
                 "-r",
@@ -167,23 +168,14 @@ def ensure(stack: str, lock: Path, python: str | None = None) -> Path:
     return folder
 
 
-def installer(python: Path) -> list[str]:
+def installer(python: Path, lock: Path) -> list[str]:
     """uv when it is at hand (in the dev tools; about 15 s instead of pip's 3 minutes for the
-    Unsloth stack), else pip; both check every file against the lock's hashes."""
+    Unsloth stack), else pip; both check every file against the lock's hashes, and both are
+    told where the lock's torch build is (wheel_source)."""
     uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
     if uv is None:
-        return [str(python), "-m", "pip", "install", "--no-input"]
-    # uv does not read pip's configuration: carry over its find-links (the CPU torch wheel).
-    links = (
-        os.environ.get("PIP_FIND_LINKS")
-        or subprocess.run(
-            [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
-    links = links.split()
-    return [uv, "pip", "install", "--python", str(python), *(f"--find-links={u}" for u in links)]
+        return [str(python), "-m", "pip", "install", "--no-input", *install_options(lock, "pip")]
+    return [uv, "pip", "install", "--python", str(python), *install_options(lock, "uv")]
 
 
 _RECORD_SNIPPET = "import sys; from tunebench.envs import record; record(sys.argv[1], sys.argv[2])"

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from tunebench.matrix import MatrixError, expand
+from tunebench.matrix import MatrixError, RunConfig, expand
 from tunebench.spec import Experiment, key_path
 
 MAX_EXPERIMENT_BYTES = 1_000_000
@@ -66,17 +66,23 @@ def read_yaml(path: str | Path) -> dict:
 
 def validate_data(data: dict, source: str = "experiment") -> Experiment:
     """Validate settings already parsed (a file's, or Snakemake's config)."""
+    return validate_matrix(data, source)[0]
+
+
+def validate_matrix(data: dict, source: str = "experiment") -> tuple[Experiment, list[RunConfig]]:
+    """validate_data, and the runs it expands to (expanding is part of validating, and the
+    workflow needs both: a 10,000-run matrix is not expanded twice)."""
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as err:
         lines = [f"{key_path(e['loc'])}: {e['msg']}" for e in err.errors()]
         raise ExperimentError(f"{source}: invalid experiment\n  " + "\n  ".join(lines)) from err
     try:
-        expand(exp)
+        runs = expand(exp)
         check_paths(exp)
     except MatrixError as err:
         raise ExperimentError(f"{source}: invalid experiment\n  {err}") from err
-    return exp
+    return exp, runs
 
 
 def path_fields(exp: Experiment):

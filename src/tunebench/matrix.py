@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel
@@ -100,7 +101,7 @@ class RunConfig(Strict):
     seed: int
     training: Training
 
-    @property
+    @cached_property
     def run_id(self) -> str:
         parts = [self.model.name, self.method]
         if self.backend != "hf":
@@ -113,6 +114,12 @@ class RunConfig(Strict):
             parts.append(self.label)
         parts += [self.dataset.name, f"s{self.seed}"]
         return "-".join(parts) + "-" + short_hash(self, exclude=SCORING_ONLY)
+
+    def model_copy(self, *, update=None, deep=False):
+        """A copy whose id is computed afresh: an update may change what the id hashes."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("run_id", None)
+        return copy
 
     def axes(self) -> dict[str, Any]:
         """The flat fields that include/exclude selectors and tables refer to."""
@@ -280,9 +287,12 @@ def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConf
         raise MatrixError(where, str(err).splitlines()[0]) from err
 
 
-def baselines(exp: Experiment) -> list[tuple[ModelSpec, DatasetSpec]]:
-    """One untuned baseline per (model, dataset) that the matrix trains on."""
+def baselines(
+    exp: Experiment, runs: list[RunConfig] | None = None
+) -> list[tuple[ModelSpec, DatasetSpec]]:
+    """One untuned baseline per (model, dataset) that the matrix (`runs`, if expanded
+    already) trains on."""
     seen: dict[tuple[str, str], tuple[ModelSpec, DatasetSpec]] = {}
-    for run in expand(exp):
+    for run in expand(exp) if runs is None else runs:
         seen.setdefault((run.model.name, run.dataset.name), (run.model, run.dataset))
     return list(seen.values())

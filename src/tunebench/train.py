@@ -108,8 +108,12 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         full_determinism=t.deterministic,
         # The default (True) logs a NaN loss as a finite number: LossGuard must see it.
         logging_nan_inf_filter=False,
-        # TrainingClock's seconds come back with a checkpoint: tokens/s spans every segment.
+        # Both come back with a checkpoint, so tokens/s after a resume spans the whole run:
+        # TrainingClock's seconds, and Trainer's count of tokens that are not padding (TRL's
+        # own `num_tokens` restarts at 0). Padding-free rows have no attention mask: there it
+        # counts tokens other than the pad token (EOS), one fewer per example.
         restore_callback_states_from_checkpoint=True,
+        include_num_input_tokens_seen="non_padding",
     )
 
 
@@ -200,7 +204,7 @@ def train_run(
     val_loss = trainer.evaluate(val_set)["eval_loss"] if len(val_set) else None
     trainer.save_model(str(run_dir / "model"))
     tokenizer.save_pretrained(str(run_dir / "model"))
-    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    tokens = trainer.state.num_input_tokens_seen
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
         "trainable_params": trainable,

@@ -7,36 +7,35 @@ from functools import cache
 from snakemake.utils import validate
 
 from tunebench import layout, outcomes
-from tunebench.experiment import validate_data
-from tunebench.matrix import (
-    SCORING_ONLY,
-    baselines,
-    dataset_key,
-    model_key,
-    tokenizer_key,
-)
-from tunebench.matrix import expand as expand_matrix
+from tunebench.experiment import validate_matrix
+from tunebench.matrix import SCORING_ONLY, baselines, dataset_key, model_key, tokenizer_key
 from tunebench.resources import snakemake_resources
 from tunebench.slurm import normalise_cancelled_status
 
 # What the user wrote, against the exported schema (the one editors use); then the pydantic
 # model itself, whose messages name the key and which checks what a schema cannot.
 validate(config, "../schemas/experiment.schema.json", set_default=False)
-EXPERIMENT = validate_data(dict(config), "experiment config")
+EXPERIMENT, _RUNS = validate_matrix(dict(config), "experiment config")
 
 # A scancel'ed Slurm job must end the workflow, not hang it (see tunebench/slurm.py).
 normalise_cancelled_status()
 
 ROOT = str(layout.results_root(EXPERIMENT.name))
 MEMORY_LIMIT_MB = int((EXPERIMENT.resources.memory_limit_gb or 0) * 1024)
-RUNS = {run.run_id: run for run in expand_matrix(EXPERIMENT)}
-MODELS = {model_key(m): m for m in EXPERIMENT.models}
-DATASETS = {dataset_key(d): d for d in EXPERIMENT.datasets}
-BASELINES = [(model_key(m), dataset_key(d)) for m, d in baselines(EXPERIMENT)]
+RUNS = {run.run_id: run for run in _RUNS}
+# Content keys by name, hashed once: input functions and params look them up per job.
+MODEL_KEY = {m.name: model_key(m) for m in EXPERIMENT.models}
+TOKENIZER_KEY = {m.name: tokenizer_key(m) for m in EXPERIMENT.models}
+DATASET_KEY = {d.name: dataset_key(d) for d in EXPERIMENT.datasets}
+MODELS = {MODEL_KEY[m.name]: m for m in EXPERIMENT.models}
+DATASETS = {DATASET_KEY[d.name]: d for d in EXPERIMENT.datasets}
+BASELINES = [
+    (MODEL_KEY[m.name], DATASET_KEY[d.name]) for m, d in baselines(EXPERIMENT, _RUNS)
+]
 # One tokenizer key -> one model that uses it (built-in models of any size share one).
 TOKENIZER_OWNER = {}
 for _model in EXPERIMENT.models:
-    TOKENIZER_OWNER.setdefault(tokenizer_key(_model), _model)
+    TOKENIZER_OWNER.setdefault(TOKENIZER_KEY[_model.name], _model)
 
 
 wildcard_constraints:
@@ -60,32 +59,47 @@ def base_model_dir(model):
     """The folder of a built-in base model (a DAG output); "" for hub or local models."""
     if model.builtin is None:
         return ""
-    return at_root(layout.BASE_MODEL, model=model_key(model))
+    return at_root(layout.BASE_MODEL, model=MODEL_KEY[model.name])
 
 
 def tokenized_dir(model, dataset):
     return at_root(
-        layout.TOKENIZED, dataset=dataset_key(dataset), tokenizer=tokenizer_key(model)
+        layout.TOKENIZED,
+        dataset=DATASET_KEY[dataset.name],
+        tokenizer=TOKENIZER_KEY[model.name],
     )
 
 
 def data_dir(dataset):
-    return at_root(layout.DATA, dataset=dataset_key(dataset))
+    return at_root(layout.DATA, dataset=DATASET_KEY[dataset.name])
 
 
-def model_and_data_inputs(model, dataset):
+@cache
+def model_and_data_inputs(model_name, dataset_name):
     """What a job needs to load a model and score it on a dataset."""
+    model = next(m for m in EXPERIMENT.models if m.name == model_name)
+    dataset_key = DATASET_KEY[dataset_name]
     inputs = {
         "tokenized": at_root(
             layout.TOKENIZED_MANIFEST,
-            dataset=dataset_key(dataset),
-            tokenizer=tokenizer_key(model),
+            dataset=dataset_key,
+            tokenizer=TOKENIZER_KEY[model_name],
         ),
-        "data": at_root(layout.DATA_MANIFEST, dataset=dataset_key(dataset)),
+        "data": at_root(layout.DATA_MANIFEST, dataset=dataset_key),
     }
     if model.builtin is not None:
         inputs["model"] = base_model_dir(model)
     return inputs
+
+
+def run_inputs(wildcards):
+    run = RUNS[wildcards.run_id]
+    return dict(model_and_data_inputs(run.model.name, run.dataset.name))
+
+
+def baseline_inputs(wildcards):
+    model, dataset = MODELS[wildcards.model], DATASETS[wildcards.dataset]
+    return dict(model_and_data_inputs(model.name, dataset.name))
 
 
 def tokenizer_source(wildcards):
@@ -130,20 +144,27 @@ def _base_resources(model):
 
 
 def run_resources(kind):
-    """A train/evaluate rule's resources, each resolved per run (resources.<kind>, then the
-    matching resources.overrides), plus the harness's own memory ceiling."""
+    """A train/evaluate rule's resources: resources.<kind>, then per run the matching
+    resources.overrides (looked up per job only when there are any: each function costs
+    every job of a large matrix some planning time), plus the harness's memory ceiling."""
+    ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB}
+    if not EXPERIMENT.resources.overrides:
+        return snakemake_resources(EXPERIMENT, kind) | ceiling
     return {
         name: lambda w, name=name: _run_resources(kind, w.run_id)[name]
         for name in snakemake_resources(EXPERIMENT, kind)
-    } | {"memory_limit_mb": MEMORY_LIMIT_MB}
+    } | ceiling
 
 
 def base_resources():
     """The resources of an untuned model's evaluation (resources.evaluate + overrides by model)."""
+    ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB}
+    if not EXPERIMENT.resources.overrides:
+        return snakemake_resources(EXPERIMENT, "evaluate") | ceiling
     return {
         name: lambda w, name=name: _base_resources(w.model)[name]
         for name in snakemake_resources(EXPERIMENT, "evaluate")
-    } | {"memory_limit_mb": MEMORY_LIMIT_MB}
+    } | ceiling
 
 
 # Data preparation, pre-training and the table: resources.default. The memory ceiling is a

@@ -19,7 +19,7 @@ rule build_tokenizer:
 rule pretrain_base:
     input:
         tokenizer=lambda w: at_root(
-            layout.TOKENIZER, tokenizer=tokenizer_key(MODELS[w.model])
+            layout.TOKENIZER, tokenizer=TOKENIZER_KEY[MODELS[w.model].name]
         ),
     output:
         directory(at_root(layout.BASE_MODEL)),

@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        unpack(lambda w: model_and_data_inputs(run_of(w).model, run_of(w).dataset)),
+        unpack(run_inputs),
         train=at_root(layout.TRAIN_RESULT),
     output:
         result=at_root(layout.EVAL_RESULT),
@@ -35,7 +35,7 @@ rule evaluate:
 
 rule evaluate_base:
     input:
-        unpack(lambda w: model_and_data_inputs(MODELS[w.model], DATASETS[w.dataset])),
+        unpack(baseline_inputs),
     output:
         result=at_root(layout.BASELINE_RESULT),
         samples=at_root(layout.BASELINE_SAMPLES),

@@ -4,7 +4,7 @@
 
 rule train:
     input:
-        unpack(lambda w: model_and_data_inputs(run_of(w).model, run_of(w).dataset)),
+        unpack(run_inputs),
         unpack(unsloth_environment),
     output:
         at_root(layout.TRAIN_RESULT),
