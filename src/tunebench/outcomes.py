@@ -8,6 +8,7 @@ status on (`require_ok`), so the table says why each cell is empty.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -127,9 +128,11 @@ def next_attempt(record_path: str | Path) -> str:
     """The `attempt` a step is started with, which its result records. "" the first time; after
     a success, what that result recorded; after a failure, a new value. The workflow passes it
     as a param, so Snakemake's params rerun trigger retries exactly the steps that failed."""
+    if not os.path.isfile(record_path):  # the usual case when planning: cheaper than raising
+        return ""
     try:
         recorded = read_json(record_path)
-    except (FileNotFoundError, NotADirectoryError, ValueError):
+    except ValueError:  # half a file from a crash outside our atomic writes: start afresh
         return ""
     if recorded.get("status", "ok") == "ok":
         return recorded.get("attempt", "")

@@ -8,7 +8,13 @@ from snakemake.utils import validate
 
 from tunebench import layout, outcomes
 from tunebench.experiment import validate_matrix
-from tunebench.matrix import SCORING_ONLY, baselines, dataset_key, model_key, tokenizer_key
+from tunebench.matrix import (
+    SCORING_ONLY,
+    baselines,
+    dataset_key,
+    model_key,
+    tokenizer_key,
+)
 from tunebench.resources import snakemake_resources
 from tunebench.slurm import normalise_cancelled_status
 
@@ -74,32 +80,39 @@ def data_dir(dataset):
     return at_root(layout.DATA, dataset=DATASET_KEY[dataset.name])
 
 
-@cache
-def model_and_data_inputs(model_name, dataset_name):
-    """What a job needs to load a model and score it on a dataset."""
-    model = next(m for m in EXPERIMENT.models if m.name == model_name)
-    dataset_key = DATASET_KEY[dataset_name]
+def model_and_data_inputs(model, dataset):
+    """What an untuned model's evaluation needs: the tokenised and prepared data, and the
+    built-in model's folder (a DAG output)."""
     inputs = {
         "tokenized": at_root(
             layout.TOKENIZED_MANIFEST,
-            dataset=dataset_key,
-            tokenizer=TOKENIZER_KEY[model_name],
+            dataset=DATASET_KEY[dataset.name],
+            tokenizer=TOKENIZER_KEY[model.name],
         ),
-        "data": at_root(layout.DATA_MANIFEST, dataset=dataset_key),
+        "data": at_root(layout.DATA_MANIFEST, dataset=DATASET_KEY[dataset.name]),
     }
     if model.builtin is not None:
         inputs["model"] = base_model_dir(model)
     return inputs
 
 
+@cache
+def _run_inputs(run_id):
+    """What a run's training needs. Its evaluation needs only the training result: the rest
+    is upstream of it already, and each input costs every job of a large matrix planning
+    time (benchmarks/planning.py)."""
+    run = RUNS[run_id]
+    inputs = model_and_data_inputs(run.model, run.dataset)
+    del inputs["data"]  # upstream of the tokenised data
+    return inputs
+
+
 def run_inputs(wildcards):
-    run = RUNS[wildcards.run_id]
-    return dict(model_and_data_inputs(run.model.name, run.dataset.name))
+    return dict(_run_inputs(wildcards.run_id))
 
 
 def baseline_inputs(wildcards):
-    model, dataset = MODELS[wildcards.model], DATASETS[wildcards.dataset]
-    return dict(model_and_data_inputs(model.name, dataset.name))
+    return model_and_data_inputs(MODELS[wildcards.model], DATASETS[wildcards.dataset])
 
 
 def tokenizer_source(wildcards):
@@ -114,12 +127,6 @@ def run_of(wildcards):
     return RUNS[wildcards.run_id]
 
 
-@cache
-def run_json(run_id):
-    """The run's config without scoring-only settings: changing a metric must not retrain."""
-    return RUNS[run_id].model_dump_json(exclude=SCORING_ONLY)
-
-
 def attempt(record):
     """A param that makes the next invocation retry a step whose result recorded a failure.
 
@@ -127,6 +134,53 @@ def attempt(record):
     failure, so Snakemake's params trigger reruns exactly the failed steps, and does so for
     bare `snakemake` as for `tunebench run` (outcomes.next_attempt)."""
     return lambda w: outcomes.next_attempt(at_root(record, **dict(w.items())))
+
+
+# ---------------------------------------------------------------- the params of a run's jobs
+# One params function per job, looking up what is computed once per run: every function a rule
+# gives Snakemake costs each job of a 10,000-run matrix planning time (benchmarks/planning.py).
+
+
+@cache
+def _train_settings(run_id):
+    run = RUNS[run_id]
+    return {
+        # Without scoring-only settings: changing a metric must not retrain.
+        "run": run.model_dump_json(exclude=SCORING_ONLY),
+        "model_dir": base_model_dir(run.model),
+        "tokenized": tokenized_dir(run.model, run.dataset),
+        "run_dir": at_root(layout.RUN, run_id=run_id),
+    }
+
+
+@cache
+def _evaluate_settings(run_id):
+    run = RUNS[run_id]
+    # The dataset with its metrics: changing a metric re-scores.
+    return _train_settings(run_id) | {
+        "dataset": run.dataset.model_dump_json(),
+        "data": data_dir(run.dataset),
+    }
+
+
+def train_job(wildcards):
+    """A train job's params: the run, its paths, its command and this step's attempt."""
+    run = RUNS[wildcards.run_id]
+    return _train_settings(wildcards.run_id) | {
+        "tunebench": tunebench_command(run.backend),
+        "attempt": outcomes.next_attempt(
+            at_root(layout.TRAIN_RESULT, run_id=run.run_id)
+        ),
+    }
+
+
+def evaluate_job(wildcards):
+    """An evaluate job's params: the run, the dataset with its metrics, paths and attempt."""
+    return _evaluate_settings(wildcards.run_id) | {
+        "attempt": outcomes.next_attempt(
+            at_root(layout.EVAL_RESULT, run_id=wildcards.run_id)
+        ),
+    }
 
 
 # ---------------------------------------------------------------- resources per job
@@ -143,13 +197,19 @@ def _base_resources(model):
     return snakemake_resources(EXPERIMENT, "evaluate", axes)
 
 
+def asked(resources):
+    """Only the resources a job asks for (no gpu=0, no empty partition)."""
+    return {name: value for name, value in resources.items() if value}
+
+
 def run_resources(kind):
     """A train/evaluate rule's resources: resources.<kind>, then per run the matching
     resources.overrides (looked up per job only when there are any: each function costs
-    every job of a large matrix some planning time), plus the harness's memory ceiling."""
+    every job of a large matrix some planning time), plus the harness's memory ceiling.
+    """
     ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB}
     if not EXPERIMENT.resources.overrides:
-        return snakemake_resources(EXPERIMENT, kind) | ceiling
+        return asked(snakemake_resources(EXPERIMENT, kind)) | ceiling
     return {
         name: lambda w, name=name: _run_resources(kind, w.run_id)[name]
         for name in snakemake_resources(EXPERIMENT, kind)
@@ -160,7 +220,7 @@ def base_resources():
     """The resources of an untuned model's evaluation (resources.evaluate + overrides by model)."""
     ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB}
     if not EXPERIMENT.resources.overrides:
-        return snakemake_resources(EXPERIMENT, "evaluate") | ceiling
+        return asked(snakemake_resources(EXPERIMENT, "evaluate")) | ceiling
     return {
         name: lambda w, name=name: _base_resources(w.model)[name]
         for name in snakemake_resources(EXPERIMENT, "evaluate")
@@ -169,7 +229,7 @@ def base_resources():
 
 # Data preparation, pre-training and the table: resources.default. The memory ceiling is a
 # resource, not a param, so changing it re-runs nothing.
-SMALL_JOB = snakemake_resources(EXPERIMENT, "default")
+SMALL_JOB = asked(snakemake_resources(EXPERIMENT, "default"))
 PRETRAIN_JOB = SMALL_JOB | {"memory_limit_mb": MEMORY_LIMIT_MB}
 
 

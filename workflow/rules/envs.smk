@@ -62,11 +62,18 @@ shell.prefix(
 )
 
 
-def unsloth_environment(wildcards):
-    """Unsloth training on the host needs the Unsloth env (rule unsloth_env) first."""
+def train_inputs(wildcards):
+    """A run's model and data; for Unsloth training on the host, also the Unsloth env."""
+    inputs = run_inputs(wildcards)
     if run_of(wildcards).backend == "unsloth" and not IN_CONTAINERS:
-        return {"environment": str(UNSLOTH_ENV / envs.RECORD)}
-    return {}
+        inputs["environment"] = str(UNSLOTH_ENV / envs.RECORD)
+    return inputs
+
+
+# The image of a train job: its backend's (a function only when some run uses Unsloth).
+TRAIN_CONTAINER = (
+    run_image if any(r.backend == "unsloth" for r in RUNS.values()) else image("hf")
+)
 
 
 # Every job's software: the pinned image of the HF stack (containers/Dockerfile.hf), used with

@@ -3,7 +3,6 @@
 
 rule evaluate:
     input:
-        unpack(run_inputs),
         train=at_root(layout.TRAIN_RESULT),
     output:
         result=at_root(layout.EVAL_RESULT),
@@ -16,20 +15,15 @@ rule evaluate:
     resources:
         **run_resources("evaluate"),
     params:
-        run=lambda w: run_json(w.run_id),
-        dataset=lambda w: run_of(w).dataset.model_dump_json(),
-        model_dir=lambda w: base_model_dir(run_of(w).model),
-        tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
-        data=lambda w: data_dir(run_of(w).dataset),
-        run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
+        job=evaluate_job,
         evaluation=EXPERIMENT.evaluation.model_dump_json(),
-        attempt=attempt(layout.EVAL_RESULT),
     shell:
-        "tunebench stage evaluate --run {params.run:q} --dataset {params.dataset:q}"
-        " --train-result {input.train} --run-dir {params.run_dir}"
-        " --model-dir={params.model_dir:q} --data {params.data}"
-        " --tokenized {params.tokenized} --evaluation {params.evaluation:q}"
-        " --result {output.result} --samples {output.samples} --attempt={params.attempt:q}"
+        "tunebench stage evaluate --run {params.job[run]:q} --dataset {params.job[dataset]:q}"
+        " --train-result {input.train} --run-dir {params.job[run_dir]}"
+        " --model-dir={params.job[model_dir]:q} --data {params.job[data]}"
+        " --tokenized {params.job[tokenized]} --evaluation {params.evaluation:q}"
+        " --result {output.result} --samples {output.samples}"
+        " --attempt={params.job[attempt]:q}"
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads} > {log} 2>&1"
 
 

@@ -4,8 +4,7 @@
 
 rule train:
     input:
-        unpack(run_inputs),
-        unpack(unsloth_environment),
+        unpack(train_inputs),
     output:
         at_root(layout.TRAIN_RESULT),
     log:
@@ -13,20 +12,16 @@ rule train:
     benchmark:
         at_root(layout.BENCHMARK.format(rule="train", name="{run_id}"))
     container:
-        run_image
+        TRAIN_CONTAINER
     threads: EXPERIMENT.resources.threads
     resources:
         **run_resources("train"),
     params:
-        run=lambda w: run_json(w.run_id),
-        model_dir=lambda w: base_model_dir(run_of(w).model),
-        tokenized=lambda w: tokenized_dir(run_of(w).model, run_of(w).dataset),
-        run_dir=lambda w: at_root(layout.RUN, run_id=w.run_id),
+        job=train_job,
         tracking=EXPERIMENT.tracking.model_dump_json(),
-        tunebench=lambda w: tunebench_command(run_of(w).backend),
-        attempt=attempt(layout.TRAIN_RESULT),
     shell:
-        "{params.tunebench} stage train --run {params.run:q} --model-dir={params.model_dir:q}"
-        " --tokenized {params.tokenized} --run-dir {params.run_dir} --result {output}"
-        " --tracking {params.tracking:q} --attempt={params.attempt:q}"
+        "{params.job[tunebench]} stage train --run {params.job[run]:q}"
+        " --model-dir={params.job[model_dir]:q} --tokenized {params.job[tokenized]}"
+        " --run-dir {params.job[run_dir]} --result {output}"
+        " --tracking {params.tracking:q} --attempt={params.job[attempt]:q}"
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads} > {log} 2>&1"
