@@ -12,7 +12,7 @@ EXPERIMENT ?= experiments/smoke.yaml
 # make env LOCK=containers/locks/hf-cuda.txt PYTHON=python3.12 (the CUDA locks target 3.12).
 LOCK ?= containers/locks/hf-cpu.txt
 
-.PHONY: env run test lint format schema lock test-container clean-results
+.PHONY: env run test test-fast lint format schema lock test-container clean-results
 
 env: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ run: env
 
 test: env
 	$(BIN)/pytest -q
+
+# The edit loop: everything but the end-to-end Snakemake, Slurm and Unsloth runs (marked slow).
+test-fast: env
+	$(BIN)/pytest -q -m "not slow"
 
 lint: env
 	$(BIN)/ruff check src tests benchmarks

@@ -9,10 +9,11 @@ Run on demand after `tunebench run`; nothing here is timed inside the test suite
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
 import pandas as pd
+
+from tunebench.measure import machine
 
 
 def collect(root: Path) -> pd.DataFrame:
@@ -42,7 +43,7 @@ def main() -> None:
     out = args.out or Path("benchmarks/figures") / f"{args.results.name}-jobs.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        f"# Job costs: {args.results}\n\nmachine: {platform.node()} ({platform.processor()})\n\n"
+        f"# Job costs: {args.results}\n\nmachine: {machine()}\n\n"
         + per_rule.round(1).to_markdown()
         + "\n\n"
         + jobs[["rule", "job", "s", "max_rss", "cpu_time"]].round(1).to_markdown(index=False)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -285,19 +284,11 @@ def main() -> None:
     same_loss = frame.groupby("job")["train_loss_last"].nunique().max() == 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out.with_suffix(".csv"), index=False)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    flags = Path("/proc/cpuinfo").read_text()
-    isa = "AVX512-BF16" if "avx512_bf16" in flags else "AVX2 only" if "avx2" in flags else "?"
+    from tunebench.measure import machine
+
     args.out.with_suffix(".md").write_text(
         "# Harness overhead: `tunebench stage train` vs a plain TRL script\n\n"
-        f"machine: {platform.node()}, {cpu} ({isa}), {os.cpu_count()} cores; one thread per "
+        f"machine: {machine()}; one thread per "
         f"job; {args.repeats} repeats, alternating; tiny-m LoRA r8, {args.steps} steps\n\n"
         + summary.round(3).to_markdown()
         + f"\n\nper-step time, harness / plain: **{ratio:.3f}**\n"

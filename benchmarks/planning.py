@@ -12,7 +12,6 @@ Snakemake needs for any workflow of that size. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import subprocess
 import sys
@@ -243,17 +242,11 @@ def main() -> None:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out.with_suffix(".csv"), index=False)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    from tunebench.measure import machine
+
     args.out.with_suffix(".md").write_text(
         f"# Planning cost: `snakemake --dry-run`, tunebench vs a bare Snakefile\n\n"
-        f"machine: {platform.node()}, {cpu}, {len(rows) // len(args.runs) // 2} repeats "
+        f"machine: {machine()}, {len(rows) // len(args.runs) // 3} repeats "
         f"each, alternating\n\n"
         + summary.round(2).to_markdown()
         + "\n\nRatios of the medians. bare: the same rules, jobs and files (inputs, outputs, logs,"

@@ -2,7 +2,7 @@
 # Regenerate the hash-locked requirement files in containers/locks/ from pyproject.toml
 # (`make lock`). Two stacks x two torch builds, all for linux x86_64:
 #   hf-cpu       HF stack + dev tools, torch CPU build, Python 3.11 (laptops, CI, `make env`)
-#   hf-cuda      HF stack + lm-eval,   torch CUDA build, Python 3.12 (containers/Dockerfile.hf)
+#   hf-cuda      HF stack + lm-eval + Liger, torch CUDA build, Python 3.12 (containers/Dockerfile.hf)
 #   unsloth-cpu  Unsloth stack,        torch CPU build,  Python 3.11 (on-demand env on a CPU box)
 #   unsloth-cuda Unsloth stack,        torch CUDA build, Python 3.12 (containers/Dockerfile.unsloth)
 # Existing pins are kept unless pyproject.toml no longer admits them; `make lock UPGRADE=1`
@@ -17,11 +17,11 @@ TORCH_CPU_FIND_LINKS=${TORCH_CPU_FIND_LINKS:-/opt/wheels}
 upgrade=()
 [[ -n "${UPGRADE:-}" ]] && upgrade=(--upgrade)
 
-compile() { # name python-version extras torch-constraint [uv args...]
+compile() { # name python-version extras(comma-separated) torch-constraint [uv args...]
     local name=$1 python=$2 extras=$3 torch=$4
     shift 4
     local extra_args=()
-    for extra in $extras; do extra_args+=(--extra "$extra"); done
+    for extra in ${extras//,/ }; do extra_args+=(--extra "$extra"); done
     "$UV" pip compile pyproject.toml "${extra_args[@]}" "${upgrade[@]}" \
         --constraint "containers/locks/$torch.constraints" \
         --generate-hashes --python-version "$python" --python-platform x86_64-manylinux_2_28 \
@@ -31,7 +31,7 @@ compile() { # name python-version extras torch-constraint [uv args...]
 }
 
 compile hf-cpu 3.11 dev torch-cpu --find-links "$TORCH_CPU_FIND_LINKS"
-compile hf-cuda 3.12 lmeval torch-cuda
+compile hf-cuda 3.12 lmeval,gpu torch-cuda
 unsloth=(--override containers/locks/unsloth.overrides)
 # PyPI's torchvision is a CUDA build whose operators fail to load against the CPU torch, and
 # Unsloth then refuses to import; text fine-tuning does not use it, so the CPU lock leaves it out.

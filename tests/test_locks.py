@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import tomllib
 
 import pytest
@@ -92,6 +94,7 @@ def test_unsloth_and_hf_stacks_differ_where_unsloth_caps_them():
 
 
 @pytest.mark.skipif(not (BIN / "uv").exists(), reason="uv is in the dev extra")
+@pytest.mark.slow  # resolves against PyPI
 def test_locks_are_what_make_lock_writes(tmp_path):
     """Regenerating with the current pins as preferences changes nothing: the locks were made
     from this pyproject.toml by containers/lock.sh, not edited by hand. Needs the package index."""
@@ -127,6 +130,24 @@ def test_drift_names_missing_and_changed_packages():
         "gone: locked 1.0, installed none",
         "peft: locked 0.21.2, installed 0.22.0",
     ]
+
+
+def test_drift_is_read_again_when_a_package_changes(tmp_path, monkeypatch):
+    """Each job reuses the environment's drift until its package folder changes."""
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.setattr(sys, "path", [str(site)])
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    reads = []
+    monkeypatch.setattr(envs, "installed_versions", lambda: reads.append(1) or {"peft": "0.21.2"})
+    entry = {"lock_sha256": "abc", "pins": {"peft": "0.21.2"}}
+    assert envs.current_drift(entry) == [] and envs.current_drift(entry) == []
+    assert len(reads) == 1
+    time.sleep(0.01)
+    (site / "peft-0.22.0.dist-info").mkdir()  # what installing another version does
+    monkeypatch.setattr(envs, "installed_versions", lambda: reads.append(1) or {"peft": "0.22.0"})
+    assert envs.current_drift(entry) == ["peft: locked 0.21.2, installed 0.22.0"]
+    assert len(reads) == 2
 
 
 def test_image_reference_prefers_digest_and_override(tmp_path, monkeypatch):

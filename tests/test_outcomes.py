@@ -119,19 +119,31 @@ def train_case(status, tmp_path, tiny_model, tiny_data):
     return train(run, model_dir, tokenized, tmp_path / "run", **kwargs)
 
 
+def scoring(status, tmp_path, dataset, data):
+    """What both evaluations are given: a tiny ceiling for `oom`; for `failed`, a choice metric
+    on a dataset without choices."""
+    kwargs = {
+        "data": data,
+        "evaluation": Evaluation(max_examples=8, max_new_tokens=4),
+        "result": tmp_path / "eval.json",
+        "samples": tmp_path / "samples.jsonl",
+        "dataset": dataset,
+    }
+    if status == "oom":
+        kwargs["memory_limit_mb"] = CEILING_MB
+    elif status == "failed":
+        kwargs["dataset"] = DatasetSpec.model_validate(
+            dataset.model_dump() | {"evaluation": {"metrics": ["multiple_choice_accuracy"]}}
+        )
+    return kwargs
+
+
 def evaluate_case(status, tmp_path, tiny_model, tiny_data, trained):
     _, model_dir = tiny_model
     dataset, data, tokenized = tiny_data
     run, run_dir = trained
     train_result = run_dir / "result.json"
-    kwargs = {}
-    if status == "oom":
-        kwargs["memory_limit_mb"] = CEILING_MB
-    elif status == "failed":  # a choice metric on a dataset without choices
-        dataset = DatasetSpec.model_validate(
-            dataset.model_dump() | {"evaluation": {"metrics": ["multiple_choice_accuracy"]}}
-        )
-    elif status == "missing_model":
+    if status == "missing_model":
         model_dir = tmp_path / "no-such-model"
     elif status == "skipped":
         train_result = tmp_path / "train.json"
@@ -140,28 +152,16 @@ def evaluate_case(status, tmp_path, tiny_model, tiny_data, trained):
         run=run,
         train_result=train_result,
         run_dir=run_dir,
-        dataset=dataset,
-        data=data,
         tokenized=tokenized,
-        evaluation=Evaluation(max_examples=8, max_new_tokens=4),
-        result=tmp_path / "eval.json",
-        samples=tmp_path / "samples.jsonl",
         model_dir=model_dir,
-        **kwargs,
+        **scoring(status, tmp_path, dataset, data),
     )
 
 
 def baseline_case(status, tmp_path, tiny_model, tiny_data):
     _, model_dir = tiny_model
     dataset, data, tokenized = tiny_data
-    kwargs = {}
-    if status == "oom":
-        kwargs["memory_limit_mb"] = CEILING_MB
-    elif status == "failed":
-        dataset = DatasetSpec.model_validate(
-            dataset.model_dump() | {"evaluation": {"metrics": ["multiple_choice_accuracy"]}}
-        )
-    elif status == "missing_model":  # tokenisation recorded that the model was missing
+    if status == "missing_model":  # tokenisation recorded that the model was missing
         tokenized = tmp_path / "tokenized"
         stages.tokenize(
             model=ModelSpec(name="ghost", path=str(tmp_path / "not-there")),
@@ -171,14 +171,9 @@ def baseline_case(status, tmp_path, tiny_model, tiny_data):
         )
     return stages.evaluate_base(
         model=TINY,
-        dataset=dataset,
-        data=data,
         tokenized=tokenized,
-        evaluation=Evaluation(max_examples=8, max_new_tokens=4),
-        result=tmp_path / "eval.json",
-        samples=tmp_path / "samples.jsonl",
         model_dir=model_dir,
-        **kwargs,
+        **scoring(status, tmp_path, dataset, data),
     )
 
 

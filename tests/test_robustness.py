@@ -66,8 +66,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
     assert resumed["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-4)
     # Throughput spans both segments: the resumed segment alone would overstate tokens/s.
     assert resumed["train_tokens"] == whole["train_tokens"]
-    assert resumed["train_seconds"] > resumed["train_seconds_last_segment"]
-    segment_only = resumed["train_tokens"] / resumed["train_seconds_last_segment"]
+    assert whole["train_seconds_before_resume"] == 0
+    before = resumed["train_seconds_before_resume"]
+    assert 0 < before < resumed["train_seconds"]
+    segment_only = resumed["train_tokens"] / (resumed["train_seconds"] - before)
     assert resumed["tokens_per_second"] < segment_only
     assert resumed["tokens_per_second"] == pytest.approx(whole["tokens_per_second"], rel=0.5)
 

@@ -21,6 +21,8 @@ from tunebench.io import sha256_file
 from tunebench.matrix import expand
 from tunebench.spec import Experiment
 
+pytestmark = pytest.mark.slow  # creates the Unsloth environment and runs a workflow
+
 UNSLOTH_LOCK = REPO / "containers" / "locks" / "unsloth-cpu.txt"
 
 

@@ -57,18 +57,17 @@ class TrainingClock(TrainerCallback, ExportableState):
 
     Saved into each checkpoint (Trainer restores ExportableState callbacks on resume when
     `restore_callback_states_from_checkpoint` is set), so tokens/s after a resume covers the
-    whole run and not only its last segment. Time after the last checkpoint of a killed
-    segment is lost with the work it did, which is redone after the resume."""
+    whole run and not only its last segment. Each segment counts from its first step; time
+    after the last checkpoint of a killed segment is lost with the work it did, which is
+    redone after the resume."""
 
     def __init__(self, seconds_before: float = 0.0):
         self.seconds_before = seconds_before
         self.segment_start: float | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.segment_start = time.perf_counter()
-
     def on_step_begin(self, args, state, control, **kwargs):
-        # A restored clock is made after on_train_begin has run: it starts at its first step.
+        # From the first step of the segment: a clock restored from a checkpoint is made after
+        # on_train_begin has run, so every segment is timed the same way.
         if self.segment_start is None:
             self.segment_start = time.perf_counter()
 

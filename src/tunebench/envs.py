@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tunebench.io import sha256_file
+from tunebench.io import atomic_path, sha256_file
 from tunebench.wheel_source import install_options
 
 RECORD = "tunebench-env.json"
@@ -106,8 +106,41 @@ def current() -> dict:
         "stack": entry["stack"],
         "lock": entry["lock"],
         "lock_sha256": entry["lock_sha256"],
-        "drift": drift(entry["pins"], installed_versions()),
+        "drift": current_drift(entry),
     }
+
+
+DRIFT_CACHE = "tunebench-env-drift.json"
+
+
+def _site_fingerprint() -> list[list]:
+    """The modification times of the folders packages are installed in: installing, upgrading
+    or removing a package renames entries there, which changes them."""
+    return [
+        [folder, os.stat(folder).st_mtime_ns]
+        for folder in sys.path
+        if folder.endswith("-packages") and os.path.isdir(folder)
+    ]
+
+
+def current_drift(entry: dict) -> list[str]:
+    """drift() of this environment, reused while its package folders are unchanged: reading
+    every installed package's metadata costs each job about 0.3 s, and jobs are many."""
+    key = {"lock_sha256": entry["lock_sha256"], "sites": _site_fingerprint()}
+    cache = Path(sys.prefix) / DRIFT_CACHE
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["key"] == key:
+            return cached["drift"]
+    except (OSError, ValueError, KeyError):
+        pass
+    found = drift(entry["pins"], installed_versions())
+    try:
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps({"key": key, "drift": found}))
+    except OSError:  # a read-only environment (an image's, as another user): compute each time
+        pass
+    return found
 
 
 # ---------------------------------------------------------------- the on-demand Unsloth env

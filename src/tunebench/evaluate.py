@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tunebench import metrics, models
 from tunebench.data.templates import cut_at_stop
-from tunebench.data.tokenize import load_split
+from tunebench.data.tokenize import read_split
 from tunebench.io import read_json, read_jsonl
 
 
@@ -141,7 +141,7 @@ def evaluate_model(
     model, tokenizer, data_dir: Path, tokenized_dir: Path, settings, spec, ceiling=None
 ) -> tuple[dict, list]:
     """Loss/perplexity on response tokens; the dataset's generation and choice metrics."""
-    examples = load_split(tokenized_dir, "test").to_list()
+    examples = read_split(tokenized_dir, "test")
     if settings.max_examples:
         examples = examples[: settings.max_examples]
     records = {ex["id"]: ex for ex in read_jsonl(data_dir / "test.jsonl")}

@@ -93,6 +93,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The widest vector instructions the CPU offers torch: results differ between machines
+    with AVX512-BF16 and AVX2 only (kernels round differently), so results record it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    for flag, name in (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return name
+    return "other"
+
+
+def machine() -> str:
+    """One line naming this machine, for benchmark figures."""
+    return f"{platform.node()}, {cpu_name()} ({cpu_isa()}), {os.cpu_count()} cores"
+
+
 def hardware() -> dict:
     if torch.cuda.is_available():
         return {
@@ -104,6 +122,7 @@ def hardware() -> dict:
     return {
         "accelerator": "cpu",
         "cpu": cpu_name(),
+        "cpu_isa": cpu_isa(),
         "accelerator_count": 0,
         "cpu_threads": torch.get_num_threads(),
         "device": "cpu",

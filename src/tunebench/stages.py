@@ -24,6 +24,17 @@ from tunebench.matrix import RunConfig
 from tunebench.spec import DatasetSpec, Evaluation, Experiment, ModelSpec, Tracking
 
 
+def _start(threads: int, memory_limit_mb: int):
+    """What every step that computes sets first: torch's thread count; and the memory ceiling
+    it checks (resources.memory_limit_gb)."""
+    import torch
+
+    from tunebench.measure import MemoryCeiling
+
+    torch.set_num_threads(threads)
+    return MemoryCeiling.from_mb(memory_limit_mb)
+
+
 def build_tokenizer(model: ModelSpec, out: Path) -> None:
     """Train the byte-level BPE tokenizer of the built-in models."""
     from tunebench.builtin import wordops
@@ -50,7 +61,7 @@ def pretrain(
     threads: int = 1,
 ) -> dict:
     """Pre-train a built-in base model; its folder's result.json says whether it finished."""
-    import torch
+    ceiling = _start(threads, memory_limit_mb)
     from transformers import AutoTokenizer
 
     from tunebench import outcomes
@@ -58,18 +69,16 @@ def pretrain(
     from tunebench.builtin.pretrain import pretrain as run_pretrain
     from tunebench.callbacks import MemoryCeilingCallback
     from tunebench.io import atomic_dir
-    from tunebench.measure import MemoryCeiling
 
-    torch.set_num_threads(threads)
     spec = model.builtin
 
     def build() -> dict:
         loaded = AutoTokenizer.from_pretrained(tokenizer)
         words = wordops.make_lexicon(spec.corpus_words, seed=spec.corpus_seed)
         lines = wordops.corpus_lines(words, seed=spec.corpus_seed)
-        ceiling = MemoryCeilingCallback(MemoryCeiling.from_mb(memory_limit_mb))
         with atomic_dir(out) as tmp:
-            return run_pretrain(spec, loaded, lines, tmp, work, spec.seed, (ceiling,))
+            callbacks = (MemoryCeilingCallback(ceiling),)
+            return run_pretrain(spec, loaded, lines, tmp, work, spec.seed, callbacks)
 
     identity = {"model": model.name, "kind": "pretrain", "attempt": attempt}
     result = outcomes.record(out / "result.json", identity, build, attempts=work / "attempts")
@@ -142,19 +151,14 @@ def train(
             from tunebench import unsloth_backend  # noqa: F401
         except Exception as err:  # e.g. no GPU with UNSLOTH_DISABLE_CPU_FALLBACK=1: a failed row
             backend_error = err
-    import torch
-
+    ceiling = _start(threads, memory_limit_mb)
     from tunebench import outcomes
-    from tunebench.measure import MemoryCeiling
     from tunebench.train import train_run
-
-    torch.set_num_threads(threads)
 
     def work() -> dict:
         if backend_error is not None:
             raise backend_error
         location = _require_inputs(run.model, model_dir, tokenized)
-        ceiling = MemoryCeiling.from_mb(memory_limit_mb)
         return train_run(run, location, tokenized, run_dir, tracking, ceiling)
 
     identity = {
@@ -186,19 +190,15 @@ def evaluate(
 ) -> dict:
     """Score a fine-tuned run on the held-out split. `dataset` carries the metrics, which the
     run's own config leaves out (changing a metric re-scores without retraining)."""
-    import torch
-
+    ceiling = _start(threads, memory_limit_mb)
     from tunebench import evaluate as ev
     from tunebench import outcomes
-    from tunebench.measure import MemoryCeiling
 
-    torch.set_num_threads(threads)
     scored = run.model_copy(update={"dataset": dataset})
 
     def work() -> tuple[dict, list]:
         outcomes.require_ok(train_result, "training", status="skipped")
         location = _require_inputs(run.model, model_dir, tokenized)
-        ceiling = MemoryCeiling.from_mb(memory_limit_mb)
         return ev.evaluate_trained(scored, location, run_dir, data, tokenized, evaluation, ceiling)
 
     identity = {"run_id": run.run_id, "axes": run.axes(), "kind": "run"}
@@ -220,16 +220,11 @@ def evaluate_base(
     threads: int = 1,
 ) -> dict:
     """Score the untuned base model on the same held-out split: every run's baseline."""
-    import torch
-
+    ceiling = _start(threads, memory_limit_mb)
     from tunebench import evaluate as ev
-    from tunebench.measure import MemoryCeiling
-
-    torch.set_num_threads(threads)
 
     def work() -> tuple[dict, list]:
         location = _require_inputs(model, model_dir, tokenized)
-        ceiling = MemoryCeiling.from_mb(memory_limit_mb)
         return ev.evaluate_untuned(
             model, dataset, location, data, tokenized, evaluation, attention, ceiling
         )

@@ -91,7 +91,9 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         # examples whose position_ids restart, which SDPA and flash attention keep apart.
         packing=t.packing,
         padding_free=t.padding_free,
-        max_length=t.max_length,
+        # Examples are already cut to max_length (fit_length); padding-free batches without
+        # packing must not be given one (TRL refuses: it cannot enforce it there).
+        max_length=None if t.padding_free and not t.packing else t.max_length,
         completion_only_loss=True,
         use_liger_kernel=t.liger_kernel,
         torch_compile=t.torch_compile,
@@ -189,10 +191,9 @@ def train_run(
     # A killed or preempted job left checkpoints: resume with optimizer, LR schedule, RNG and
     # data-order state restored (Trainer does all four) instead of starting again.
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints")
-    started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
-    segment_seconds = time.perf_counter() - started
-    train_seconds = training_clock(trainer).seconds
+    clock = training_clock(trainer)
+    train_seconds = clock.seconds
     memory = measure.peak_memory()
     guard.check(
         output.training_loss,
@@ -210,7 +211,7 @@ def train_run(
         "trainable_params": trainable,
         "total_params": total,
         "train_seconds": train_seconds,
-        "train_seconds_last_segment": segment_seconds,
+        "train_seconds_before_resume": clock.seconds_before,
         "train_tokens": tokens,
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "steps": output.global_step,
