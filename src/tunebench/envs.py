@@ -53,7 +53,7 @@ def current_variant() -> str:
     return Path(entry["lock"]).stem.rsplit("-", 1)[1] if entry else default_variant()
 
 
-def record(stack: str, lock: Path, prefix: Path | None = None) -> dict:
+def record_lock(stack: str, lock: Path, prefix: Path | None = None) -> dict:
     """Write the lock record of the environment at `prefix` (default: this interpreter's)."""
     if stack not in STACKS:
         raise ValueError(f"unknown stack {stack!r}; use one of {STACKS}")
@@ -87,7 +87,7 @@ def drift(pins: dict[str, str], installed: dict[str, str]) -> list[str]:
 
 
 def recorded() -> dict | None:
-    """The record of this interpreter's environment (see record()), if it has one."""
+    """The record of this interpreter's environment (see record_lock()), if it has one."""
     path = Path(sys.prefix) / RECORD
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -211,7 +211,9 @@ def installer(python: Path, lock: Path) -> list[str]:
     return [uv, "pip", "install", "--python", str(python), *install_options(lock, "uv")]
 
 
-_RECORD_SNIPPET = "import sys; from tunebench.envs import record; record(sys.argv[1], sys.argv[2])"
+_RECORD_SNIPPET = (
+    "import sys; from tunebench.envs import record_lock; record_lock(sys.argv[1], sys.argv[2])"
+)
 
 
 # ---------------------------------------------------------------- container images

@@ -11,7 +11,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 def cmd_record(args) -> int:
-    entry = envs.record(args.stack, Path(args.lock))
+    entry = envs.record_lock(args.stack, Path(args.lock))
     digest, pins = entry["lock_sha256"][:12], len(entry["pins"])
     print(f"{args.stack}: {entry['lock']} sha256 {digest}, {pins} pins")
     return 0
