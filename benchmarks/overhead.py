@@ -30,6 +30,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tunebench.measure import machine
+
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "benchmarks" / "figures"
 
@@ -63,6 +65,7 @@ PLAIN_SCRIPT = textwrap.dedent(
             lr_scheduler_type="cosine",
             warmup_steps=settings["warmup_ratio"],
             optim="adamw_torch",  # the experiment's optimizer (transformers' default is fused)
+            bf16=False,  # the experiment's precision on a CPU (SFTConfig would pick bf16)
             weight_decay=0.0,
             max_grad_norm=1.0,
             max_length=settings["max_length"],
@@ -99,6 +102,7 @@ def experiment(steps: int) -> dict:
     smoke = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
     model = next(m for m in smoke["models"] if m["name"] == "tiny-m")
     model["builtin"]["pretrain_steps"] = 50
+    smoke.pop("exclude", None)  # of the other model's runs
     return {
         **smoke,
         "name": "overhead",
@@ -154,8 +158,7 @@ def main() -> None:
         from tunebench.experiment import load_experiment
         from tunebench.matrix import SCORING_ONLY, dataset_key, expand, model_key, tokenizer_key
 
-        os.chdir(work)
-        exp = load_experiment("exp.yaml")
+        exp = load_experiment(work / "exp.yaml")
         (run,) = expand(exp)
         root = work / "results" / "overhead"
         model_dir = root / "base_models" / model_key(run.model)
@@ -287,8 +290,6 @@ def main() -> None:
     same_loss = frame.groupby("job")["train_loss_last"].nunique().max() == 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out.with_suffix(".csv"), index=False)
-    from tunebench.measure import machine
-
     args.out.with_suffix(".md").write_text(
         "# Harness overhead: `tunebench stage train` vs a plain TRL script\n\n"
         f"machine: {machine()}; one thread per "

@@ -16,7 +16,7 @@ def runs_of(data):
 
 
 def test_smoke_matrix_covers_every_method_and_both_sizes():
-    """Every method on tiny-m; full and LoRA r8 on tiny-s, for the size comparison."""
+    """Every method on tiny-m; full fine-tuning on tiny-s, for the size comparison."""
     exp = load_experiment(REPO / "experiments" / "smoke.yaml")
     cells = {(r.model.name, r.method, r.rank) for r in expand(exp)}
     assert cells == {
@@ -26,7 +26,6 @@ def test_smoke_matrix_covers_every_method_and_both_sizes():
         ("tiny-m", "qlora", 8),
         ("tiny-m", "dora", 8),
         ("tiny-s", "full", None),
-        ("tiny-s", "lora", 8),
     }
     assert len(baselines(exp)) == 2
     # Both built-in sizes share one tokenizer, hence one tokenised dataset.
