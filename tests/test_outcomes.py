@@ -31,7 +31,7 @@ def test_a_real_failed_cpu_allocation_is_oom():
         (MemoryError(), "oom"),
         (outcomes.MemoryLimitExceeded("process memory 9 GB exceeds ..."), "oom"),
         (outcomes.ModelNotFound("model 'x': no config.json"), "missing_model"),
-        (outcomes.Skipped("training did not finish"), "skipped"),
+        (outcomes.StageFailure("training did not finish", status="skipped"), "skipped"),
         (outcomes.StageFailure("pre-training did not finish (oom)", status="oom"), "oom"),
         (ValueError("bad value"), "failed"),
         (IndexError("index out of range in self"), "failed"),

@@ -54,10 +54,6 @@ class MemoryLimitExceeded(StageFailure, MemoryError):
     status = "oom"
 
 
-class Skipped(StageFailure):
-    status = "skipped"
-
-
 def status_of(err: BaseException) -> str:
     if isinstance(err, StageFailure):
         return err.status

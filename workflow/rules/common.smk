@@ -127,13 +127,17 @@ def run_of(wildcards):
     return RUNS[wildcards.run_id]
 
 
-def attempt(record):
-    """A param that makes the next invocation retry a step whose result recorded a failure.
+def attempt_of(record, wildcards):
+    """The attempt a step is started with: "" the first time, the recorded value after a
+    success, a new value after a failure, so Snakemake's params trigger reruns exactly the
+    failed steps, for bare `snakemake` as for `tunebench run` (outcomes.next_attempt).
+    """
+    return outcomes.next_attempt(at_root(record, **dict(wildcards.items())))
 
-    It is "" the first time, the recorded value after a success, and a new value after a
-    failure, so Snakemake's params trigger reruns exactly the failed steps, and does so for
-    bare `snakemake` as for `tunebench run` (outcomes.next_attempt)."""
-    return lambda w: outcomes.next_attempt(at_root(record, **dict(w.items())))
+
+def attempt(record):
+    """A param that makes the next invocation retry a step whose result recorded a failure."""
+    return lambda w: attempt_of(record, w)
 
 
 # ---------------------------------------------------------------- the params of a run's jobs
@@ -168,18 +172,14 @@ def train_job(wildcards):
     run = RUNS[wildcards.run_id]
     return _train_settings(wildcards.run_id) | {
         "tunebench": tunebench_command(run.backend),
-        "attempt": outcomes.next_attempt(
-            at_root(layout.TRAIN_RESULT, run_id=run.run_id)
-        ),
+        "attempt": attempt_of(layout.TRAIN_RESULT, wildcards),
     }
 
 
 def evaluate_job(wildcards):
     """An evaluate job's params: the run, the dataset with its metrics, paths and attempt."""
     return _evaluate_settings(wildcards.run_id) | {
-        "attempt": outcomes.next_attempt(
-            at_root(layout.EVAL_RESULT, run_id=wildcards.run_id)
-        ),
+        "attempt": attempt_of(layout.EVAL_RESULT, wildcards),
     }
 
 
@@ -202,29 +202,28 @@ def asked(resources):
     return {name: value for name, value in resources.items() if value}
 
 
-def run_resources(kind):
-    """A train/evaluate rule's resources: resources.<kind>, then per run the matching
-    resources.overrides (looked up per job only when there are any: each function costs
-    every job of a large matrix some planning time), plus the harness's memory ceiling.
-    """
+def per_job_resources(kind, resolved):
+    """A rule's resources: resources.<kind>, then for each job the matching
+    resources.overrides, `resolved(wildcards)` (looked up per job only when there are any:
+    each function costs every job of a large matrix some planning time), plus the harness's
+    memory ceiling."""
     ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB}
     if not EXPERIMENT.resources.overrides:
         return asked(snakemake_resources(EXPERIMENT, kind)) | ceiling
     return {
-        name: lambda w, name=name: _run_resources(kind, w.run_id)[name]
+        name: lambda w, name=name: resolved(w)[name]
         for name in snakemake_resources(EXPERIMENT, kind)
     } | ceiling
 
 
+def run_resources(kind):
+    """A run's train or evaluate job (overrides matched on the run's fields)."""
+    return per_job_resources(kind, lambda w: _run_resources(kind, w.run_id))
+
+
 def base_resources():
-    """The resources of an untuned model's evaluation (resources.evaluate + overrides by model)."""
-    ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB}
-    if not EXPERIMENT.resources.overrides:
-        return asked(snakemake_resources(EXPERIMENT, "evaluate")) | ceiling
-    return {
-        name: lambda w, name=name: _base_resources(w.model)[name]
-        for name in snakemake_resources(EXPERIMENT, "evaluate")
-    } | ceiling
+    """An untuned model's evaluation (overrides matched on the model, method `base`)."""
+    return per_job_resources("evaluate", lambda w: _base_resources(w.model))
 
 
 # Data preparation, pre-training and the table: resources.default. The memory ceiling is a

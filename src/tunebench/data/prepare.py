@@ -18,8 +18,6 @@ from tunebench.io import sha256_file, write_json, write_jsonl
 from tunebench.spec import DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, DatasetSpec
 
 SPLITS = ("train", "validation", "test")
-
-
 MAX_REPORTED_BAD_ROWS = 20
 
 __all__ = ["SPLITS", "DataError", "prepare"]

@@ -14,6 +14,9 @@ from tunebench.data.templates import render, resolve
 from tunebench.io import atomic_path, read_jsonl
 from tunebench.spec import DatasetSpec
 
+# The columns of every tokenised split (the loss mask is 1 on response tokens).
+COLUMNS = ("id", "input_ids", "completion_mask", "prompt_length")
+
 
 def tokenize_example(tokenizer, example: dict, spec: DatasetSpec) -> dict:
     rendered = render(example, tokenizer, spec.template, spec.custom_template)
@@ -40,9 +43,7 @@ def tokenize_dataset(
             tokenize_example(tokenizer, ex, spec) | {"id": ex["id"]}
             for ex in read_jsonl(data_dir / f"{name}.jsonl")
         ]
-        columns = {
-            k: [r[k] for r in rows] for k in ("id", "input_ids", "completion_mask", "prompt_length")
-        }
+        columns = {k: [r[k] for r in rows] for k in COLUMNS}
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             Dataset.from_dict(columns).to_parquet(str(tmp))
         lengths[name] = {
@@ -80,6 +81,4 @@ def write_empty_splits(out_dir: Path) -> None:
 
     for name in SPLITS:
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
-            Dataset.from_dict(
-                {"id": [], "input_ids": [], "completion_mask": [], "prompt_length": []}
-            ).to_parquet(str(tmp))
+            Dataset.from_dict({k: [] for k in COLUMNS}).to_parquet(str(tmp))
