@@ -104,6 +104,31 @@ def test_answer_accuracy_per_example():
     }
 
 
+@pytest.mark.parametrize(
+    ("prediction", "matches"),
+    [
+        ('{"name": "Ada", "age": 36}', True),  # the reference itself
+        ('{\n  "name": "Ada",\n  "age": 36\n}', True),  # pretty-printed
+        ('Sure! ```json\n{"age": 36, "name": "Ada"}\n``` Hope it helps', True),  # keys, fence
+        ('{"name": "Ada", "age": "36"}', False),  # a string is not the number
+        ('{"name": "Ada"}', False),  # a key missing
+        ('{"name": "Ada", "age": 36', False),  # unfinished
+        ("Ada is 36.", False),  # no JSON at all
+        ('[{"name": "Ada", "age": 36}]', False),  # a list around it
+    ],
+)
+def test_json_match(prediction, matches):
+    reference = '{"name": "Ada", "age": 36}'
+    assert example_scores(prediction, reference, ["json_match"]) == {"json_match": matches}
+
+
+def test_json_match_needs_json_in_the_reference():
+    assert example_scores("{}", "no json here", ["json_match"]) == {"json_match": False}
+    assert corpus_scores(["{}", '{"a": 1}'], ["{}", '{"a": 2}'], ["json_match"]) == {
+        "json_match": 0.5
+    }
+
+
 def test_answer_accuracy_corpus():
     preds = ["the answer is 12", "first 3, then 5", "#### 8"]
     refs = ["... #### 12", "... #### 5", "... #### 9"]
@@ -218,7 +243,8 @@ def test_only_requested_metrics_in_requested_order():
 
 
 def test_all_metrics_perfect_match():
-    scores = corpus_scores(["the answer is 42"], ["the answer is 42"], GENERATION_METRICS)
+    text = '{"the answer is": 42}'  # JSON, so that json_match has something to match too
+    scores = corpus_scores([text], [text], GENERATION_METRICS)
     expected = {name: 100.0 if name in ("bleu", "chrf") else 1.0 for name in GENERATION_METRICS}
     assert scores == pytest.approx(expected)
 

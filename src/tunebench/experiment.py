@@ -90,6 +90,8 @@ def path_fields(exp: Experiment):
     for i, model in enumerate(exp.models):
         if model.path:
             yield f"models[{i}].path", model.path
+        if model.gguf and model.gguf.path:
+            yield f"models[{i}].gguf.path", model.gguf.path
     for i, data in enumerate(exp.datasets):
         if data.path:
             yield f"datasets[{i}].path", data.path

