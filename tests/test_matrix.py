@@ -109,11 +109,27 @@ def test_exclude_and_include():
             {"include": [{"model": "m", "method": "full", "rank": 4}]},
             "full fine-tuning has no rank",
         ),
+        ({"export": {"runs": [{"method": "dora"}]}}, "export.runs[0]: matches no run"),
+        ({"export": {"runs": [{"rnk": 4}]}}, "export.runs[0].rnk: unknown field"),
+        (
+            {"export": {"best_by": "rouge_l"}},
+            "export.best_by: 'rouge_l' is not scored on dataset 'words'",
+        ),
+        ({"export": {"types": ["q4_k_m"]}}, "export.types[0]: Input should be"),
     ],
 )
 def test_bad_include_exclude(change, message):
     with pytest.raises(ExperimentError, match=re.escape(message)):
         validate_data(tiny_experiment(**change))
+
+
+def test_export_selects_runs_without_changing_them():
+    plain = {r.run_id for r in expand(validate_data(tiny_experiment()))}
+    exp = validate_data(tiny_experiment(export={"runs": [{"method": "lora"}, {}]}))
+    from tunebench.matrix import exported_runs
+
+    assert {r.run_id for r in expand(exp)} == plain  # exporting is not part of a run's id
+    assert len(exported_runs(exp, expand(exp))) == 2  # [{}] is every run, each once
 
 
 def test_spelling_out_a_default_keeps_the_id():

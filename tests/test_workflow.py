@@ -90,6 +90,8 @@ def finished(tmp_path_factory):
     exp = tiny_experiment()
     exp["models"].append({"name": "ghost", "path": "models/not-there"})
     exp["tracking"] = {"wandb": True}
+    # Export the LoRA runs (the ghost's never finishes) and the best run, as q8_0 GGUF.
+    exp["export"] = {"runs": [{"method": "lora"}], "best_by": "exact_match", "types": ["q8_0"]}
     path = work / "tiny.yaml"
     path.write_text(yaml.safe_dump(exp))
     secrets = {**SECRETS, "WANDB_MODE": "offline"}
@@ -114,6 +116,31 @@ def test_the_table_has_a_row_per_run_and_baseline(finished):
         assert row["test_sha256"] == base["test_sha256"]
     samples = work / "results" / "tiny" / "runs" / ok.iloc[1]["run_id"] / "eval" / "samples.jsonl"
     assert len(samples.read_text().splitlines()) == 40
+
+
+def test_chosen_and_best_runs_are_exported_and_checked(finished):
+    work, _, _, result = finished
+    root = work / "results" / "tiny"
+    table = pd.read_csv(root / "comparison.csv")
+    runs = {r.model: r.run_id for r in table[table["method"] == "lora"].itertuples()}
+
+    exported = json.loads((root / "exports" / "runs" / runs["m"] / "manifest.json").read_text())
+    assert exported["check"]["passed"] and exported["run"]["run_id"] == runs["m"]
+    (gguf,) = exported["gguf"]
+    assert gguf["type"] == "q8_0"
+    assert (root / "exports" / "runs" / runs["m"] / gguf["file"]).stat().st_size > 10_000
+
+    # The ghost's LoRA run never trained: its export is a recorded skip, with nothing else.
+    ghost = root / "exports" / "runs" / runs["ghost"]
+    skipped = json.loads((ghost / "result.json").read_text())
+    assert skipped["status"] == "skipped" and runs["ghost"] in skipped["reason"]
+    assert not list(ghost.glob("*.gguf"))
+
+    best = json.loads((root / "exports" / "best" / "words" / "result.json").read_text())
+    m_rows = table[(table["model"] == "m") & (table["method"] != "base")]
+    assert best["status"] == "ok" and best["export"] in set(m_rows["run_id"])
+    assert best["chosen_by"]["value"] == m_rows["exact_match"].max()
+    assert f"export: {ghost.relative_to(work)} did not finish [skipped]" in result.stdout
 
 
 def test_a_missing_model_is_a_row_and_the_exit_code_says_so(finished):

@@ -241,7 +241,31 @@ def expand(exp: Experiment) -> list[RunConfig]:
     unique = {r.run_id: r for r in runs}
     if not unique:
         raise MatrixError("exclude", "the matrix is empty: every run was excluded")
+    exported_runs(exp, list(unique.values()))  # checks export.runs and export.best_by
     return list(unique.values())
+
+
+def exported_runs(exp: Experiment, runs: list[RunConfig]) -> list[RunConfig]:
+    """The runs export.runs selects; each selector must match a run (like exclude), and
+    export.best_by must be a metric of every dataset it picks a best run of."""
+    if exp.export is None:
+        return []
+    chosen: dict[str, RunConfig] = {}
+    for i, selector in enumerate(exp.export.runs):
+        _check_selector(f"export.runs[{i}]", selector)
+        matched = [r for r in runs if _matches(r, selector)]
+        if not matched:
+            raise MatrixError(f"export.runs[{i}]", f"matches no run: {selector}")
+        chosen.update((r.run_id, r) for r in matched)
+    metric = exp.export.best_by
+    for dataset in exp.datasets:
+        if metric and metric not in dataset.evaluation.metrics:
+            raise MatrixError(
+                "export.best_by",
+                f"{metric!r} is not scored on dataset {dataset.name!r} (its metrics: "
+                f"{', '.join(dataset.evaluation.metrics)})",
+            )
+    return list(chosen.values())
 
 
 def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConfig]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from tunebench import envs
+from tunebench.precision import cpu_isa
 
 PACKAGES = (
     "tunebench",
@@ -91,19 +92,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cpu_isa() -> str:
-    """The widest vector instructions the CPU offers torch: results differ between machines
-    with AVX512-BF16 and AVX2 only (kernels round differently), so results record it."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    for flag, name in (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2")):
-        if flag in flags:
-            return name
-    return "other"
 
 
 def machine() -> str:

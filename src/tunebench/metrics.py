@@ -168,7 +168,8 @@ def corpus_scores(
     """Aggregate values of the requested metrics over paired predictions and references.
 
     exact_match, exact_match_normalised, answer_accuracy, json_match and rouge_l (F-measure) are
-    means in [0, 1]; bleu and chrf are sacrebleu's corpus scores on its 0-100 scale, with its defaults.
+    means in [0, 1]; bleu and chrf are sacrebleu's corpus scores on its 0-100 scale, with its
+    defaults.
     Empty inputs give 0.0 for every requested metric (there is nothing to average, and a number
     keeps result tables uniform). Raises ValueError for an unknown metric or unequal lengths."""
     _check_metrics(metrics)

@@ -67,6 +67,11 @@ def run(exp: Experiment, experiment: str, profile: str | None, extra: list[str])
             file=sys.stderr,
         )
         return 1
+    if profile is None:  # jobs run on this machine: say now if its CPU will crawl
+        from tunebench.precision import cpu_precision_warnings
+
+        for warning in cpu_precision_warnings(exp):
+            print(f"warning: {warning}", file=sys.stderr)
     command = snakemake_command(experiment, profile, extra)
     print("+ " + " ".join(command), flush=True)
     code = subprocess.call(command)
@@ -113,8 +118,24 @@ def summarise(exp: Experiment, root: Path, code: int) -> int:
             f"{len(failed)} row(s) did not finish: "
             + ", ".join(f"{r.run_id} [{r.status}]" for r in failed.itertuples())
         )
-        return code or 1
-    return code
+    exports_ok = summarise_exports(root)
+    return code or (1 if len(failed) or not exports_ok else 0)
+
+
+def summarise_exports(root: Path) -> bool:
+    """Name each GGUF export (export:) and whether it and its check finished."""
+    from tunebench.io import read_json
+
+    results = sorted((root / "exports").glob("*/*/result.json"))
+    for path in results:
+        result = read_json(path)
+        if result["status"] == "ok":
+            check = result.get("check", {})
+            verdict = "check skipped" if check.get("skipped") else "check passed"
+            print(f"export: {path.parent} ({result['export']}, {verdict})")
+        else:
+            print(f"export: {path.parent} did not finish [{result['status']}]: {result['reason']}")
+    return all(read_json(path)["status"] == "ok" for path in results)
 
 
 # Snakemake's own log of an invocation: "Error in rule NAME:" ... "log: PATH (check log ...)".

@@ -23,7 +23,7 @@ from pydantic import (
 
 from tunebench.builtin.wordops import OPERATIONS
 from tunebench.data.formats import FORMATS
-from tunebench.metrics import METRIC_NAMES
+from tunebench.metrics import GENERATION_METRICS, METRIC_NAMES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -715,6 +715,39 @@ class Tracking(Strict):
 
 Selector = dict[str, Any]
 
+# What llama.cpp's converter writes (tunebench.gguf_convert.OUTTYPES; kept here so that reading
+# an experiment does not import the converter wrapper).
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0")
+
+
+class Export(Strict):
+    """Runs exported at the end of the workflow for llama.cpp, Ollama and LM Studio, as
+    `tunebench export` does by hand: the adapter merged into its base, a model folder, GGUF
+    files, an Ollama Modelfile and a manifest, checked against the merged model."""
+
+    runs: list[Selector] = Field(
+        [],
+        description="export every run whose fields all match one of these selectors (the keys "
+        "of include/exclude), e.g. [{method: lora, rank: 8}]; [{}] exports every run",
+    )
+    best_by: Literal[GENERATION_METRICS] | None = Field(
+        None,
+        description="also export, per dataset, the finished run with the highest value of this "
+        "metric (ties: fewer trainable parameters); it must be one of the dataset's metrics",
+    )
+    types: list[Literal[GGUF_TYPES]] = Field(
+        ["f16", "q8_0"],
+        min_length=1,
+        description="GGUF types to write: f16 (near-lossless), q8_0 (half the size; greedy "
+        "tokens agree >= 95% or the check fails), f32, bf16, tq1_0/tq2_0 (ternary models "
+        "only). k-quants need llama.cpp's compiled llama-quantize, which tunebench does not run",
+    )
+    check: bool = Field(
+        True,
+        description="load each GGUF back and compare it with the merged model on held-out "
+        "prompts; a failed check fails the export (recorded as a failed row of its own)",
+    )
+
 
 class Experiment(Strict):
     """One experiment file: what to compare (models x methods x datasets x seeds) and how."""
@@ -737,6 +770,9 @@ class Experiment(Strict):
         "the named method entry",
     )
     exclude: list[Selector] = Field([], description="drop runs whose fields all match")
+    export: Export | None = Field(
+        None, description="runs to export to GGUF at the end of the workflow (none by default)"
+    )
 
     @model_validator(mode="after")
     def unique_names(self):

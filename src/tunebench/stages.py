@@ -278,6 +278,78 @@ def _record_evaluation(identity, attempt, data, result, samples, work) -> dict:
     return recorded
 
 
+def export(
+    run_dir: Path,
+    out: Path,
+    work: Path,
+    gguf_types: str = "f16,q8_0",
+    check: bool = True,
+    attempt: str = "",
+) -> dict:
+    """Export one run to GGUF (export.runs); a run that did not finish, or a failed check, is
+    a recorded failure of this step, and nothing else is written."""
+    from tunebench import outcomes
+    from tunebench.export import RunNotExportable, export_run
+
+    def build() -> dict:
+        try:
+            manifest = export_run(run_dir, out, gguf_types.split(","), check=check)
+        except RunNotExportable as err:  # its training did not finish: nothing to export
+            raise outcomes.StageFailure(str(err), status="skipped") from err
+        return {"export": manifest["run"]["run_id"], "check": manifest["check"]}
+
+    identity = {"run_id": run_dir.name, "kind": "export", "attempt": attempt}
+    result = outcomes.record(out / "result.json", identity, build, attempts=work / "attempts")
+    print(f"export {run_dir.name}: {result['status']} {result['reason']}")
+    return result
+
+
+def export_best(
+    experiment: Experiment,
+    dataset: str,
+    results: Path,
+    out: Path,
+    work: Path,
+    attempt: str = "",
+) -> dict:
+    """Export the dataset's best finished run by export.best_by (ties: fewer trainable
+    parameters, then run id), recording which it was and the values it was chosen from."""
+    from tunebench import outcomes
+    from tunebench.export import export_run
+    from tunebench.io import read_json
+    from tunebench.matrix import expand
+
+    spec = experiment.export
+    metric = spec.best_by
+
+    def build() -> dict:
+        scored = []
+        for run in expand(experiment):
+            path = results / "runs" / run.run_id / "eval" / "result.json"
+            if run.dataset.name != dataset or not path.is_file():
+                continue
+            result = read_json(path)
+            if result.get("status") == "ok" and result.get(metric) is not None:
+                train = read_json(results / "runs" / run.run_id / "train" / "result.json")
+                scored.append((-result[metric], train.get("trainable_params", 0), run.run_id))
+        if not scored:
+            raise outcomes.StageFailure(
+                f"no finished run of dataset {dataset!r} has {metric}", status="skipped"
+            )
+        value, _, best = min(scored)
+        manifest = export_run(results / "runs" / best, out, spec.types, check=spec.check)
+        return {
+            "export": best,
+            "chosen_by": {"metric": metric, "value": -value, "candidates": len(scored)},
+            "check": manifest["check"],
+        }
+
+    identity = {"dataset": dataset, "kind": "export_best", "attempt": attempt}
+    result = outcomes.record(out / "result.json", identity, build, attempts=work / "attempts")
+    print(f"export best of {dataset}: {result['status']} {result.get('export', result['reason'])}")
+    return result
+
+
 def compile_report(experiment: Experiment, results: Path, out: Path) -> None:
     """The comparison table and plot, rebuilt from every result file."""
     from tunebench.report import compile_comparison
@@ -294,11 +366,20 @@ STAGES = (
     train,
     evaluate,
     evaluate_base,
+    export,
+    export_best,
     compile_report,
 )
 
 
 # ---------------------------------------------------------------- the derived command line
+
+
+def _boolean(text: str) -> bool:
+    """true/false, as a rule writes a Python bool ("True") in any case."""
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def _converter(annotation):
@@ -308,6 +389,8 @@ def _converter(annotation):
         (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         convert = annotation.model_validate_json
+    elif annotation is bool:
+        convert = _boolean
     elif annotation in (Path, str, int, float):
         convert = annotation
     else:

@@ -15,7 +15,7 @@ import torch
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from tunebench import measure, models
+from tunebench import measure, models, precision
 from tunebench.callbacks import LossGuard, MemoryCeilingCallback, TrainingClock, training_clock
 from tunebench.data.tokenize import load_split
 from tunebench.matrix import RunConfig
@@ -161,6 +161,16 @@ def train_run(
     if run.method == "qlora":
         quant = models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
         dtype = models.DTYPES[run.compute_dtype]
+    half = dtype in (torch.bfloat16, torch.float16)
+    if half and not torch.cuda.is_available() and not precision.has_native_bf16():
+        # Same results, tens of times slower: the run's log says which key to change.
+        log.warning(
+            "computing in %s on a CPU without native bf16 (%s): expect tens of times the "
+            "float32 step time; set training.precision (or QLoRA's "
+            "quantization.compute_dtype) to float32",
+            dtype,
+            precision.cpu_isa(),
+        )
     if run.backend == "unsloth":
         from tunebench import unsloth_backend
 

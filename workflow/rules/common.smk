@@ -12,6 +12,7 @@ from tunebench.matrix import (
     SCORING_ONLY,
     baselines,
     dataset_key,
+    exported_runs,
     model_key,
     tokenizer_key,
 )
@@ -240,3 +241,17 @@ PRETRAIN_JOB = SMALL_JOB | {"memory_limit_mb": MEMORY_LIMIT_MB}
 
 def comparison_outputs():
     return [at_root(name) for name in layout.COMPARISON]
+
+
+# ---------------------------------------------------------------- exports (export:)
+EXPORT = EXPERIMENT.export
+EXPORTED = [run.run_id for run in exported_runs(EXPERIMENT, _RUNS)]
+
+
+def export_outputs():
+    """The export folders the experiment asks for: chosen runs, then each dataset's best."""
+    if EXPORT is None:
+        return []
+    chosen = [at_root(layout.EXPORT, run_id=run_id) for run_id in EXPORTED]
+    best = [at_root(layout.EXPORT_BEST, dataset=d.name) for d in EXPERIMENT.datasets]
+    return chosen + (best if EXPORT.best_by else [])
