@@ -56,7 +56,7 @@ def test_lora_on_smollm2_lowers_the_held_out_loss(tmp_path):
     lora = table[table["method"] == "lora"].iloc[0]
     # Six steps on a format the model does not use by itself: the held-out loss falls clearly.
     assert lora["test_loss"] < base["test_loss"] - 0.3, (lora["test_loss"], base["test_loss"])
-    assert lora["trainable_params"] < base["total_params"] / 50  # LoRA r8 on a 135M model
+    assert lora["total_params"] > 134_000_000 and lora["trainable_percent"] < 2  # LoRA r8
 
     (imported,) = root.glob("imported_models/*/import.json")
     record = read_json(imported)

@@ -56,7 +56,7 @@ def test_qlora_needs_quantization_settings():
 def test_model_needs_exactly_one_source():
     exp = tiny_experiment()
     exp["models"][0]["path"] = "/some/folder"
-    assert "models[0]: Value error, give exactly one of hub, path, builtin" in error_of(exp)
+    assert "models[0]: Value error, give exactly one of hub, path, gguf, builtin" in error_of(exp)
 
 
 def test_steps_or_epochs():

@@ -1,4 +1,5 @@
-"""`tunebench validate|plan|run|schema|env|stage`: parse the command line, call the library."""
+"""`tunebench validate|plan|run|export|schema|env|stage`: parse the command line, call the
+library."""
 
 from __future__ import annotations
 
@@ -60,6 +61,26 @@ def cmd_run(args) -> int:
     return orchestrate.run(exp, args.experiment, args.profile, args.snakemake)
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from tunebench import export, layout
+
+    exp = load_experiment(args.experiment)
+    root = layout.results_root(exp.name)
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    out = Path(args.out) if args.out else root / layout.EXPORT.format(run_id=args.run)
+    try:
+        manifest = export.export_run(
+            root / "runs" / args.run, out=out, types=types, check=not args.no_check
+        )
+    except export.ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(export.describe_export(manifest, out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunebench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
     p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "export",
+        help="merge a finished run, convert it to GGUF (+ Ollama Modelfile) and check it",
+    )
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    p.add_argument("--run", required=True, help="the run id (tunebench plan lists them)")
+    p.add_argument("--types", default="f16,q8_0", help="GGUF types, comma-separated")
+    p.add_argument("--out", help="default: results/<experiment>/exports/<run id>")
+    p.add_argument(
+        "--no-check", action="store_true", help="skip comparing the GGUF files with the model"
+    )
+    p.set_defaults(func=cmd_export)
     from tunebench import envs_cli, stages
 
     stages.add_parsers(sub)

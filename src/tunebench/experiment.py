@@ -117,3 +117,17 @@ def check_paths(exp: Experiment, project: Path | None = None) -> None:
                 f"{value!r} escapes the project directory {project}; "
                 "use an absolute path for a file outside it",
             )
+
+
+def builtin_model_advice(exp: Experiment) -> list[str]:
+    """The built-in models know only their own corpus: trained on a user's data their loss falls
+    (9.8 -> 2.5 on a few hundred instruction rows) but every generation stays garbage."""
+    builtin = [m.name for m in exp.models if m.builtin is not None]
+    own = [d.name for d in exp.datasets if d.builtin is None]
+    if not (builtin and own):
+        return []
+    return [
+        f"models {', '.join(builtin)} are built-in tiny models that know only their own corpus: "
+        f"on datasets {', '.join(own)} the loss falls but generations stay garbage. For your "
+        "own data use a real model (README, 'Your own data on a CPU')."
+    ]

@@ -58,12 +58,16 @@ def ensure_converter() -> dict:
     from tunebench.io import read_json, write_json
 
     folder = tool_dir()
-    if (folder / INFO).is_file():
+
+    def whole() -> bool:  # the info file is written last; the script's absence means damage
+        return (folder / INFO).is_file() and (folder / KEEP[0]).is_file()
+
+    if whole():
         return read_json(folder / INFO)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (folder / INFO).is_file():  # another process finished it while this one waited
+        if whole():  # another process finished it while this one waited
             return read_json(folder / INFO)
         archive = fetch.distribution(f"{PACKAGE}=={VERSION}", SDIST_SHA256, source=True)
         fetch.extract_tree(archive, f"{SDIST_ROOT}/vendor/llama.cpp", KEEP, folder)
@@ -102,9 +106,15 @@ def _pyproject_version(path: Path) -> str | None:
     return found.group(1) if found else None
 
 
-def convert(model_dir: Path, outputs: dict[str, Path], model_name: str | None = None) -> dict:
+def convert(
+    model_dir: Path,
+    outputs: dict[str, Path],
+    model_name: str | None = None,
+    log: Path | None = None,
+) -> dict:
     """Convert a saved model folder to one GGUF file per type ({type: path}), in one converter
-    process (its imports cost more than converting a small model). Returns the converter info."""
+    process (its imports cost more than converting a small model); its output goes to `log`.
+    Returns the converter info, and whether the GPT-2 pre-tokenizer answer was needed."""
     bad = [t for t in outputs if t not in OUTTYPES]
     if bad:
         raise ConversionError(
@@ -118,16 +128,20 @@ def convert(model_dir: Path, outputs: dict[str, Path], model_name: str | None = 
         command += ["--model-name", model_name]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
         raise ConversionError(f"llama.cpp's converter failed on {model_dir}:\n{tail}")
     missing = [str(p) for p in outputs.values() if not Path(p).is_file()]
     if missing:
         raise ConversionError(f"the converter did not write {', '.join(missing)}")
-    return info
+    return info | {"gpt2_pre_tokenizer_assumed": FALLBACK_MESSAGE in done.stderr}
 
 
 # ------------------------------------------------------------ inside the converter's process
+
+FALLBACK_MESSAGE = "tunebench: unknown pre-tokenizer hash"
 
 
 def is_gpt2_byte_level(tokenizer) -> bool:
@@ -159,8 +173,8 @@ def _accept_gpt2_byte_level(base) -> None:
             if not is_gpt2_byte_level(tokenizer):
                 raise
             base.logger.warning(
-                "tunebench: unknown hash, but the pre-tokenizer is exactly GPT-2's byte-level "
-                "BPE (GPT-2 regex, no prefix space, no normaliser): using 'gpt-2'"
+                f"{FALLBACK_MESSAGE}, but the pre-tokenizer is exactly GPT-2's byte-level BPE "
+                "(GPT-2 regex, no prefix space, no normaliser): using 'gpt-2'"
             )
             return "gpt-2"
 

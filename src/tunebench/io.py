@@ -68,5 +68,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def sha256_file(path: str | Path) -> str:
-    """The hex SHA-256 of a file's bytes: locks, data sources, test splits."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The hex SHA-256 of a file's bytes (locks, data, model and GGUF files), read in chunks:
+    a model can be larger than memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tunebench import layout
-from tunebench.experiment import ExperimentError
+from tunebench.experiment import ExperimentError, builtin_model_advice
 from tunebench.spec import Experiment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,11 +67,13 @@ def run(exp: Experiment, experiment: str, profile: str | None, extra: list[str])
             file=sys.stderr,
         )
         return 1
+    advice = builtin_model_advice(exp)
     if profile is None:  # jobs run on this machine: say now if its CPU will crawl
         from tunebench.precision import cpu_precision_warnings
 
-        for warning in cpu_precision_warnings(exp):
-            print(f"warning: {warning}", file=sys.stderr)
+        advice += cpu_precision_warnings(exp)
+    for warning in advice:
+        print(f"warning: {warning}", file=sys.stderr)
     command = snakemake_command(experiment, profile, extra)
     print("+ " + " ".join(command), flush=True)
     code = subprocess.call(command)
