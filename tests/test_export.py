@@ -80,7 +80,7 @@ def trained(workdir, tiny_model, tiny_data):
 
 
 def _export(method, run_dir, workdir, monkeypatch, capsys) -> tuple[dict, Path]:
-    out = workdir / "results" / "tiny" / "exports" / run_dir.name
+    out = workdir / "results" / "tiny" / "exports" / "runs" / run_dir.name
     if method == "full":  # through the command line, from the project folder
         monkeypatch.chdir(workdir)
         code = cli.main(["export", "--experiment", "experiment.yaml", "--run", run_dir.name])
@@ -190,7 +190,7 @@ def test_a_failed_run_is_refused_and_nothing_is_written(workdir, trained, monkey
     run_dir = trained("lora", learning_rate=1e30)  # the loss becomes non-finite: a real failure
     result = read_json(run_dir / "train" / "result.json")
     assert result["status"] == "failed"
-    exports = workdir / "results" / "tiny" / "exports"
+    exports = workdir / "results" / "tiny" / "exports" / "runs"
     before = sorted(exports.iterdir()) if exports.exists() else []
     with pytest.raises(export.RunNotExportable) as err:
         export.export_run(run_dir)
