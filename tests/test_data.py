@@ -184,3 +184,18 @@ def test_deduplication_can_be_turned_off(tmp_path):
     assert sum(kept["counts"][s] for s in ("train", "validation", "test")) == 30
     deduped = prepare(DatasetSpec(name="f", path=str(path)), tmp_path / "dedup")
     assert deduped["counts"]["exact_duplicates"] == 20
+
+
+def test_the_contacts_data_is_what_its_generator_writes():
+    """experiments/data/contacts.jsonl (the real-model experiment's task) is generated, not
+    edited by hand: the committed file must be exactly the generator's output."""
+    import importlib.util
+
+    from conftest import REPO
+
+    path = REPO / "experiments" / "data" / "make_contacts.py"
+    spec = importlib.util.spec_from_file_location("make_contacts", path)
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.OUT.read_text() == generator.render(generator.rows())
+    assert len(generator.rows()) == 700
