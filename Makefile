@@ -39,14 +39,14 @@ test-fast: env
 	$(BIN)/pytest -q -m "not slow"
 
 lint: env
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint --configfile $(EXPERIMENT)
 
 format: env
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks experiments
+	$(BIN)/ruff check --fix src tests benchmarks experiments
 	$(BIN)/snakefmt workflow
 
 # The JSON schema and the reference of every key, both generated from src/tunebench/spec.py.

@@ -17,9 +17,9 @@ def run(*cmd: str) -> subprocess.CompletedProcess:
 
 
 def test_ruff():
-    out = run(str(BIN / "ruff"), "check", "src", "tests", "benchmarks")
+    out = run(str(BIN / "ruff"), "check", "src", "tests", "benchmarks", "experiments")
     assert out.returncode == 0, out.stdout + out.stderr
-    out = run(str(BIN / "ruff"), "format", "--check", "src", "tests", "benchmarks")
+    out = run(str(BIN / "ruff"), "format", "--check", "src", "tests", "benchmarks", "experiments")
     assert out.returncode == 0, out.stdout + out.stderr
 
 

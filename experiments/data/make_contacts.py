@@ -21,15 +21,17 @@ ROWS = 700
 SEED = 0
 
 FIRST = (
-    "Maria Ken Aisha Tom Lena Omar Sofia Ivan Mei Lucas Amara Jonas Priya Diego Hana Felix "
-    "Nadia Kofi Elena Ravi Yuki Marco Zara Pavel Ines Tariq Chloe Emeka Sara Hugo Leila Mateo "
-    "Anya Samuel Fatima Oscar Nora Kenji Alma Viktor"
-).split()
+    "Maria", "Ken", "Aisha", "Tom", "Lena", "Omar", "Sofia", "Ivan", "Mei", "Lucas", "Amara",
+    "Jonas", "Priya", "Diego", "Hana", "Felix", "Nadia", "Kofi", "Elena", "Ravi", "Yuki",
+    "Marco", "Zara", "Pavel", "Ines", "Tariq", "Chloe", "Emeka", "Sara", "Hugo", "Leila",
+    "Mateo", "Anya", "Samuel", "Fatima", "Oscar", "Nora", "Kenji", "Alma", "Viktor"
+)  # fmt: skip
 LAST = (
-    "Lopez Sato Khan Becker Novak Haddad Rossi Petrov Chen Silva Okafor Berg Patel Ramirez "
-    "Kim Wagner Ali Mensah Popescu Iyer Tanaka Conti Malik Horvat Costa Aziz Martin Eze Lind "
-    "Moreau Farah Torres Ivanova Levi Said Nilsen Dahl Mori Vega Kovacs"
-).split()
+    "Lopez", "Sato", "Khan", "Becker", "Novak", "Haddad", "Rossi", "Petrov", "Chen", "Silva",
+    "Okafor", "Berg", "Patel", "Ramirez", "Kim", "Wagner", "Ali", "Mensah", "Popescu", "Iyer",
+    "Tanaka", "Conti", "Malik", "Horvat", "Costa", "Aziz", "Martin", "Eze", "Lind", "Moreau",
+    "Farah", "Torres", "Ivanova", "Levi", "Said", "Nilsen", "Dahl", "Mori", "Vega", "Kovacs"
+)  # fmt: skip
 CITIES = (
     "Lima", "Osaka", "Lagos", "Berlin", "Prague", "Beirut", "Milan", "Kazan", "Taipei", "Recife",
     "Accra", "Bergen", "Pune", "Quito", "Busan", "Graz", "Tunis", "Kumasi", "Cluj", "Chennai",
