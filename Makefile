@@ -12,7 +12,7 @@ EXPERIMENT ?= experiments/smoke.yaml
 # make env LOCK=containers/locks/hf-cuda.txt PYTHON=python3.12 (the CUDA locks target 3.12).
 LOCK ?= containers/locks/hf-cpu.txt
 
-.PHONY: env run test test-fast lint format schema lock test-container clean-results
+.PHONY: env run test test-fast lint format schema lock test-container llamacpp-check clean-results
 
 env: $(VENV)/.installed
 
@@ -64,6 +64,20 @@ lock: env
 # run a tiny experiment inside it to a finished table.
 test-container: env
 	bash containers/test-container.sh
+
+# Heavy, on demand: build llama.cpp (llama-cpp-python from the converter's pinned source
+# distribution, into the cache; about an hour on 2 busy cores) and compare an export's GGUF files
+# run by llama.cpp with its merged model (benchmarks/llamacpp_agreement.py):
+#   make llamacpp-check EXPORT=results/<experiment>/exports/runs/<run-id>
+LLAMA_CPP := $(HOME)/.cache/tunebench/llama-cpp-python-0.3.36
+llamacpp-check: env $(LLAMA_CPP)/llama_cpp/__init__.py
+	PYTHONPATH=$(LLAMA_CPP) $(BIN)/python benchmarks/llamacpp_agreement.py $(EXPORT)
+
+$(LLAMA_CPP)/llama_cpp/__init__.py:
+	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+		-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" $(BIN)/pip install -q --no-deps \
+		--target $(LLAMA_CPP) "$$($(BIN)/python -c \
+		'from tunebench import gguf_convert; print(gguf_convert.source_archive())')"
 
 clean-results:
 	rm -rf results/*/ .snakemake

@@ -51,6 +51,14 @@ def tool_dir() -> Path:
     return cache_root() / "tools" / f"{PACKAGE}-{VERSION}"
 
 
+def source_archive() -> Path:
+    """llama-cpp-python's pinned source distribution (fetched once): the converter's source,
+    and what `make llamacpp-check` builds llama.cpp from."""
+    from tunebench import fetch
+
+    return fetch.distribution(f"{PACKAGE}=={VERSION}", SDIST_SHA256, source=True)
+
+
 def ensure_converter() -> dict:
     """Fetch and extract the converter once (a lock keeps two exports from racing); return
     what identifies it: package, version, sdist sha256, llama.cpp version and commit."""
@@ -69,7 +77,7 @@ def ensure_converter() -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if whole():  # another process finished it while this one waited
             return read_json(folder / INFO)
-        archive = fetch.distribution(f"{PACKAGE}=={VERSION}", SDIST_SHA256, source=True)
+        archive = source_archive()
         fetch.extract_tree(archive, f"{SDIST_ROOT}/vendor/llama.cpp", KEEP, folder)
         commit = None
         try:

@@ -1,0 +1,151 @@
+"""Does llama.cpp itself run an export the way the merged model runs? (heavy, on demand:
+`make llamacpp-check EXPORT=results/<experiment>/exports/runs/<run-id>`).
+
+`tunebench export` checks its GGUF files with transformers' GGUF reader. This goes further: it
+loads each GGUF in llama.cpp (llama-cpp-python, built here from the same pinned source
+distribution as the converter) and compares it with the merged Hugging Face model on held-out
+prompts of the run's test split:
+
+- tokenizer: llama.cpp's tokens of each rendered prompt equal the Hugging Face tokenizer's;
+- next token: greedy (argmax) agreement over every prompt position, from the same token ids;
+- generation: greedy completions of up to 32 tokens, the share identical to the HF model's.
+
+Writes benchmarks/figures/llamacpp_agreement.{json,md}, naming the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunebench.io import read_json
+from tunebench.measure import machine
+
+FIGURES = Path(__file__).parent / "figures"
+
+
+def held_out(manifest: dict, tokenizer, limit: int) -> list[list[int]]:
+    """The held-out prompts the export's own check used, as token ids."""
+    from tunebench.export import heldout_prompts
+    from tunebench.matrix import RunConfig
+
+    run = RunConfig.model_validate(read_json(manifest["run"]["train_result"])["config"])
+    return heldout_prompts(run, tokenizer, Path(manifest["check"]["test_file"]), limit)
+
+
+def greedy_hf(model, ids: list[int], steps: int, eos: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+def greedy_llama(llm, ids: list[int], steps: int, eos: int) -> tuple[list[int], np.ndarray]:
+    """Greedy completion from `ids`, and the logits at every prompt position."""
+    llm.reset()
+    llm.eval(ids)
+    prompt_logits = np.array(llm.scores[: len(ids)])
+    produced = []
+    for _ in range(steps):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        produced.append(token)
+        if token == eos:
+            break
+        llm.eval([token])
+    return produced, prompt_logits
+
+
+def check_file(gguf: Path, model, tokenizer, prompts: list[list[int]], steps: int) -> dict:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=1024, logits_all=True, n_threads=2, verbose=False)
+    eos = tokenizer.eos_token_id
+    same_tokens = same_next = positions = same_generation = 0
+    examples = []
+    for ids in prompts:
+        text = tokenizer.decode(ids)
+        theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
+        same_tokens += theirs == ids
+        produced, logits = greedy_llama(llm, ids, steps, eos)
+        with torch.no_grad():
+            reference = model(torch.tensor([ids])).logits[0].numpy()
+        same_next += int((reference.argmax(-1) == logits.argmax(-1)).sum())
+        positions += len(ids)
+        expected = greedy_hf(model, ids, steps, eos)
+        same_generation += produced == expected
+        if len(examples) < 3:
+            examples.append(
+                {
+                    "llama_cpp": tokenizer.decode(produced, skip_special_tokens=True),
+                    "transformers": tokenizer.decode(expected, skip_special_tokens=True),
+                }
+            )
+    n = len(prompts)
+    return {
+        "file": gguf.name,
+        "prompts": n,
+        "tokenizer_agreement": same_tokens / n,
+        "next_token_agreement": same_next / positions,
+        "positions": positions,
+        "identical_generations": same_generation / n,
+        "examples": examples,
+    }
+
+
+def main() -> None:
+    import llama_cpp
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export", type=Path, help="an export folder (with manifest.json)")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=32, help="tokens per greedy completion")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    manifest = read_json(args.export / "manifest.json")
+    tokenizer = AutoTokenizer.from_pretrained(args.export / "merged")
+    model = AutoModelForCausalLM.from_pretrained(args.export / "merged", dtype=torch.float32)
+    prompts = held_out(manifest, tokenizer, args.prompts)
+    files = [
+        check_file(args.export / entry["file"], model, tokenizer, prompts, args.steps)
+        for entry in manifest["gguf"]
+    ]
+    figures = {
+        "machine": machine(),
+        "export": str(args.export),
+        "run_id": manifest["run"]["run_id"],
+        "llama_cpp_python": llama_cpp.__version__,
+        "files": files,
+    }
+    FIGURES.mkdir(exist_ok=True)
+    (FIGURES / "llamacpp_agreement.json").write_text(json.dumps(figures, indent=2) + "\n")
+    lines = [
+        f"# llama.cpp vs the merged model: {figures['run_id']}",
+        "",
+        f"Machine: {figures['machine']}; llama-cpp-python {figures['llama_cpp_python']}.",
+        "",
+        "| file | prompts | same tokens | next-token agreement | identical generations |",
+        "|---|---|---|---|---|",
+    ]
+    for f in files:
+        lines.append(
+            f"| {f['file']} | {f['prompts']} | {f['tokenizer_agreement']:.3f} | "
+            f"{f['next_token_agreement']:.4f} ({f['positions']} positions) | "
+            f"{f['identical_generations']:.3f} |"
+        )
+    (FIGURES / "llamacpp_agreement.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
