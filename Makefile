@@ -66,14 +66,17 @@ test-container: env
 	bash containers/test-container.sh
 
 # Heavy, on demand: build llama.cpp (llama-cpp-python from the converter's pinned source
-# distribution, into the cache; about an hour on 2 busy cores) and compare an export's GGUF files
+# distribution, into the cache: 7 min 50 s of CPU time on 2 cores) and compare an export's GGUF files
 # run by llama.cpp with its merged model (benchmarks/llamacpp_agreement.py):
 #   make llamacpp-check EXPORT=results/<experiment>/exports/runs/<run-id>
 LLAMA_CPP := $(HOME)/.cache/tunebench/llama-cpp-python-0.3.36
 llamacpp-check: env $(LLAMA_CPP)/llama_cpp/__init__.py
 	PYTHONPATH=$(LLAMA_CPP) $(BIN)/python benchmarks/llamacpp_agreement.py $(EXPORT)
 
+# llama_cpp imports diskcache, which the lock does not hold: pinned here by its hash.
 $(LLAMA_CPP)/llama_cpp/__init__.py:
+	echo "diskcache==5.6.3 --hash=sha256:5e31b2d5fbad117cc363ebaf6b689474db18a1f6438bc82358b024abd4c2ca19" \
+		| $(BIN)/pip install -q --no-deps --require-hashes --target $(LLAMA_CPP) -r /dev/stdin
 	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
 		-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" $(BIN)/pip install -q --no-deps \
 		--target $(LLAMA_CPP) "$$($(BIN)/python -c \

@@ -108,7 +108,7 @@ def test_export_round_trip(method, trained, workdir, tiny_model, monkeypatch, ca
     assert 0 < f16["max_abs_logit_diff"] < 0.05 and f16["mean_abs_logit_diff"] < 0.005
     assert f16["greedy_agreement"] >= 0.99
     assert q8["greedy_agreement"] >= 0.95 and q8["max_abs_logit_diff"] > f16["max_abs_logit_diff"]
-    assert f16["positions"] == q8["positions"] > export.MAX_PROMPTS * 10
+    assert f16["positions"] == q8["positions"] > export.MAX_PROMPTS * 5  # distinct contexts
     assert f16["tokenizer_reread_agreement"] == 1.0
 
     # What was merged, and into what.
@@ -124,12 +124,13 @@ def test_export_round_trip(method, trained, workdir, tiny_model, monkeypatch, ca
         assert "adapter_model.safetensors" in run["model_files"]
         assert manifest["merged_into"]["location"] == str(base_dir)
         merge = check["merge"]
-        if method == "qlora":  # a figure against the 4-bit model evaluation scored, no bar
+        # The merged model is the model evaluation scored: for QLoRA, the 4-bit base + adapter
+        # (the adapter is merged into the 4-bit values dequantised, not the original weights).
+        assert merge["passed"] is True and merge["max_abs_logit_diff"] < 1e-3
+        if method == "qlora":
             assert manifest["merged_into"]["trained_against"].startswith("4-bit nf4")
-            assert "full-precision" in manifest["merged_into"]["note"]
-            assert merge["passed"] is None and merge["reference"].startswith("the 4-bit")
-        else:
-            assert merge["passed"] is True and merge["max_abs_logit_diff"] < 1e-3
+            assert "dequantised to float32" in manifest["merged_into"]["note"]
+            assert merge["reference"].startswith("the 4-bit")
     # The merge really changed the weights.
     merged = load_file(out / "merged" / "model.safetensors")
     base = load_file(base_dir / "model.safetensors")

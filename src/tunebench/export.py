@@ -28,8 +28,9 @@ MAX_PROMPTS = 32
 # Greedy next-token agreement with the merged model, over every prompt position, that each type
 # must reach. Ternary types (tq1_0, tq2_0) suit only models trained ternary: reported, no bar.
 MIN_AGREEMENT = {"f32": 0.999, "f16": 0.99, "bf16": 0.95, "q8_0": 0.95}
-# The merged model against base + adapter before merging (float32 both): the merge is exact
-# up to rounding, so argmax flips only at near-ties.
+# The merged model against the model before merging (base + adapter; for QLoRA the 4-bit base +
+# adapter that evaluation scored): the merge is exact up to rounding, so the greedy token flips
+# only at near-ties.
 MIN_MERGE_AGREEMENT = 0.99
 ADAPTER_METHODS = ("lora", "dora", "rslora", "qlora")
 
@@ -231,8 +232,11 @@ def heldout_prompts(run, tokenizer, test_file: Path, limit: int) -> list[list[in
 
 def merge_run(run, run_dir: Path, base_location: str, prompts: list[list[int]]):
     """(merged float32 model, merge record). Full fine-tuning: the saved model. Adapters: the
-    base loaded in float32 + the adapter, merged with PEFT's merge_and_unload; for QLoRA that
-    is the full-precision base, not the 4-bit weights the adapter was trained against."""
+    base in float32 + the adapter, merged with PEFT's merge_and_unload. For QLoRA the base is
+    the 4-bit base the adapter was trained against, dequantised to float32 (the nf4/fp4 values,
+    not the original weights): merged into the original weights, the adapter no longer
+    compensates for the quantisation, and the export is not the model evaluation scored (on
+    SmolLM2-135M it agreed with it on 53% of greedy next tokens)."""
     float32 = torch.float32
     if run.method == "full":
         model = models.load_base_model(run.model, str(run_dir / "model"), float32)
@@ -241,31 +245,36 @@ def merge_run(run, run_dir: Path, base_location: str, prompts: list[list[int]]):
         raise ExportError(f"run {run.run_id}: cannot export method {run.method!r}")
     from peft import PeftModel
 
-    base = models.load_base_model(run.model, base_location, float32)
-    model = PeftModel.from_pretrained(base, str(run_dir / "model")).eval()
     merged_into = {"location": base_location, "dtype": "float32", "trained_against": "float32"}
-    reference = None
     if run.method == "qlora":
         quant = f"4-bit {run.quant_type}" + (", double quantisation" if run.double_quant else "")
+        config = models.quantization_config(run.quant_type, run.double_quant, "float32")
+        base = models.load_base_model(run.model, base_location, float32, config)
+        base.dequantize(dtype=float32)  # the 4-bit values, as float32 weights
         merged_into |= {
             "trained_against": quant,
+            "dequantised_from": quant,
             "note": (
                 f"the adapter was trained against the {quant} quantised base; it is merged into "
-                "the full-precision (float32) base, so the export is that base + the adapter, "
-                "not the 4-bit model evaluation scored (check.merge compares the two)"
+                "that base dequantised to float32 (the quantised values, not the original "
+                "weights), so the export is the model evaluation scored, up to rounding"
             ),
         }
-        if prompts:  # the model evaluation scored: 4-bit base + adapter
+        what = "the 4-bit base + adapter that evaluation scored"
+    else:
+        base = models.load_base_model(run.model, base_location, float32)
+        what = "base + adapter before merging"
+    reference = None
+    if prompts:
+        if run.method == "qlora":
             from tunebench.evaluate import load_trained
 
             scored = load_trained(run, base_location, run_dir)
-            reference = (
-                "the 4-bit base + adapter that evaluation scored",
-                _logits(scored, prompts),
-            )
+            reference = (what, _logits(scored, prompts))
             del scored
-    elif prompts:
-        reference = ("base + adapter before merging", _logits(model, prompts))
+    model = PeftModel.from_pretrained(base, str(run_dir / "model")).eval()
+    if prompts and run.method != "qlora":
+        reference = (what, _logits(model, prompts))
     model = model.merge_and_unload()
     return model.eval(), {"merged_into": merged_into, "reference": reference}
 
@@ -276,16 +285,24 @@ def _logits(model, prompts: list[list[int]]) -> list[torch.Tensor]:
     return [model(torch.tensor([ids], device=device)).logits[0].float().cpu() for ids in prompts]
 
 
-def compare(expected: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
-    """Max and mean |logit difference| and greedy next-token agreement over every position."""
+def compare(expected: list[torch.Tensor], got: list[torch.Tensor], prompts) -> dict:
+    """Max and mean |logit difference| over every position, and greedy next-token agreement
+    over distinct contexts: prompts share their first tokens (a system prompt, an instruction),
+    and a near-tie there would otherwise count once per prompt."""
     max_diff, total, count, same, positions = 0.0, 0.0, 0, 0, 0
-    for a, b in zip(expected, got, strict=True):
+    seen: set[tuple[int, ...]] = set()
+    for a, b, ids in zip(expected, got, prompts, strict=True):
         diff = (a - b).abs()
         max_diff = max(max_diff, diff.max().item())
         total += diff.sum().item()
         count += diff.numel()
-        same += int((a.argmax(-1) == b.argmax(-1)).sum())
-        positions += a.shape[0]
+        agree = (a.argmax(-1) == b.argmax(-1)).tolist()
+        for i in range(len(ids)):
+            context = tuple(ids[: i + 1])
+            if context not in seen:
+                seen.add(context)
+                same += agree[i]
+                positions += 1
     return {
         "max_abs_logit_diff": max_diff,
         "mean_abs_logit_diff": total / max(count, 1),
@@ -385,19 +402,16 @@ def check_export(
     passed = True
     if merge["reference"] is not None:
         what, reference = merge["reference"]
-        figures = compare(reference, expected) | {"reference": what}
-        if what.startswith("base + adapter"):
-            figures["min_agreement"] = MIN_MERGE_AGREEMENT
-            figures["passed"] = figures["greedy_agreement"] >= MIN_MERGE_AGREEMENT
-            passed &= figures["passed"]
-        else:  # QLoRA: how far the float32 merge is from the 4-bit model; a figure, not a bar
-            figures["passed"] = None
+        figures = compare(reference, expected, prompts) | {"reference": what}
+        figures["min_agreement"] = MIN_MERGE_AGREEMENT
+        figures["passed"] = figures["greedy_agreement"] >= MIN_MERGE_AGREEMENT
+        passed &= figures["passed"]
         checks["merge"] = figures
     for entry in ggufs:
         kind, name = entry["type"], entry["file"]
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         loaded = loaded.to(next(model.parameters()).device).eval()
-        figures = compare(expected, _logits(loaded, prompts))
+        figures = compare(expected, _logits(loaded, prompts), prompts)
         del loaded
         bar = thresholds.get(kind)
         figures["min_agreement"] = bar
