@@ -10,7 +10,7 @@ prompts of the run's test split:
 - next token: greedy (argmax) agreement over every prompt position, from the same token ids;
 - generation: greedy completions of up to 32 tokens, the share identical to the HF model's.
 
-Writes benchmarks/figures/llamacpp_agreement.{json,md}, naming the machine.
+Writes benchmarks/figures/llamacpp_agreement_<method>.{json,md}, naming the machine.
 """
 
 from __future__ import annotations
@@ -67,22 +67,22 @@ def greedy_llama(llm, ids: list[int], steps: int, eos: int) -> tuple[list[int], 
 def check_file(gguf: Path, model, tokenizer, prompts: list[list[int]], steps: int) -> dict:
     from llama_cpp import Llama
 
+    from tunebench.export import compare
+
     llm = Llama(model_path=str(gguf), n_ctx=1024, logits_all=True, n_threads=2, verbose=False)
     eos = tokenizer.eos_token_id
-    same_tokens = same_next = positions = same_generation = 0
-    examples = []
+    same_tokens = same_generation = 0
+    theirs_logits, our_logits, examples = [], [], []
     for ids in prompts:
-        text = tokenizer.decode(ids)
-        theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
+        theirs = llm.tokenize(tokenizer.decode(ids).encode(), add_bos=False, special=True)
         same_tokens += theirs == ids
         produced, logits = greedy_llama(llm, ids, steps, eos)
+        theirs_logits.append(torch.from_numpy(logits))
         with torch.no_grad():
-            reference = model(torch.tensor([ids])).logits[0].numpy()
-        same_next += int((reference.argmax(-1) == logits.argmax(-1)).sum())
-        positions += len(ids)
+            our_logits.append(model(torch.tensor([ids])).logits[0])
         expected = greedy_hf(model, ids, steps, eos)
         same_generation += produced == expected
-        if len(examples) < 3:
+        if produced != expected and len(examples) < 3:
             examples.append(
                 {
                     "llama_cpp": tokenizer.decode(produced, skip_special_tokens=True),
@@ -90,14 +90,17 @@ def check_file(gguf: Path, model, tokenizer, prompts: list[list[int]], steps: in
                 }
             )
     n = len(prompts)
+    # The same figures as the export's own check (distinct contexts), here from llama.cpp.
+    figures = compare(our_logits, theirs_logits, prompts)
     return {
         "file": gguf.name,
         "prompts": n,
         "tokenizer_agreement": same_tokens / n,
-        "next_token_agreement": same_next / positions,
-        "positions": positions,
+        "next_token_agreement": figures["greedy_agreement"],
+        "max_abs_logit_diff": figures["max_abs_logit_diff"],
+        "positions": figures["positions"],
         "identical_generations": same_generation / n,
-        "examples": examples,
+        "differing_examples": examples,
     }
 
 
@@ -128,22 +131,24 @@ def main() -> None:
         "files": files,
     }
     FIGURES.mkdir(exist_ok=True)
-    (FIGURES / "llamacpp_agreement.json").write_text(json.dumps(figures, indent=2) + "\n")
+    name = f"llamacpp_agreement_{manifest['run']['method']}"
+    (FIGURES / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
     lines = [
         f"# llama.cpp vs the merged model: {figures['run_id']}",
         "",
         f"Machine: {figures['machine']}; llama-cpp-python {figures['llama_cpp_python']}.",
         "",
-        "| file | prompts | same tokens | next-token agreement | identical generations |",
-        "|---|---|---|---|---|",
+        "| file | prompts | same tokens | next-token agreement | max logit diff | identical "
+        "generations |",
+        "|---|---|---|---|---|---|",
     ]
     for f in files:
         lines.append(
             f"| {f['file']} | {f['prompts']} | {f['tokenizer_agreement']:.3f} | "
-            f"{f['next_token_agreement']:.4f} ({f['positions']} positions) | "
-            f"{f['identical_generations']:.3f} |"
+            f"{f['next_token_agreement']:.4f} ({f['positions']} contexts) | "
+            f"{f['max_abs_logit_diff']:.3g} | {f['identical_generations']:.3f} |"
         )
-    (FIGURES / "llamacpp_agreement.md").write_text("\n".join(lines) + "\n")
+    (FIGURES / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
