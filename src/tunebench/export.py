@@ -265,13 +265,12 @@ def merge_run(run, run_dir: Path, base_location: str, prompts: list[list[int]]):
         base = models.load_base_model(run.model, base_location, float32)
         what = "base + adapter before merging"
     reference = None
-    if prompts:
-        if run.method == "qlora":
-            from tunebench.evaluate import load_trained
+    if prompts and run.method == "qlora":
+        from tunebench.evaluate import load_trained
 
-            scored = load_trained(run, base_location, run_dir)
-            reference = (what, _logits(scored, prompts))
-            del scored
+        scored = load_trained(run, base_location, run_dir)
+        reference = (what, _logits(scored, prompts))
+        del scored
     model = PeftModel.from_pretrained(base, str(run_dir / "model")).eval()
     if prompts and run.method != "qlora":
         reference = (what, _logits(model, prompts))
