@@ -54,8 +54,10 @@ def test_lora_on_smollm2_lowers_the_held_out_loss(tmp_path):
     assert set(table["status"]) == {"ok"} and len(table) == 2
     base = table[table["method"] == "base"].iloc[0]
     lora = table[table["method"] == "lora"].iloc[0]
-    # Six steps on a format the model does not use by itself: the held-out loss falls clearly.
-    assert lora["test_loss"] < base["test_loss"] - 0.3, (lora["test_loss"], base["test_loss"])
+    # Six steps on a format the model does not use by itself: the held-out loss falls to a
+    # fraction (0.32 -> 0.05 here) and the answers take the required form (exact match 0 -> 1).
+    assert lora["test_loss"] < base["test_loss"] / 3, (lora["test_loss"], base["test_loss"])
+    assert base["exact_match"] == 0 and lora["exact_match"] >= 0.5
     assert lora["total_params"] > 134_000_000 and lora["trainable_percent"] < 2  # LoRA r8
 
     (imported,) = root.glob("imported_models/*/import.json")
