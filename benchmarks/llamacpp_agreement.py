@@ -10,7 +10,8 @@ prompts of the run's test split:
 - next token: greedy (argmax) agreement over every prompt position, from the same token ids;
 - generation: greedy completions of up to 32 tokens, the share identical to the HF model's.
 
-Writes benchmarks/figures/llamacpp_agreement_<method>.{json,md}, naming the machine.
+Writes benchmarks/figures/llamacpp_agreement_<experiment>_<method>.{json,md}, naming the
+machine.
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ def main() -> None:
         "files": files,
     }
     FIGURES.mkdir(exist_ok=True)
-    name = f"llamacpp_agreement_{manifest['run']['method']}"
+    # results/<experiment>/exports/runs/<run-id>: one file per experiment and method
+    experiment = args.export.resolve().parents[2].name
+    name = f"llamacpp_agreement_{experiment}_{manifest['run']['method']}"
     (FIGURES / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
     lines = [
         f"# llama.cpp vs the merged model: {figures['run_id']}",
