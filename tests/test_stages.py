@@ -32,4 +32,3 @@ def test_a_bool_that_is_neither_is_refused(parser, capsys):
             ["stage", "export", "--run-dir", "r", "--out", "o", "--work", "w", "--check", "maybe"]
         )
     assert "--check" in capsys.readouterr().err
-
