@@ -10,9 +10,7 @@ converter with one addition (see `_accept_gpt2_byte_level`): the converter names
 tokenizer's pre-tokenizer from a hash of the token ids of a fixed text, so a tokenizer trained
 here (the built-in models') has a hash it has never seen, although its pre-tokenizer is exactly
 GPT-2's. For such a tokenizer only, the wrapper answers "gpt-2"; every other tokenizer, a real
-model's included, gets the converter's own answer (or its own error). And one more
-(`_sentencepiece_only_when_needed`): sentencepiece is imported only for a model that has a
-sentencepiece vocabulary.
+model's included, gets the converter's own answer (or its own error).
 """
 
 from __future__ import annotations
@@ -189,29 +187,6 @@ def _accept_gpt2_byte_level(base) -> None:
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
 
 
-def _sentencepiece_only_when_needed(base) -> None:
-    """The converter imports sentencepiece before it looks for a `tokenizer.model`, and
-    tunebench's locked environment has no sentencepiece. Without the package, a model folder
-    with no `tokenizer.model` gets the FileNotFoundError the converter raises right after the
-    import (it then tries the tokenizer.json routes, as it would with sentencepiece installed);
-    a folder with one still fails on the import, since it does need sentencepiece."""
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        return
-    original = base.TextModel._create_vocab_sentencepiece
-
-    def _create_vocab_sentencepiece(self):
-        path = self.dir_model / "tokenizer.model"
-        if not path.is_file():
-            raise FileNotFoundError(f"File not found: {path}")
-        return original(self)
-
-    base.TextModel._create_vocab_sentencepiece = _create_vocab_sentencepiece
-
-
 def _main(argv: list[str]) -> None:
     import runpy
 
@@ -223,7 +198,6 @@ def _main(argv: list[str]) -> None:
     from conversion import base
 
     _accept_gpt2_byte_level(base)
-    _sentencepiece_only_when_needed(base)
     script = runpy.run_path(str(Path(tool) / "convert_hf_to_gguf.py"), run_name="converter")
     for outfile, kind in targets:
         sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outfile", outfile, "--outtype", kind]
