@@ -43,6 +43,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def one_of(spec: BaseModel, keys: tuple[str, ...]) -> str:
+    """The one of `keys` that `spec` sets; a ValueError naming them all unless exactly one is."""
+    given = [k for k in keys if getattr(spec, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(keys)} (got {given or 'none'})")
+    return given[0]
+
+
 def as_list(value: Any) -> Any:
     """Axes accept a scalar or a list; a scalar is a one-value axis."""
     return value if isinstance(value, list) else [value]
@@ -146,9 +154,7 @@ class GgufSource(Strict):
 
     @model_validator(mode="after")
     def one_source(self) -> GgufSource:
-        given = [k for k in ("path", "package", "hub") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of path, package, hub (got {given or 'none'})")
+        one_of(self, ("path", "package", "hub"))
         if self.package is not None:
             if not re.fullmatch(
                 r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*", self.package
@@ -168,6 +174,10 @@ class GgufSource(Strict):
         if not name.endswith(".gguf"):
             raise ValueError(f"{name!r} is not a .gguf file")
         return self
+
+
+# Where a base model comes from: exactly one per model.
+MODEL_SOURCES = ("hub", "path", "gguf", "builtin")
 
 
 class ModelSpec(Strict):
@@ -206,18 +216,14 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def one_source(self) -> ModelSpec:
-        given = [k for k in ("hub", "path", "gguf", "builtin") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of hub, path, gguf, builtin (got {given or 'none'})"
-            )
+        one_of(self, MODEL_SOURCES)
         if self.revision is not None and self.hub is None:
             raise ValueError("revision only applies to a hub model")
         return self
 
     @property
     def source(self) -> str:
-        return next(k for k in ("hub", "path", "gguf", "builtin") if getattr(self, k) is not None)
+        return one_of(self, MODEL_SOURCES)
 
     @property
     def made_here(self) -> bool:
@@ -492,11 +498,7 @@ class DatasetSpec(Strict):
 
     @model_validator(mode="after")
     def consistent(self):
-        given = [k for k in ("builtin", "path", "files", "hub") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of builtin, path, files, hub (got {given or 'none'})"
-            )
+        one_of(self, ("builtin", "path", "files", "hub"))
         if self.test_fraction is not None and self.test_size is not None:
             raise ValueError("give test_fraction or test_size, not both")
         if self.validation_fraction is not None and self.validation_size is not None:
