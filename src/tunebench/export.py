@@ -11,19 +11,20 @@ written into a temporary folder beside the output and renamed into place only wh
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
-import json
 from pathlib import Path
 
 import torch
 
-from tunebench import gguf_convert, layout, models
+from tunebench import gguf_convert, gguf_import, layout, models
 from tunebench.fetch import FetchError
 from tunebench.gguf_convert import NOT_OFFERED, ConversionError
 from tunebench.io import atomic_dir, read_json, read_jsonl, sha256_file, write_json
+from tunebench.measure import package_versions
 from tunebench.outcomes import ModelNotFound
 
 DEFAULT_TYPES = ("f16", "q8_0")
+# What made an export: recorded in its manifest.
+EXPORT_PACKAGES = ("tunebench", "gguf", "transformers", "peft", "torch", "safetensors")
 MAX_PROMPTS = 32
 # Greedy next-token agreement with the merged model, over every prompt position, that each type
 # must reach. Ternary types (tq1_0, tq2_0) suit only models trained ternary: reported, no bar.
@@ -131,7 +132,7 @@ def export_run(
                 "modelfile": modelfile,
                 "converter": converter,
                 "not_offered": NOT_OFFERED,
-                "versions": _versions(),
+                "versions": package_versions(EXPORT_PACKAGES),
                 "check": checks,
             }
             write_json(tmp / "manifest.json", manifest)
@@ -494,19 +495,7 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 def _base_record(location: str) -> dict:
     """Where the base came from; a GGUF-imported base's import.json travels with it."""
     record: dict = {"location": location, "import": None}
-    folder = Path(location)
-    if folder.is_dir():
-        imported = folder / "import.json"
-        if imported.is_file():
-            record["import"] = json.loads(imported.read_text())
+    imported = Path(location) / gguf_import.RECORD
+    if imported.is_file():
+        record["import"] = read_json(imported)
     return record
-
-
-def _versions() -> dict:
-    versions = {}
-    for package in ("tunebench", "gguf", "transformers", "peft", "torch", "safetensors"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions

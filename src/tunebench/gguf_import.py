@@ -112,12 +112,11 @@ def describe(path: Path) -> dict:
 
 def import_gguf(model: ModelSpec, out: Path) -> dict:
     """Dequantise the model's GGUF into `out` (written whole, or not at all)."""
-    import gguf
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     from tunebench.io import atomic_dir
+    from tunebench.measure import package_versions
     from tunebench.models import count_parameters
 
     path, origin = locate(model)
@@ -154,19 +153,10 @@ def import_gguf(model: ModelSpec, out: Path) -> dict:
         "saved_dtype": "float32",
         "parameters": parameters,
         "chat_template": tokenizer.chat_template is not None,
-        "versions": {"transformers": transformers.__version__, "gguf": _version(gguf)},
+        "versions": package_versions(("transformers", "gguf")),
     }
     with atomic_dir(out) as tmp:
         loaded.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / RECORD, record)
     return record
-
-
-def _version(module) -> str:
-    from importlib.metadata import version
-
-    try:
-        return version(module.__name__)
-    except Exception:
-        return "unknown"

@@ -118,9 +118,10 @@ def hardware() -> dict:
     }
 
 
-def package_versions() -> dict:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict:
+    """Installed versions of `names` (those not installed are left out), Python's and CUDA's."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
