@@ -314,7 +314,7 @@ def export_best(
 ) -> dict:
     """Export the dataset's best finished run by export.best_by (ties: fewer trainable
     parameters, then run id), recording which it was and the values it was chosen from."""
-    from tunebench import outcomes
+    from tunebench import layout, outcomes
     from tunebench.export import export_run
     from tunebench.io import read_json
     from tunebench.matrix import expand
@@ -325,19 +325,20 @@ def export_best(
     def build() -> dict:
         scored = []
         for run in expand(experiment):
-            path = results / "runs" / run.run_id / "eval" / "result.json"
+            path = results / layout.EVAL_RESULT.format(run_id=run.run_id)
             if run.dataset.name != dataset or not path.is_file():
                 continue
             result = read_json(path)
             if result.get("status") == "ok" and result.get(metric) is not None:
-                train = read_json(results / "runs" / run.run_id / "train" / "result.json")
+                train = read_json(results / layout.TRAIN_RESULT.format(run_id=run.run_id))
                 scored.append((-result[metric], train.get("trainable_params", 0), run.run_id))
         if not scored:
             raise outcomes.StageFailure(
                 f"no finished run of dataset {dataset!r} has {metric}", status="skipped"
             )
         value, _, best = min(scored)
-        manifest = export_run(results / "runs" / best, out, spec.types, check=spec.check)
+        run_dir = results / layout.RUN.format(run_id=best)
+        manifest = export_run(run_dir, out, spec.types, check=spec.check)
         return {
             "export": best,
             "chosen_by": {"metric": metric, "value": -value, "candidates": len(scored)},
