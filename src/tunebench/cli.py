@@ -33,13 +33,103 @@ def cmd_plan(args) -> int:
     runs = expand(exp)
     table = Table(title=f"{exp.name}: {len(runs)} runs")
     columns = ["run_id", *SHOWN_AXES]
+    estimates = {}
+    if not args.no_estimate:
+        from tunebench.estimate.runs import estimate_experiment, experiment_gpus
+
+        gpu = experiment_gpus(exp, args.gpu)[0]
+        estimates = {r["run_id"]: r for r in estimate_experiment(exp, runs, [gpu])}
+        columns += ["peak GiB", f"on {gpu.name}", "hours"]
     for col in columns:
         table.add_column(col)
     for run in runs:
         axes = run.axes() | {"run_id": run.run_id}
-        table.add_row(*["" if axes[c] is None else str(axes[c]) for c in columns])
+        cells = ["" if axes[c] is None else str(axes[c]) for c in columns[: 1 + len(SHOWN_AXES)]]
+        if estimates:
+            record = estimates[run.run_id]
+            if "error" in record:
+                cells += ["n/a", record["error"][:60], ""]
+            else:
+                on_gpu = record["gpus"][gpu.name]
+                cells += [
+                    f"{record['predicted_peak_gb']:.2f}",
+                    on_gpu["verdict"],
+                    _maybe(on_gpu["train_hours"], "{:.2f}"),
+                ]
+        table.add_row(*cells)
     Console(width=200).print(table)
     return 0
+
+
+def cmd_estimate(args) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunebench.estimate.runs import estimate_experiment, experiment_gpus
+    from tunebench.matrix import expand
+
+    exp = load_experiment(args.experiment)
+    runs = expand(exp)
+    try:
+        gpus = experiment_gpus(exp, args.gpu)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return EXIT_INVALID
+    records = estimate_experiment(exp, runs, gpus)
+    if args.json:
+        print(json.dumps({"experiment": exp.name, "runs": records}, indent=1))
+        return 0
+    first = gpus[0]
+    table = Table(
+        title=f"{exp.name}: predicted peak GPU memory (GiB) per run, time and cost on {first.name}",
+        caption="allocated: what tensors need; reserved: with the allocator's overhead "
+        "(what nvidia-smi shows, less the CUDA context). fits / tight (over 90% of the "
+        "GPU) / no. docs/estimator.md says how each term is counted and how accurate it is.",
+    )
+    columns = [
+        "run_id",
+        "trainable",
+        "weights",
+        "grads+optim",
+        "activations",
+        "logits",
+        "allocated",
+        "reserved",
+        *[g.name for g in gpus],
+        "step s",
+        "hours",
+        "cost",
+    ]
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for r in records:
+        if "error" in r:
+            table.add_row(r["run_id"], f"[red]{r['error']}[/red]")
+            continue
+        m, on_first = r["memory_gib"], r["gpus"][first.name]
+        cells = [
+            r["run_id"],
+            f"{r['trainable_params']:,}",
+            f"{m['weights'] + m['quantization_constants']:.2f}",
+            f"{m['trainable_parameters'] + m['gradients'] + m['optimizer_states']:.2f}",
+            f"{m['activations']:.2f}",
+            f"{m['logits_and_loss']:.2f}",
+            f"{m['peak_allocated']:.2f}",
+            f"{m['peak_reserved']:.2f}",
+            *[r["gpus"][g.name]["verdict"].replace("does not fit", "no") for g in gpus],
+            _maybe(on_first["step_seconds"], "{:.3f}"),
+            _maybe(on_first["train_hours"], "{:.2f}"),
+            _maybe(on_first.get("cost"), "{:.2f} " + exp.cost.currency),
+        ]
+        table.add_row(*cells)
+    Console(width=220).print(table)
+    return 0
+
+
+def _maybe(value, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
 
 
 def cmd_schema(args) -> int:
@@ -87,9 +177,28 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="check an experiment file; print the number of runs")
     p.add_argument("experiment")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("plan", help="list the runs an experiment expands to")
+    p = sub.add_parser(
+        "plan", help="list the runs an experiment expands to, with predicted memory and time"
+    )
     p.add_argument("experiment")
+    p.add_argument("--gpu", action="append", help="the GPU to predict for (see estimate)")
+    p.add_argument(
+        "--no-estimate", action="store_true", help="list runs only (no torch import, faster)"
+    )
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser(
+        "estimate",
+        help="predict every run's peak GPU memory, step time, hours and cost before running",
+    )
+    p.add_argument("experiment")
+    p.add_argument(
+        "--gpu",
+        action="append",
+        help="a GPU to judge fit and time on (repeatable): A100-80GB, H100, L40S, RTX-4090, "
+        "... or NAME:GIB; default: resources.train.gpu_model and 24/48/80 GB classes",
+    )
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("schema", help="print (or write) the experiment JSON schema")
     p.add_argument("--output")
     p.add_argument(

@@ -1,0 +1,139 @@
+"""Estimates for the runs of an experiment: what `tunebench estimate`, `tunebench plan`, the
+train stage (prediction beside measurement) and `resources.train: auto` use.
+
+Each run becomes one flat record (GiB, seconds, hours, money) so that the CLI, JSON output and
+result files share one shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from tunebench.estimate import EstimateError, estimate, verdict
+from tunebench.estimate.gpus import Gpu, find
+from tunebench.estimate.memory import GIB
+from tunebench.estimate.setup import from_run, model_config
+from tunebench.estimate.speed import flops_per_token, mfu
+
+# Compared when the experiment names no GPU: the common memory classes, 24 / 48 / 80 GB.
+DEFAULT_GPUS = ("RTX-4090", "L40S", "A100-80GB", "H100")
+
+
+def experiment_gpus(exp, names: list[str] | None = None) -> list[Gpu]:
+    """GPUs to estimate for: those named, else the experiment's `resources.train.gpu_model`
+    (when it is one the estimator knows) and the defaults."""
+    if names:
+        return [find(n) for n in names]
+    gpus = []
+    model = getattr(exp.resources.train, "gpu_model", None)
+    if model:
+        with contextlib.suppress(KeyError):  # a cluster's own name: only the defaults then
+            gpus.append(find(model))
+    return gpus + [find(n) for n in DEFAULT_GPUS if all(g.name != n for g in gpus)]
+
+
+def train_steps(run) -> int | None:
+    """Optimizer steps of the run; None when it is given in epochs (the data decides)."""
+    return run.training.max_steps
+
+
+def estimate_run(run, config, gpus: list[Gpu], prices: dict[str, float] | None = None) -> dict:
+    """One run's estimate as a flat record (see the module docstring)."""
+    setup = from_run(run)
+    result = estimate(config, setup, gpus)
+    record = {
+        "run_id": run.run_id,
+        "compute_dtype": setup.compute_dtype,
+        "model_flops_per_token": flops_per_token(setup, result.footprint, config)[0],
+        "trainable_params": result.footprint.trainable_params,
+        "total_params": result.footprint.total_params,
+        "memory_gib": result.memory.gib(),
+        "predicted_peak_gb": result.memory.peak_reserved / GIB,
+        "predicted_allocated_gb": result.memory.peak_allocated / GIB,
+        "gpus": {},
+    }
+    for gpu in gpus:
+        speed = result.speeds[gpu.name]
+        entry = {
+            "verdict": result.verdicts[gpu.name],
+            "memory_gib": gpu.memory_gib,
+            "step_seconds": speed.step_seconds,
+            "tokens_per_second": speed.tokens_per_second,
+            "train_hours": speed.train_hours,
+            "mfu": speed.mfu,
+        }
+        price = _price(prices or {}, gpu.name)
+        if speed.train_hours is not None and price is not None:
+            entry["cost"] = speed.train_hours * price
+        record["gpus"][gpu.name] = entry
+    return record
+
+
+def _price(prices: dict[str, float], gpu_name: str) -> float | None:
+    matches = [k for k in prices if k.lower() in gpu_name.lower()]
+    return prices[max(matches, key=len)] if matches else None
+
+
+def made_model_dir(exp, model) -> Path | None:
+    """The folder the workflow made for a GGUF model (its config.json), if it exists yet."""
+    from tunebench import layout
+    from tunebench.matrix import model_key
+
+    folder = layout.results_root(exp.name) / "imported_models" / model_key(model)
+    return folder if (folder / "config.json").is_file() else None
+
+
+def estimate_experiment(exp, runs, gpus: list[Gpu]) -> list[dict]:
+    """Every run's record; a run whose model or settings cannot be estimated gets an `error`."""
+    configs: dict[str, object] = {}
+    records = []
+    for run in runs:
+        try:
+            if run.model.name not in configs:
+                configs[run.model.name] = model_config(run.model, made_model_dir(exp, run.model))
+            records.append(
+                estimate_run(run, configs[run.model.name], gpus, exp.cost.price_per_hour)
+            )
+        except (EstimateError, OSError, ValueError) as err:
+            records.append({"run_id": run.run_id, "error": str(err).splitlines()[0]})
+    return records
+
+
+def measured_against(prediction: dict, measured: dict, gpu_name: str | None) -> dict:
+    """Prediction beside measurement for a finished run on `gpu_name` (None on a CPU, where
+    GPU memory is not measured): errors of peak memory and step time, and MFU."""
+    out = {
+        "predicted_peak_gb": prediction["predicted_peak_gb"],
+        "predicted_allocated_gb": prediction["predicted_allocated_gb"],
+    }
+    if gpu_name is None:
+        return out | {"mfu": None}
+    peak = measured.get("peak_memory_gb")
+    if peak:
+        out["predicted_peak_error_pct"] = 100 * (prediction["predicted_peak_gb"] - peak) / peak
+    try:
+        gpu = find(gpu_name)
+    except KeyError:
+        return out
+    entry = prediction["gpus"].get(gpu.name, {})
+    steps, seconds = measured.get("steps"), measured.get("train_seconds")
+    if entry.get("step_seconds") and steps and seconds:
+        out["predicted_step_seconds"] = entry["step_seconds"]
+        out["measured_step_seconds"] = seconds / steps
+    rate = measured.get("tokens_per_second")
+    if rate and prediction.get("model_flops_per_token"):
+        out["mfu"] = mfu(
+            prediction["model_flops_per_token"], rate, gpu, prediction["compute_dtype"]
+        )
+    return out
+
+
+__all__ = [
+    "DEFAULT_GPUS",
+    "estimate_experiment",
+    "estimate_run",
+    "experiment_gpus",
+    "measured_against",
+    "verdict",
+]
