@@ -86,6 +86,9 @@ def test_training_lowers_heldout_loss(method, tiny_model, tiny_data, tmp_path):
     assert result["train_seconds"] > 0 and result["tokens_per_second"] > 0
     assert result["memory_kind"] == "cpu_peak_rss" and result["peak_memory_gb"] > 0.1
     assert result["steps"] == 40
+    # The estimate beside the measurement: GPU memory predicted, no error on a CPU run.
+    assert result["prediction"]["predicted_peak_gb"] > 0, result["prediction"]
+    assert result["prediction"]["mfu"] is None
     assert result["provenance"]["packages"]["transformers"]
     assert len(result["provenance"]["git"]["commit"]) in (40, len("unknown"))
 

@@ -23,6 +23,8 @@ STATUSES = {
     "crossing resources.memory_limit_gb",
     "failed": "an exception (the reason is its message) or a non-finite loss",
     "missing_model": "the model's folder, hub id or file could not be found or loaded",
+    "predicted_oom": "not trained: its predicted peak GPU memory exceeds resources.gpu_memory_gb "
+    "(resources.predicted_oom: skip)",
     "skipped": "not attempted: a step it needs did not finish",
 }
 

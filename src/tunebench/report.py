@@ -21,6 +21,11 @@ MEASURES = [
     "validation_loss",
     "peak_memory_gb",
     "memory_kind",
+    "predicted_peak_gb",
+    "predicted_peak_error_pct",
+    "predicted_step_seconds",
+    "measured_step_seconds",
+    "mfu",
     "train_seconds",
     "tokens_per_second",
     "trainable_params",
@@ -78,6 +83,20 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
                     "trainable_params",
                     "total_params",
                     "accelerator_hours",
+                )
+            }
+        )
+        # The estimate made from the configuration alone, beside the measurement (errors and
+        # MFU only on a GPU: a CPU run's memory is its process RSS, not comparable).
+        row.update(
+            {
+                k: train.get("prediction", {}).get(k)
+                for k in (
+                    "predicted_peak_gb",
+                    "predicted_peak_error_pct",
+                    "predicted_step_seconds",
+                    "measured_step_seconds",
+                    "mfu",
                 )
             }
         )

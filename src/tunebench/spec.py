@@ -676,6 +676,42 @@ class ResourceOverride(Strict):
     evaluate: JobResources = Field(JobResources(), description="replaces these evaluation requests")
 
 
+class AutoGpu(Strict):
+    """One GPU class of the cluster, for `resources.train: auto`."""
+
+    slurm: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")] = Field(
+        description="the name Slurm gives it (--gpus=NAME:1), e.g. a100"
+    )
+    gpu: str = Field(
+        description="what it is, for the estimator: A100-80GB, A100-40GB, H100, L40S, "
+        "RTX-4090, ... (tunebench estimate --help lists them) or NAME:GIB"
+    )
+
+
+class AutoResources(Strict):
+    """How `resources.train: auto` turns each run's estimate into its Slurm request."""
+
+    gpus: list[AutoGpu] = Field(
+        [],
+        description="the cluster's GPU classes; each run gets the smallest one its predicted "
+        "peak (with memory_headroom) fits on. Empty: one GPU of any class",
+    )
+    memory_headroom: Annotated[float, Field(ge=1, le=3)] = Field(
+        1.15,
+        description="the predicted peak GPU memory is multiplied by this before choosing a "
+        "GPU (the estimator's error on transformers + PEFT runs: docs/estimator.md)",
+    )
+    time_headroom: Annotated[float, Field(ge=1, le=10)] = Field(
+        2.0, description="the predicted training time is multiplied by this for --time"
+    )
+    runtime_minutes: PositiveInt = Field(
+        120,
+        description="--time when no training time can be predicted (training.epochs, or a GPU "
+        "the estimator has no speed for)",
+    )
+    cpus_per_gpu: PositiveInt | None = Field(None, description="CPU cores per GPU")
+
+
 class Resources(Strict):
     """What jobs may use. `threads` is also the torch thread count (Slurm: cpus per task)."""
 
@@ -688,8 +724,23 @@ class Resources(Strict):
         "cluster's default",
     )
     account: str | None = Field(None, description="Slurm account; default $TUNEBENCH_SLURM_ACCOUNT")
-    train: JobResources = Field(
-        JobResources(mem_gb=8, runtime_minutes=120), description="every training job"
+    train: JobResources | Literal["auto"] = Field(
+        JobResources(mem_gb=8, runtime_minutes=120),
+        description="every training job; `auto`: each run's GPU class, host memory and time "
+        "from its estimate (resources.auto; planning then imports torch and traces each "
+        "distinct setup, about a second each)",
+    )
+    auto: AutoResources = Field(AutoResources(), description="how `train: auto` sizes jobs")
+    gpu_memory_gb: PositiveFloat | None = Field(
+        None,
+        description="memory (GiB) of the GPU the runs train on, for predicted_oom (default "
+        "with train: auto: the largest of resources.auto.gpus)",
+    )
+    predicted_oom: Literal["run", "skip"] = Field(
+        "run",
+        description="skip: a run whose predicted peak exceeds gpu_memory_gb is recorded as a "
+        "`predicted_oom` row instead of being trained (no GPU hours spent on it); run: train "
+        "everything",
     )
     evaluate: JobResources = Field(
         JobResources(mem_gb=8, runtime_minutes=60), description="every evaluation job"
@@ -706,6 +757,15 @@ class Resources(Strict):
         description="stop a step whose process memory (RSS) exceeds this, as an `oom` row: "
         "the CPU counterpart of a CUDA out-of-memory",
     )
+
+    @model_validator(mode="after")
+    def predicted_oom_needs_a_size(self):
+        if self.predicted_oom == "skip" and not self.gpu_memory_gb and not self.auto.gpus:
+            raise ValueError(
+                "predicted_oom: skip needs resources.gpu_memory_gb (or resources.auto.gpus): "
+                "the memory the prediction is compared with"
+            )
+        return self
 
 
 class Tracking(Strict):

@@ -159,8 +159,11 @@ def train(
     attempt: str = "",
     memory_limit_mb: int = 0,
     threads: int = 1,
+    predicted_oom_mb: int = 0,
 ) -> dict:
-    """Fine-tune one run of the matrix and record its result (a failure is a row)."""
+    """Fine-tune one run of the matrix and record its result (a failure is a row).
+    predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
+    predicted to fit, else it is recorded as `predicted_oom` without training."""
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
@@ -169,12 +172,14 @@ def train(
             backend_error = err
     ceiling = _start(threads, memory_limit_mb)
     from tunebench import outcomes
-    from tunebench.train import train_run
+    from tunebench.train import check_predicted_fit, train_run
 
     def work() -> dict:
         if backend_error is not None:
             raise backend_error
         location = _require_inputs(run.model, model_dir, tokenized)
+        if predicted_oom_mb:
+            check_predicted_fit(run, location, predicted_oom_mb / 1024)
         # Where the base came from: evaluation and `tunebench export` load the same one.
         return train_run(run, location, tokenized, run_dir, tracking, ceiling) | {
             "base_model": location

@@ -6,6 +6,7 @@ it with outcomes.record, so a failure inside training is a row of the table, not
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -139,6 +140,48 @@ def check_settings(run: RunConfig) -> None:
         )
 
 
+def check_predicted_fit(run: RunConfig, model_location: str, limit_gb: float) -> None:
+    """resources.predicted_oom: skip: a run predicted not to fit in `limit_gb` of GPU memory
+    is a `predicted_oom` row, and no GPU time is spent on it."""
+    from transformers import AutoConfig
+
+    from tunebench.estimate.runs import estimate_run
+
+    config = AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
+    predicted = estimate_run(run, config, [])
+    if predicted["predicted_peak_gb"] > limit_gb:
+        raise StageFailure(
+            f"predicted peak GPU memory {predicted['predicted_peak_gb']:.1f} GiB exceeds "
+            f"resources.gpu_memory_gb {limit_gb:.1f} GiB, so it was not trained (set "
+            "resources.predicted_oom: run to train it anyway, or lower training.batch_size / "
+            "max_length, or turn on training.gradient_checkpointing)",
+            status="predicted_oom",
+            predicted_peak_gb=predicted["predicted_peak_gb"],
+            predicted_memory_gib=predicted["memory_gib"],
+        )
+
+
+def predicted_vs_measured(run: RunConfig, model_location: str, measured: dict) -> dict:
+    """What `tunebench estimate` predicts for this run, beside what it measured: each GPU run
+    shows how good the estimate was. An estimate that cannot be made is noted, never fatal."""
+    try:
+        from transformers import AutoConfig
+
+        from tunebench.estimate.gpus import find
+        from tunebench.estimate.runs import estimate_run, measured_against
+
+        config = AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
+        gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        gpus = []
+        if gpu_name:
+            with contextlib.suppress(KeyError):  # a GPU the table lacks: memory only
+                gpus = [find(gpu_name)]
+        return measured_against(estimate_run(run, config, gpus), measured, gpu_name)
+    except Exception as err:  # noqa: BLE001 - the run finished; its prediction is extra
+        log.warning("no estimate for %s: %s", run.run_id, err)
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+
+
 def train_run(
     run: RunConfig,
     model_location: str,
@@ -217,7 +260,14 @@ def train_run(
     tokenizer.save_pretrained(str(run_dir / "model"))
     tokens = trainer.state.num_input_tokens_seen
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    measured = {
+        "steps": output.global_step,
+        "train_seconds": train_seconds,
+        "tokens_per_second": tokens / train_seconds if train_seconds else None,
+        **memory,
+    }
     return {
+        "prediction": predicted_vs_measured(run, model_location, measured),
         "trainable_params": trainable,
         "total_params": total,
         "train_seconds": train_seconds,

@@ -16,7 +16,7 @@ from tunebench.matrix import (
     model_key,
     tokenizer_key,
 )
-from tunebench.resources import snakemake_resources
+from tunebench.resources import predicted_oom_limit_gb, snakemake_resources
 from tunebench.slurm import normalise_cancelled_status
 
 # What the user wrote, against the exported schema (the one editors use); then the pydantic
@@ -29,6 +29,8 @@ normalise_cancelled_status()
 
 ROOT = str(layout.results_root(EXPERIMENT.name))
 MEMORY_LIMIT_MB = int((EXPERIMENT.resources.memory_limit_gb or 0) * 1024)
+# resources.predicted_oom: skip: the GPU memory a run must be predicted to fit (0: off).
+PREDICTED_OOM_MB = int(predicted_oom_limit_gb(EXPERIMENT) * 1024)
 RUNS = {run.run_id: run for run in _RUNS}
 # Content keys by name, hashed once: input functions and params look them up per job.
 MODEL_KEY = {m.name: model_key(m) for m in EXPERIMENT.models}
@@ -195,7 +197,8 @@ def evaluate_job(wildcards):
 
 @cache
 def _run_resources(kind, run_id):
-    return snakemake_resources(EXPERIMENT, kind, RUNS[run_id].axes())
+    run = RUNS[run_id]
+    return snakemake_resources(EXPERIMENT, kind, run.axes(), run)
 
 
 @cache
@@ -215,7 +218,10 @@ def per_job_resources(kind, resolved):
     each function costs every job of a large matrix some planning time), plus the harness's
     memory ceiling."""
     ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB}
-    if not EXPERIMENT.resources.overrides:
+    if kind == "train":
+        ceiling["predicted_oom_mb"] = PREDICTED_OOM_MB
+    sized_per_run = kind == "train" and EXPERIMENT.resources.train == "auto"
+    if not EXPERIMENT.resources.overrides and not sized_per_run:
         return asked(snakemake_resources(EXPERIMENT, kind)) | ceiling
     return {
         name: lambda w, name=name: resolved(w)[name]

@@ -24,4 +24,5 @@ rule train:
         " --model-dir={params.job[model_dir]:q} --tokenized {params.job[tokenized]}"
         " --run-dir {params.job[run_dir]} --result {output}"
         " --tracking {params.tracking:q} --attempt={params.job[attempt]:q}"
-        " --memory-limit-mb {resources.memory_limit_mb} --threads {threads} > {log} 2>&1"
+        " --memory-limit-mb {resources.memory_limit_mb} --threads {threads}"
+        " --predicted-oom-mb {resources.predicted_oom_mb} > {log} 2>&1"

@@ -21,11 +21,13 @@ DEFAULT_GPUS = ("RTX-4090", "L40S", "A100-80GB", "H100")
 
 
 def experiment_gpus(exp, names: list[str] | None = None) -> list[Gpu]:
-    """GPUs to estimate for: those named, else the experiment's `resources.train.gpu_model`
-    (when it is one the estimator knows) and the defaults."""
+    """GPUs to estimate for: those named, else the experiment's (resources.auto.gpus, or
+    resources.train.gpu_model when it is one the estimator knows) and the defaults."""
     if names:
         return [find(n) for n in names]
     gpus = []
+    if exp.resources.train == "auto":
+        gpus = [find(c.gpu) for c in exp.resources.auto.gpus]
     model = getattr(exp.resources.train, "gpu_model", None)
     if model:
         with contextlib.suppress(KeyError):  # a cluster's own name: only the defaults then

@@ -21,6 +21,7 @@ output and the log-sum-exp); eager attention runs transformers' own code.
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -273,6 +274,8 @@ def trace(config, setup, batch_size: int, seq_len: int) -> Footprint:
         kwargs["repeat_kv"] = True  # a padded batch carries a mask (see _register_attention)
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations
         if setup.method != "full":
             # Trainer (gradient checkpointing) and PEFT make the embeddings' output require
             # grad so that the adapters' inputs do: the same graph as in training.
