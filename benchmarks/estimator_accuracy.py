@@ -3,7 +3,8 @@
 Inputs (benchmarks/data/, each value with its source):
 - published_memory.csv: single-GPU runs from PEFT's method_comparison, torchtune, LitGPT,
   Raschka's articles, fms-acceleration and ms-swift; architectures.csv their model configs;
-- h200_measurements.json: benchmarks/gpu_estimator_check.py on the H200 lent to this project.
+- h200_measurements.json, h200_held_out.json: benchmarks/gpu_estimator_check.py on the H200
+  lent to this project.
 
 Every row is predicted from its configuration alone. The few fitted constants
 (tunebench/estimate/calibration.py) are fitted leave-one-source-out: each source's rows are
@@ -40,6 +41,9 @@ from tunebench.estimate.memory import GIB  # noqa: E402
 from tunebench.estimate.setup import Setup, config_from_fields  # noqa: E402
 
 DATA = HERE / "data"
+# benchmarks/gpu_estimator_check.py on the H200: the first set, and the held-out set measured
+# after the constants were fitted (predicted before measuring; docs/estimator.md).
+H200_FILES = ("h200_measurements.json", "h200_held_out.json")
 FIGURES = HERE / "figures"
 CAPACITIES_GB = (16, 24, 40, 48, 80)
 OPTIMIZERS = {"adamw_fused": "adamw_torch_fused"}
@@ -193,7 +197,13 @@ def h200_rows() -> list[dict]:
     sys.path.insert(0, str(HERE))
     from gpu_estimator_check import ARCHITECTURES  # the configs the H200 check trained
 
-    record = json.loads((DATA / "h200_measurements.json").read_text())
+    rows = []
+    for name in H200_FILES:
+        rows += _h200_rows(json.loads((DATA / name).read_text()), ARCHITECTURES)
+    return rows
+
+
+def _h200_rows(record: dict, architectures: dict) -> list[dict]:
     rows = []
     for r in record["rows"]:
         if "peak_allocated_gib" not in r:
@@ -208,7 +218,7 @@ def h200_rows() -> list[dict]:
                 "row_id": "h200 " + r["config"],
                 "source": "tunebench_h200",
                 "architecture": "h200:" + r["architecture"],
-                "config_fields": ARCHITECTURES[r["architecture"]],
+                "config_fields": architectures[r["architecture"]],
                 "setup": Setup(**fields),
                 "hardware": record["gpu"],
                 "kind": "reserved",

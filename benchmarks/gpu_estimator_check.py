@@ -83,6 +83,67 @@ ARCHITECTURES = {
         max_position_embeddings=131072,
         rope_theta=500000.0,
     ),
+    # Held out: architectures and settings none of the fitted constants has seen (config.json
+    # of Qwen/Qwen2-1.5B, google/gemma-2b, mistralai/Mistral-7B-v0.1,
+    # microsoft/Phi-3-mini-4k-instruct, HuggingFaceTB/SmolLM2-135M on the hub).
+    "qwen2-1.5b": dict(
+        model_type="qwen2",
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+    ),
+    "gemma-2b": dict(
+        model_type="gemma",
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_hidden_layers=18,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        vocab_size=256000,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+        hidden_activation="gelu_pytorch_tanh",
+    ),
+    "mistral-7b": dict(
+        model_type="mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+        max_position_embeddings=32768,
+    ),
+    "phi3-mini": dict(
+        model_type="phi3",
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    ),
     "tiny": dict(
         model_type="llama",
         hidden_size=64,
@@ -194,6 +255,49 @@ CHECKS = [
             seq_len=1024,
         ),
     ),
+]
+# Run after the constants were fitted (calibration.py), predicted before measuring.
+HELD_OUT_CHECKS = [
+    ("qwen2-1.5b", Setup("lora", rank=16, batch_size=4, seq_len=1024)),
+    (
+        "qwen2-1.5b",
+        Setup(
+            "qlora",
+            rank=16,
+            quant_type="nf4",
+            double_quant=True,
+            gradient_checkpointing=True,
+            batch_size=8,
+            seq_len=1024,
+        ),
+    ),
+    ("gemma-2b", Setup("lora", rank=8, target_modules=QV, batch_size=4, seq_len=1024)),
+    (
+        "gemma-2b",
+        Setup(
+            "full",
+            optimizer="adamw_bnb_8bit",
+            gradient_checkpointing=True,
+            batch_size=2,
+            seq_len=1024,
+        ),
+    ),
+    ("mistral-7b", Setup("lora", rank=16, gradient_checkpointing=True, batch_size=2, seq_len=4096)),
+    (
+        "mistral-7b",
+        Setup(
+            "qlora",
+            rank=64,
+            quant_type="nf4",
+            double_quant=True,
+            optimizer="paged_adamw_8bit",
+            gradient_checkpointing=True,
+            batch_size=4,
+            seq_len=2048,
+        ),
+    ),
+    ("phi3-mini", Setup("dora", rank=8, batch_size=2, seq_len=1024)),
+    ("smollm2-135m", Setup("full", batch_size=8, seq_len=2048)),
 ]
 TINY_CHECKS = [
     ("tiny", Setup("full", compute_dtype="float32", batch_size=2, seq_len=32)),
@@ -392,13 +496,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--tiny", action="store_true", help="tiny models on a CPU: plumbing")
+    parser.add_argument(
+        "--held-out", action="store_true", help="the configurations no constant was fitted on"
+    )
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     gpu_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     gpu = find(gpu_name) if cuda else None
     rows = []
-    for arch, setup in TINY_CHECKS if args.tiny else CHECKS:
+    checks = TINY_CHECKS if args.tiny else HELD_OUT_CHECKS if args.held_out else CHECKS
+    name = "gpu_estimator_check" + ("_held_out" if args.held_out else "")
+    for arch, setup in checks:
         config = config_from_fields(**ARCHITECTURES[arch])
         config._attn_implementation = setup.attention
         row = {"config": describe(arch, setup), "architecture": arch, "setup": asdict(setup)}
@@ -431,7 +540,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"gpu": gpu_name, "versions": versions(), "steps": args.steps, "rows": rows}
-    (out / "gpu_estimator_check.json").write_text(json.dumps(record, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
     lines = [
         f"# Predicted vs measured on {gpu_name}",
         "",
@@ -454,7 +563,7 @@ def main() -> int:
             f"{r['predicted_step_seconds'] and round(r['predicted_step_seconds'], 3)} | "
             f"{round(r['step_seconds'], 3) if 'step_seconds' in r else ''} |"
         )
-    (out / "gpu_estimator_check.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

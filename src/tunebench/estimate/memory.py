@@ -88,7 +88,12 @@ def activation_bytes(setup: Setup, fp: Footprint) -> float:
         return float(fp.saved_bytes)
     # Each layer keeps its input; the layer being recomputed holds its activations again.
     recompute = max(fp.saved_per_layer, default=0)
-    return float(fp.saved_outside_layers + fp.layers * fp.layer_input_bytes + recompute)
+    kept = fp.layers * fp.layer_input_bytes
+    if setup.backend == "unsloth":
+        # A documented factor, not validated: Unsloth's checkpointing offloads each layer's
+        # kept input to host memory (use_gradient_checkpointing="unsloth").
+        kept = 0
+    return float(fp.saved_outside_layers + kept + recompute)
 
 
 # Bytes per logit (batch x sequence x vocabulary) at the start of the backward pass, by
@@ -101,8 +106,10 @@ LOGIT_BYTES = {"standard": 12.0, "chunked": 6.0, "fused": 0.0}
 
 
 def logits_bytes(setup: Setup, fp: Footprint) -> float:
-    """Logits and the cross-entropy around them (LOGIT_BYTES)."""
-    return LOGIT_BYTES[setup.loss] * setup.batch_size * setup.seq_len * fp.vocab_size
+    """Logits and the cross-entropy around them (LOGIT_BYTES). Unsloth computes its loss in
+    chunks (a documented factor, like its checkpointing above)."""
+    loss = "chunked" if setup.backend == "unsloth" and setup.loss == "standard" else setup.loss
+    return LOGIT_BYTES[loss] * setup.batch_size * setup.seq_len * fp.vocab_size
 
 
 def backward_peak(setup: Setup, fp: Footprint, activations: float, logits: float) -> float:

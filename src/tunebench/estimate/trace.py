@@ -227,7 +227,9 @@ def _storage_key(tensor: torch.Tensor) -> int:
 def trace(config, setup, batch_size: int, seq_len: int) -> Footprint:
     """Build the model on meta, count its parameters, run one forward pass of
     batch_size x seq_len tokens and count what autograd saves (see the module docstring)."""
-    model, quantized = meta_model(config, setup)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations
+        model, quantized = meta_model(config, setup)
     out = Footprint(vocab_size=config.get_text_config().vocab_size)
     _inventory(model, quantized, out)
     compute = DTYPES[setup.compute_dtype]
