@@ -2,7 +2,8 @@
 
 Inputs (benchmarks/data/, each value with its source):
 - published_memory.csv: single-GPU runs from PEFT's method_comparison, torchtune, LitGPT,
-  Raschka's articles, fms-acceleration and ms-swift; architectures.csv their model configs;
+  Raschka's articles, fms-acceleration and ms-swift; their models' configurations are
+  tunebench's table of known models (src/tunebench/estimate/architectures.csv);
 - h200_measurements.json, h200_held_out.json: benchmarks/gpu_estimator_check.py on the H200
   lent to this project.
 
@@ -35,10 +36,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from tunebench.estimate import calibration, estimate  # noqa: E402
+from tunebench.estimate import architectures, calibration, estimate  # noqa: E402
 from tunebench.estimate.gpus import find  # noqa: E402
 from tunebench.estimate.memory import GIB  # noqa: E402
-from tunebench.estimate.setup import Setup, config_from_fields  # noqa: E402
+from tunebench.estimate.setup import Setup  # noqa: E402
 
 DATA = HERE / "data"
 # benchmarks/gpu_estimator_check.py on the H200: the first set, and the held-out set measured
@@ -60,7 +61,7 @@ def not_modelled(r: dict) -> str:
             reasons.append(feature)
     if r["stack"] == "torchtune" and r["method"] == "qlora":
         reasons.append("torchao NF4, not bitsandbytes")
-    if r["architecture"].startswith("gpt_bigcode"):
+    if "gpt_bigcode" in r["architecture"]:
         reasons.append("transformers 4.48 GPTBigCode loss: no float32 upcast")
     return "; ".join(reasons)
 
@@ -70,22 +71,9 @@ HF_STACKS = ("hf", "fms", "peft_runner")
 GOALS = {"mape": 10.0, "under10": 5.0, "verdicts": 95.0, "time_mape": 25.0}
 
 
-def architectures() -> dict:
-    out = {}
-    for row in csv.DictReader((DATA / "architectures.csv").open()):
-        fields = {
-            "hidden_size": int(row["hidden_size"]),
-            "intermediate_size": int(row["intermediate_size"]),
-            "num_hidden_layers": int(row["num_hidden_layers"]),
-            "num_attention_heads": int(row["num_attention_heads"]),
-            "num_key_value_heads": int(row["num_key_value_heads"]),
-            "vocab_size": int(row["vocab_size"]),
-            "tie_word_embeddings": row["tie_word_embeddings"] == "true",
-            "max_position_embeddings": int(row["max_position_embeddings"]),
-            **(json.loads(row["extra"]) if row["extra"] else {}),
-        }
-        out[row["architecture"]] = config_from_fields(row["model_type"], **fields)
-    return out
+def model_config(hub_id: str):
+    """The architecture of a measured run, from tunebench's table of known models."""
+    return architectures.config(hub_id)
 
 
 # Sources name adapted layers as Llama does; other architectures call them otherwise (a fused
@@ -194,16 +182,13 @@ def published_rows() -> list[dict]:
 
 
 def h200_rows() -> list[dict]:
-    sys.path.insert(0, str(HERE))
-    from gpu_estimator_check import ARCHITECTURES  # the configs the H200 check trained
-
     rows = []
     for name in H200_FILES:
-        rows += _h200_rows(json.loads((DATA / name).read_text()), ARCHITECTURES)
+        rows += _h200_rows(json.loads((DATA / name).read_text()))
     return rows
 
 
-def _h200_rows(record: dict, architectures: dict) -> list[dict]:
+def _h200_rows(record: dict) -> list[dict]:
     rows = []
     for r in record["rows"]:
         if "peak_allocated_gib" not in r:
@@ -217,8 +202,7 @@ def _h200_rows(record: dict, architectures: dict) -> list[dict]:
             {
                 "row_id": "h200 " + r["config"],
                 "source": "tunebench_h200",
-                "architecture": "h200:" + r["architecture"],
-                "config_fields": architectures[r["architecture"]],
+                "architecture": r["architecture"],
                 "setup": Setup(**fields),
                 "hardware": record["gpu"],
                 "kind": "reserved",
@@ -233,12 +217,8 @@ def _h200_rows(record: dict, architectures: dict) -> list[dict]:
 
 def predict_all(rows: list[dict]) -> None:
     """Attach the constant-free parts of each prediction (allocated peak, FLOP-based time)."""
-    configs = architectures()
     for row in rows:
-        if "config_fields" in row:
-            config = config_from_fields(**row["config_fields"])
-        else:
-            config = configs[row["architecture"]]
+        config = model_config(row["architecture"])
         try:
             gpu = find(row["hardware"])
         except KeyError:  # not named by the source: memory only

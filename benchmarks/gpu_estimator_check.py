@@ -35,132 +35,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tunebench.estimate import Setup, estimate  # noqa: E402
+from tunebench.estimate import (  # noqa: E402
+    Setup,
+    architectures,  # noqa: E402
+    estimate,
+)
 from tunebench.estimate.gpus import find  # noqa: E402
 from tunebench.estimate.setup import config_from_fields  # noqa: E402
 
 GIB = 1024**3
 WARMUP_STEPS = 4  # not timed: allocator growth, cuBLAS heuristics, optimizer state creation
-# meta-llama/Llama-3.2-1B and -3B config.json (hub, revision 4e20de36 / 13afe5124), the fields
-# that set sizes; no weights are downloaded.
-ARCHITECTURES = {
-    "llama-3.2-1b": dict(
-        model_type="llama",
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        vocab_size=128256,
-        tie_word_embeddings=True,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-    ),
-    "llama-3.2-3b": dict(
-        model_type="llama",
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=128256,
-        tie_word_embeddings=True,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-    ),
-    "llama-3.1-8b": dict(
-        model_type="llama",
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-    ),
-    # Held out: architectures and settings none of the fitted constants has seen (config.json
-    # of Qwen/Qwen2-1.5B, google/gemma-2b, mistralai/Mistral-7B-v0.1,
-    # microsoft/Phi-3-mini-4k-instruct, HuggingFaceTB/SmolLM2-135M on the hub).
-    "qwen2-1.5b": dict(
-        model_type="qwen2",
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        max_position_embeddings=32768,
-        rope_theta=1000000.0,
-    ),
-    "gemma-2b": dict(
-        model_type="gemma",
-        hidden_size=2048,
-        intermediate_size=16384,
-        num_hidden_layers=18,
-        num_attention_heads=8,
-        num_key_value_heads=1,
-        head_dim=256,
-        vocab_size=256000,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-        hidden_activation="gelu_pytorch_tanh",
-    ),
-    "mistral-7b": dict(
-        model_type="mistral",
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-        max_position_embeddings=32768,
-    ),
-    "phi3-mini": dict(
-        model_type="phi3",
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        tie_word_embeddings=False,
-        max_position_embeddings=4096,
-    ),
-    "smollm2-135m": dict(
-        model_type="llama",
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-    ),
-    "tiny": dict(
-        model_type="llama",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        tie_word_embeddings=True,
-    ),
-}
+# Architectures by hub id from tunebench's table of known models (estimate/architectures.csv:
+# the sizes from each model's config.json; no weights are downloaded), and a tiny one.
+TINY = dict(
+    model_type="llama",
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    tie_word_embeddings=True,
+)
 ALL_LINEAR = "all-linear"
 QV = ("q_proj", "v_proj")
 CHECKS = [
-    ("llama-3.2-1b", Setup("full", batch_size=4, seq_len=1024)),
+    ("meta-llama/Llama-3.2-1B", Setup("full", batch_size=4, seq_len=1024)),
     (
-        "llama-3.2-1b",
+        "meta-llama/Llama-3.2-1B",
         Setup(
             "full",
             optimizer="adamw_bnb_8bit",
@@ -169,9 +71,9 @@ CHECKS = [
             seq_len=1024,
         ),
     ),
-    ("llama-3.2-1b", Setup("lora", rank=16, batch_size=4, seq_len=1024)),
+    ("meta-llama/Llama-3.2-1B", Setup("lora", rank=16, batch_size=4, seq_len=1024)),
     (
-        "llama-3.2-1b",
+        "meta-llama/Llama-3.2-1B",
         Setup(
             "lora",
             rank=16,
@@ -181,10 +83,13 @@ CHECKS = [
             seq_len=1024,
         ),
     ),
-    ("llama-3.2-1b", Setup("rslora", rank=64, batch_size=4, seq_len=1024, gradient_accumulation=2)),
-    ("llama-3.2-1b", Setup("dora", rank=16, batch_size=4, seq_len=1024)),
     (
-        "llama-3.2-1b",
+        "meta-llama/Llama-3.2-1B",
+        Setup("rslora", rank=64, batch_size=4, seq_len=1024, gradient_accumulation=2),
+    ),
+    ("meta-llama/Llama-3.2-1B", Setup("dora", rank=16, batch_size=4, seq_len=1024)),
+    (
+        "meta-llama/Llama-3.2-1B",
         Setup(
             "qlora",
             rank=16,
@@ -196,7 +101,7 @@ CHECKS = [
         ),
     ),
     (
-        "llama-3.2-1b",
+        "meta-llama/Llama-3.2-1B",
         Setup(
             "qlora",
             rank=16,
@@ -206,12 +111,18 @@ CHECKS = [
             seq_len=1024,
         ),
     ),
-    ("llama-3.2-1b", Setup("lora", rank=16, attention="eager", batch_size=4, seq_len=1024)),
-    ("llama-3.2-1b", Setup("lora", rank=16, dropout=0.05, batch_size=4, seq_len=1024)),
-    ("llama-3.2-1b", Setup("full", compute_dtype="float32", batch_size=2, seq_len=1024)),
-    ("llama-3.2-1b", Setup("lora", rank=16, compute_dtype="float32", batch_size=4, seq_len=1024)),
     (
-        "llama-3.2-1b",
+        "meta-llama/Llama-3.2-1B",
+        Setup("lora", rank=16, attention="eager", batch_size=4, seq_len=1024),
+    ),
+    ("meta-llama/Llama-3.2-1B", Setup("lora", rank=16, dropout=0.05, batch_size=4, seq_len=1024)),
+    ("meta-llama/Llama-3.2-1B", Setup("full", compute_dtype="float32", batch_size=2, seq_len=1024)),
+    (
+        "meta-llama/Llama-3.2-1B",
+        Setup("lora", rank=16, compute_dtype="float32", batch_size=4, seq_len=1024),
+    ),
+    (
+        "meta-llama/Llama-3.2-1B",
         Setup(
             "qlora",
             rank=16,
@@ -223,9 +134,12 @@ CHECKS = [
             seq_len=2048,
         ),
     ),
-    ("llama-3.2-3b", Setup("lora", rank=32, target_modules=QV, batch_size=4, seq_len=768)),
     (
-        "llama-3.2-3b",
+        "meta-llama/Llama-3.2-3B",
+        Setup("lora", rank=32, target_modules=QV, batch_size=4, seq_len=768),
+    ),
+    (
+        "meta-llama/Llama-3.2-3B",
         Setup(
             "full",
             optimizer="adamw_torch_fused",
@@ -235,7 +149,7 @@ CHECKS = [
         ),
     ),
     (
-        "llama-3.1-8b",
+        "meta-llama/Llama-3.1-8B",
         Setup(
             "lora",
             rank=16,
@@ -246,7 +160,7 @@ CHECKS = [
         ),
     ),
     (
-        "llama-3.1-8b",
+        "meta-llama/Llama-3.1-8B",
         Setup(
             "full",
             optimizer="adamw_bnb_8bit",
@@ -258,9 +172,9 @@ CHECKS = [
 ]
 # Run after the constants were fitted (calibration.py), predicted before measuring.
 HELD_OUT_CHECKS = [
-    ("qwen2-1.5b", Setup("lora", rank=16, batch_size=4, seq_len=1024)),
+    ("Qwen/Qwen2-1.5B", Setup("lora", rank=16, batch_size=4, seq_len=1024)),
     (
-        "qwen2-1.5b",
+        "Qwen/Qwen2-1.5B",
         Setup(
             "qlora",
             rank=16,
@@ -271,9 +185,9 @@ HELD_OUT_CHECKS = [
             seq_len=1024,
         ),
     ),
-    ("gemma-2b", Setup("lora", rank=8, target_modules=QV, batch_size=4, seq_len=1024)),
+    ("google/gemma-2b", Setup("lora", rank=8, target_modules=QV, batch_size=4, seq_len=1024)),
     (
-        "gemma-2b",
+        "google/gemma-2b",
         Setup(
             "full",
             optimizer="adamw_bnb_8bit",
@@ -282,9 +196,12 @@ HELD_OUT_CHECKS = [
             seq_len=1024,
         ),
     ),
-    ("mistral-7b", Setup("lora", rank=16, gradient_checkpointing=True, batch_size=2, seq_len=4096)),
     (
-        "mistral-7b",
+        "mistralai/Mistral-7B-v0.1",
+        Setup("lora", rank=16, gradient_checkpointing=True, batch_size=2, seq_len=4096),
+    ),
+    (
+        "mistralai/Mistral-7B-v0.1",
         Setup(
             "qlora",
             rank=64,
@@ -296,8 +213,8 @@ HELD_OUT_CHECKS = [
             seq_len=2048,
         ),
     ),
-    ("phi3-mini", Setup("dora", rank=8, batch_size=2, seq_len=1024)),
-    ("smollm2-135m", Setup("full", batch_size=8, seq_len=2048)),
+    ("microsoft/Phi-3-mini-4k-instruct", Setup("dora", rank=8, batch_size=2, seq_len=1024)),
+    ("HuggingFaceTB/SmolLM2-135M", Setup("full", batch_size=8, seq_len=2048)),
 ]
 TINY_CHECKS = [
     ("tiny", Setup("full", compute_dtype="float32", batch_size=2, seq_len=32)),
@@ -508,7 +425,7 @@ def main() -> int:
     checks = TINY_CHECKS if args.tiny else HELD_OUT_CHECKS if args.held_out else CHECKS
     name = "gpu_estimator_check" + ("_held_out" if args.held_out else "")
     for arch, setup in checks:
-        config = config_from_fields(**ARCHITECTURES[arch])
+        config = config_from_fields(**TINY) if arch == "tiny" else architectures.config(arch)
         config._attn_implementation = setup.attention
         row = {"config": describe(arch, setup), "architecture": arch, "setup": asdict(setup)}
         t0 = time.perf_counter()

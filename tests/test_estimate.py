@@ -189,13 +189,17 @@ def test_settings_it_cannot_model_are_said():
 def test_published_data_carry_their_sources():
     data = REPO / "benchmarks" / "data"
     rows = list(csv.DictReader((data / "published_memory.csv").open()))
-    archs = {r["architecture"] for r in csv.DictReader((data / "architectures.csv").open())}
+    from tunebench.estimate import architectures
+
+    archs = architectures.known()
     assert len(rows) >= 40 and len({r["source"] for r in rows}) >= 5
     for row in rows:
         assert row["source_location"] and row["architecture"] in archs, row["row_id"]
         assert float(row["measured_peak_gb"]) > 0
-    h200 = json.loads((data / "h200_measurements.json").read_text())
-    assert h200["gpu"] == "NVIDIA H200" and len(h200["rows"]) >= 6
+    for name in ("h200_measurements.json", "h200_held_out.json"):
+        h200 = json.loads((data / name).read_text())
+        assert h200["gpu"] == "NVIDIA H200" and len(h200["rows"]) >= 6
+        assert all(r["architecture"] in archs for r in h200["rows"])
 
 
 def cli(*args, cwd=REPO):
@@ -222,6 +226,14 @@ def test_estimate_command(tmp_path):
     assert bad.returncode == 2 and "unknown GPU 'B9000'" in bad.stderr
     table = cli("estimate", "experiments/smoke.yaml")
     assert table.returncode == 0 and "tiny-m-qlora-r8-nf4" in table.stdout
+    # A hub model with the hub out of reach (HF_HUB_OFFLINE=1): the table of known models.
+    gpu_example = cli("estimate", "experiments/examples/llama-3.2-1b-methods.yaml", "--json")
+    assert gpu_example.returncode == 0, gpu_example.stderr
+    records = json.loads(gpu_example.stdout)["runs"]
+    for r in records:
+        assert "error" not in r and r["config_source"].startswith("known models table"), r
+    full = next(r for r in records if "-full-" in r["run_id"])
+    assert full["total_params"] == 1_235_814_400  # Llama-3.2-1B, tied embeddings
 
 
 def test_auto_resources_pick_the_smallest_gpu_class_that_fits():

@@ -88,15 +88,15 @@ def made_model_dir(exp, model) -> Path | None:
 
 def estimate_experiment(exp, runs, gpus: list[Gpu]) -> list[dict]:
     """Every run's record; a run whose model or settings cannot be estimated gets an `error`."""
-    configs: dict[str, object] = {}
+    configs: dict[str, tuple] = {}
     records = []
     for run in runs:
         try:
             if run.model.name not in configs:
                 configs[run.model.name] = model_config(run.model, made_model_dir(exp, run.model))
-            records.append(
-                estimate_run(run, configs[run.model.name], gpus, exp.cost.price_per_hour)
-            )
+            config, source = configs[run.model.name]
+            record = estimate_run(run, config, gpus, exp.cost.price_per_hour)
+            records.append(record | {"config_source": source})
         except (EstimateError, OSError, ValueError) as err:
             records.append({"run_id": run.run_id, "error": str(err).splitlines()[0]})
     return records

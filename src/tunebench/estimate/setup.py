@@ -131,10 +131,11 @@ def config_from_fields(model_type: str, **fields):
     return AutoConfig.for_model(model_type, **fields)
 
 
-def model_config(spec, made_dir: Path | None = None):
-    """The configuration of an experiment's model (spec.ModelSpec) without its weights: the
-    folder's config.json, the hub's config.json alone (a few KB), a built-in model's sizes, or
-    a GGUF's metadata (the imported folder once the workflow has made it)."""
+def model_config(spec, made_dir: Path | None = None) -> tuple[object, str]:
+    """The configuration of an experiment's model (spec.ModelSpec) without its weights, and
+    where it came from: a built-in model's sizes, the folder the workflow made (GGUF import),
+    a folder's config.json, the hub's config.json alone (a few KB), the table of known hub
+    models when the hub cannot be reached, or a GGUF's header."""
     from transformers import AutoConfig, LlamaConfig
 
     if spec.builtin is not None:
@@ -148,18 +149,32 @@ def model_config(spec, made_dir: Path | None = None):
             num_key_value_heads=b.heads,
             max_position_embeddings=b.max_position_embeddings,
             tie_word_embeddings=True,
-        )
+        ), "built-in model"
     if made_dir is not None and (made_dir / "config.json").is_file():
-        return AutoConfig.from_pretrained(made_dir)
+        return AutoConfig.from_pretrained(made_dir), str(made_dir / "config.json")
     if spec.path:
-        return AutoConfig.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        config = AutoConfig.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        return config, f"{spec.path}/config.json"
     if spec.hub:
         kwargs = {"revision": spec.revision} if spec.revision else {}
-        return AutoConfig.from_pretrained(
-            spec.hub, trust_remote_code=spec.trust_remote_code, **kwargs
-        )
+        try:
+            config = AutoConfig.from_pretrained(
+                spec.hub, trust_remote_code=spec.trust_remote_code, **kwargs
+            )
+            return config, f"hub {spec.hub} config.json"
+        except OSError as err:  # offline, gated without a token, or no such repository
+            from tunebench.estimate import architectures
+
+            if spec.hub not in architectures.known():
+                raise EstimateError(
+                    f"model {spec.name!r}: cannot read {spec.hub}'s config.json "
+                    f"({str(err).splitlines()[0]}), and it is not in the table of known "
+                    "models (estimate/architectures.csv)"
+                ) from err
+            entry = architectures.known()[spec.hub]
+            return architectures.config(spec.hub), f"known models table ({entry['source']})"
     if spec.gguf is not None:
-        return _gguf_config(spec)
+        return _gguf_config(spec), "GGUF header"
     raise EstimateError(f"model {spec.name!r}: no configuration to estimate from")
 
 
