@@ -2,9 +2,11 @@
 
 Sources: NVIDIA's datasheets and architecture whitepapers (dense, i.e. without 2:4 sparsity;
 16-bit matrix rates with float32 accumulation, which is what PyTorch uses). `memory_gib` is the
-total that `nvidia-smi` and `torch.cuda.get_device_properties().total_memory` report, which is
-what an out-of-memory is measured against; the H200's was read on the H200 lent to this project
-(143,771 MiB, 2026-10-27). A GPU not listed here can still be named with `--gpu NAME:GIB`.
+total that `nvidia-smi` and `torch.cuda.get_device_properties().total_memory` typically report,
+which is what an out-of-memory is measured against. Only the H200's was read here (143,771 MiB
+on the H200 lent to this project); the others are the usual readings for the datasheet's
+capacity, not measured by this project. A GPU not listed here can still be named with
+`--gpu NAME:GIB`.
 """
 
 from __future__ import annotations
