@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,7 @@ def finished(tmp_path_factory):
     exp["tracking"] = {"wandb": True}
     # Export the LoRA runs (the ghost's never finishes) and the best run, as q8_0 GGUF.
     exp["export"] = {"runs": [{"method": "lora"}], "best_by": "exact_match", "types": ["q8_0"]}
+    exp["report"] = {"budgets": [{"name": "any"}, {"name": "a crumb", "gpu_memory_gb": 0.001}]}
     path = work / "tiny.yaml"
     path.write_text(yaml.safe_dump(exp))
     secrets = {**SECRETS, "WANDB_MODE": "offline"}
@@ -103,7 +105,9 @@ def test_the_table_has_a_row_per_run_and_baseline(finished):
     work, _, _, result = finished
     table = pd.read_csv(work / "results" / "tiny" / "comparison.csv")
     assert (work / "results" / "tiny" / "comparison.md").is_file(), result.stderr[-3000:]
-    assert (work / "results" / "tiny" / "plots" / "quality_vs_memory.png").stat().st_size > 1000
+    plots = work / "results" / "tiny" / "plots"
+    for name in ("pareto_gpu_memory_gb", "pareto_hours", "rank_sweep", "loss_curves"):
+        assert (plots / f"{name}.png").stat().st_size > 10_000, name
     assert len(table) == 2 + 4  # baselines of m and ghost, full + lora for each
     ok = table[table["model"] == "m"]
     assert set(ok["status"]) == {"ok"}, ok[["run_id", "status", "reason"]].to_string()
@@ -116,6 +120,62 @@ def test_the_table_has_a_row_per_run_and_baseline(finished):
         assert row["test_sha256"] == base["test_sha256"]
     samples = work / "results" / "tiny" / "runs" / ok.iloc[1]["run_id"] / "eval" / "samples.jsonl"
     assert len(samples.read_text().splitlines()) == 40
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    """Debian's headless Chromium (`.ci/run` installs it), as a person's browser would open a
+    file: JavaScript on, no network needed."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "this test needs Debian's chromium: apt-get install chromium (.ci/run does)"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000"]
+    return subprocess.run(
+        [binary, *flags, *args], capture_output=True, text=True, timeout=180, check=True
+    )
+
+
+def test_the_html_report_opens_in_a_browser(finished, tmp_path):
+    from PIL import Image, ImageStat
+
+    work, _, _, _ = finished
+    results = work / "results" / "tiny"
+    report = results / "report.html"
+    assert "cdn.jsdelivr" not in report.read_text()  # everything it needs is inside
+    shot = tmp_path / "report.png"
+    chromium("--window-size=1300,2200", f"--screenshot={shot}", report.as_uri())
+    pixels = ImageStat.Stat(Image.open(shot).convert("L"))
+    assert pixels.stddev[0] > 20, "the screenshot is blank"
+    dom = chromium("--dump-dom", report.as_uri()).stdout
+    for run_id in pd.read_csv(results / "comparison.csv")["run_id"]:
+        assert run_id in dom, run_id
+    assert "dt-container" in dom  # DataTables ran: sortable, filterable
+    assert dom.count('role="graphics-document"') >= 3  # Vega drew the charts
+    assert "Nothing fits this budget" in dom and "missing_model" in dom
+    advice = (results / "recommendation.md").read_text()
+    assert advice.count("- Best: **m ") == 1 and "Does not fit: ghost" in advice, advice
+
+
+def test_snakemake_report_packs_the_recommendation_and_charts(finished, tmp_path):
+    work, path, _, _ = finished
+    out = tmp_path / "snakemake_report.html"
+    result = bare_snakemake(work, path, "--report", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("recommendation.md", "report.html", "pareto_gpu_memory_gb.png"):
+        assert f"Adding {name}" in result.stderr + result.stdout, name
+    assert out.stat().st_size > 100_000
+
+
+def test_the_report_re_renders_a_partial_results_folder(finished, tmp_path):
+    work, _, _, _ = finished
+    copy = tmp_path / "tiny"
+    shutil.copytree(work / "results" / "tiny", copy)
+    lost = next(copy.glob("runs/m-lora-*/eval/result.json"))
+    lost.unlink()
+    result = tunebench(work, "report", str(copy), "--partial")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(copy / "comparison_partial.csv")
+    assert "missing" in set(table["status"])
+    page = (copy / "comparison_partial_report.html").read_text()
+    assert "partial: some runs have no result yet" in page
 
 
 def test_chosen_and_best_runs_are_exported_and_checked(finished):
@@ -238,12 +298,17 @@ def test_user_files_from_disk_with_metrics_and_seeds(tmp_path):
     assert table.groupby("dataset")["test_sha256"].nunique().eq(1).all()
     assert table["test_sha256"].nunique() == 2
     by_config = pd.read_csv(tmp_path / "results" / "tiny" / "comparison_by_config.csv")
-    assert set(by_config[by_config["method"] != "base"]["seeds"]) == {2}
-    assert {"exact_match_mean", "exact_match_std"} <= set(by_config.columns)
-    assert (
-        "Mean and standard deviation over seeds"
-        in (tmp_path / "results" / "tiny" / "comparison.md").read_text()
+    tuned = by_config[by_config["method"] != "base"]
+    assert set(tuned["seeds"]) == {2} and set(tuned["finished"]) == {2}
+    assert {"exact_match", "exact_match_sd", "exact_match_low", "exact_match_high"} <= set(
+        by_config.columns
     )
+    assert (tuned["exact_match_low"] <= tuned["exact_match_high"]).all()
+    text = (tmp_path / "results" / "tiny" / "comparison.md").read_text()
+    assert "mean, standard deviation and interval over seeds" in text
+    # Recommended on the first dataset only, from two seeds each.
+    advice = (tmp_path / "results" / "tiny" / "recommendation.md").read_text()
+    assert "dataset 'reverse'" in advice and "2 seeds" in advice, advice
     manifest = json.loads(
         next((tmp_path / "results" / "tiny" / "data").glob("count-*/manifest.json")).read_text()
     )

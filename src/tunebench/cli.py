@@ -4,6 +4,7 @@ library."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from tunebench.experiment import ExperimentError, load_experiment
@@ -132,6 +133,33 @@ def _maybe(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
+def cmd_report(args) -> int:
+    """Re-render the table, recommendation, charts and HTML report of a results folder."""
+    from pathlib import Path
+
+    from tunebench.report import EXPERIMENT_RECORD, compile_comparison
+
+    root = Path(args.results)
+    if args.experiment:
+        exp = load_experiment(args.experiment)
+    elif (root / EXPERIMENT_RECORD).is_file():
+        from tunebench.experiment import validate_data
+
+        exp = validate_data(json.loads((root / EXPERIMENT_RECORD).read_text()))
+    else:
+        print(
+            f"error: {root} has no {EXPERIMENT_RECORD} (written when the workflow compiles its "
+            "table): give the experiment file with --experiment",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    out = Path(args.out) if args.out else root
+    compile_comparison(exp, root, out, partial=args.partial)
+    name = "comparison_partial_report.html" if args.partial else "report.html"
+    print(f"report: {out / name}\nrecommendation: {out / 'recommendation.md'}")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from tunebench import reference
 
@@ -199,6 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_estimate)
+    p = sub.add_parser(
+        "report",
+        help="re-render a results folder's table, recommendation, charts and HTML report "
+        "(partial folders too; nothing is retrained)",
+    )
+    p.add_argument("results", help="e.g. results/smoke")
+    p.add_argument("--experiment", help="the experiment file (default: RESULTS/experiment.json)")
+    p.add_argument("--out", help="where to write (default: RESULTS)")
+    p.add_argument(
+        "--partial", action="store_true", help="name the outputs comparison_partial* (unfinished)"
+    )
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("schema", help="print (or write) the experiment JSON schema")
     p.add_argument("--output")
     p.add_argument(

@@ -40,6 +40,9 @@ BASELINE_SAMPLES = "baselines/{model}/{dataset}/eval/samples.jsonl"
 LOG = "logs/{rule}/{name}.log"
 BENCHMARK = "benchmarks/{rule}/{name}.tsv"
 COMPARISON = ("comparison.csv", "comparison.md", "comparison.html")
+RECOMMENDATION = "recommendation.md"
+HTML_REPORT = "report.html"  # one file, offline: recommendation, charts, tables
+PLOTS = "plots"  # the report's charts as PNG
 
 
 def results_root(experiment_name: str) -> Path:

@@ -1,5 +1,7 @@
 """Rule compile: one row per run and per untuned baseline, rebuilt from the per-run result files
-(never appended to), as CSV, Markdown and HTML, plus a quality-vs-memory plot."""
+(never appended to), as CSV, Markdown and HTML; then the configurations over seeds
+(configurations.py), the recommendation (recommend.py), the charts (charts.py) and the HTML
+report (html_report.py) made from it."""
 
 from __future__ import annotations
 
@@ -171,18 +173,6 @@ a CPU, imports included: the two are not comparable); `train_seconds` is the wal
 """
 
 
-def by_configuration(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of every finished configuration."""
-    keys = [axis for axis in SHOWN_AXES if axis != "seed"]
-    values = [*table.attrs.get("metrics", []), "test_loss", "train_seconds", "peak_memory_gb"]
-    done = table[table["status"] == "ok"]
-    grouped = done.groupby(keys, dropna=False, sort=False)[values]
-    summary = grouped.agg(["mean", "std"])
-    summary.columns = [f"{value}_{stat}" for value, stat in summary.columns]
-    summary.insert(0, "seeds", grouped.size())
-    return summary.reset_index()
-
-
 def _display(frame: pd.DataFrame) -> pd.DataFrame:
     shown = frame.copy()
     for col in shown.select_dtypes("float").columns:
@@ -191,58 +181,82 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 PARTIAL = "comparison_partial"  # a table of an unfinished workflow; never the workflow target
+EXPERIMENT_RECORD = "experiment.json"  # the experiment the results were compiled with
+RECOMMENDATION, HTML_REPORT, PLOTS = layout.RECOMMENDATION, layout.HTML_REPORT, layout.PLOTS
 
 
 def write_outputs(
     table: pd.DataFrame, exp: Experiment, out_dir: Path, stem: str = "comparison"
 ) -> None:
+    """The table (CSV, Markdown, HTML), the table by configuration, the recommendation, the
+    charts as PNG, and the HTML report; a partial table (stem PARTIAL) gets the same."""
+    from tunebench import configurations, html_report, recommend
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    partial = stem == PARTIAL
     with atomic_path(out_dir / f"{stem}.csv") as tmp:
         table.to_csv(tmp, index=False)
-    summary = by_configuration(table)
+    configs = configurations.configurations(table, exp.report.confidence)
     with atomic_path(out_dir / f"{stem}_by_config.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+        configs.drop(columns=["run_ids"]).to_csv(tmp, index=False)
+    answers = recommend.recommend(configs, exp)
+    advice = recommend.markdown(answers, exp)
+    plots = write_plots(
+        table, configs, exp, out_dir, out_dir / PLOTS, prefix="" if not partial else f"{PARTIAL}_"
+    )
     shown = _display(table.drop(columns=["test_sha256"]))
     text = f"# {exp.name}: comparison\n\n{exp.description}\n\n" + shown.to_markdown(index=False)
-    if len(summary) and summary["seeds"].max() > 1:
-        text += "\n\n## Mean and standard deviation over seeds\n\n"
-        text += _display(summary).to_markdown(index=False)
+    if configs["seeds"].max() > 1:
+        text += "\n\n## By configuration: mean, standard deviation and interval over seeds\n\n"
+        text += _display(seed_summary(configs)).to_markdown(index=False)
+    text += "\n\n" + advice.replace("# Recommendation", "## Recommendation", 1)
+    text += "\n" + "\n".join(f"![{p.stem}]({PLOTS}/{p.name})" for p in plots) + "\n"
     with atomic_path(out_dir / f"{stem}.md") as tmp:
         tmp.write_text(text + "\n" + MARKDOWN_NOTES)
     with atomic_path(out_dir / f"{stem}.html") as tmp:
         tmp.write_text(f"<h1>{exp.name}</h1>\n" + shown.to_html(index=False, na_rep=""))
-    if stem == "comparison":
-        plot_quality_vs_memory(table, out_dir / "plots" / "quality_vs_memory.png")
+    report_name = f"{PARTIAL}_report.html" if partial else HTML_REPORT
+    with atomic_path(out_dir / report_name) as tmp:
+        tmp.write_text(html_report.render(exp, table, configs, answers, out_dir, partial))
+    if not partial:
+        with atomic_path(out_dir / RECOMMENDATION) as tmp:
+            tmp.write_text(advice)
+        with atomic_path(out_dir / EXPERIMENT_RECORD) as tmp:
+            tmp.write_text(exp.model_dump_json(indent=1))
         for stale in out_dir.glob(f"{PARTIAL}*"):  # the finished table replaces it
             stale.unlink()
 
 
-def plot_quality_vs_memory(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
+def seed_summary(configs: pd.DataFrame) -> pd.DataFrame:
+    """The configurations' metrics with their spread, for the Markdown table."""
+    stats = [
+        f"{m}{suffix}"
+        for m in configs.attrs.get("metrics", [])
+        for suffix in ("", "_sd", "_low", "_high")
+        if f"{m}{suffix}" in configs
+    ]
+    return configs[["configuration", "dataset", "finished", *stats]]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    metric = (table.attrs.get("metrics") or ["test_loss"])[0]
-    done = table[(table["status"] == "ok") & table[metric].notna()]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, group in done.groupby("method"):
-        ax.scatter(group["peak_memory_gb"], group[metric], label=method)
-        for _, r in group.iterrows():
-            ax.annotate(
-                f"{r['model']}" + (f" r{int(r['rank'])}" if pd.notna(r["rank"]) else ""),
-                (r["peak_memory_gb"], r[metric]),
-                fontsize=7,
-            )
-    kinds = ", ".join(sorted(done["memory_kind"].dropna().unique()))
-    ax.set_xlabel(f"peak memory, GB ({kinds})")
-    ax.set_ylabel(f"{metric} (held-out test split)")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+def write_plots(table, configs, exp, root: Path, folder: Path, prefix: str = "") -> list[Path]:
+    """Each chart of the report as a PNG (the Pareto chart once per measure)."""
+    from tunebench import charts, recommend
+
+    metric, higher = recommend.ranking_metric(exp)
+    made = []
+    for axis in charts.MEASURES:
+        if configs[axis].notna().any() and configs[axis].max() > 0:
+            made.append((f"pareto_{axis}", charts.pareto(configs, metric, higher, axis)))
+    made = [(name, chart) for name, chart in made if chart is not None]
+    made.append(("rank_sweep", charts.rank_sweep(configs, metric)))
+    made.append(("loss_curves", charts.loss_curves(charts.loss_history(table, configs, root))))
+    made.append(("memory_check", charts.memory_check(table)))
+    paths = []
+    for name, chart in made:
+        if chart is not None:
+            paths.append(folder / f"{prefix}{name}.png")
+            charts.save_png(chart, paths[-1])
+    return paths
 
 
 def compile_comparison(

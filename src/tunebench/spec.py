@@ -811,6 +811,52 @@ class Export(Strict):
     )
 
 
+# Columns a recommendation can rank by, beside the datasets' metrics (lower is better for these).
+LOWER_IS_BETTER = ("test_loss", "test_perplexity", "validation_loss")
+
+
+class Budget(Strict):
+    """One budget the report recommends under; every limit given must hold."""
+
+    name: str = Field(description="how the recommendation names it, e.g. '24 GB GPU'")
+    gpu_memory_gb: PositiveFloat | None = Field(
+        None,
+        description="peak GPU memory per GPU: a run's measured peak on a GPU, else its "
+        "predicted peak (tunebench estimate), so a CPU rehearsal already answers it",
+    )
+    cost: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="training cost of one run, in cost.currency"
+    )
+    hours: PositiveFloat | None = Field(
+        None, description="training time of one run (accelerator-hours: GPUs x hours)"
+    )
+
+
+class Report(Strict):
+    """What the report recommends: the best configuration under each budget, with evidence."""
+
+    metric: Literal[(*METRIC_NAMES, *LOWER_IS_BETTER)] | None = Field(
+        None,
+        description="the quality to rank by (default: the first dataset's first metric); "
+        "higher is better except for losses and perplexity",
+    )
+    dataset: Name | None = Field(
+        None, description="the dataset the recommendation is made on (default: the first)"
+    )
+    budgets: list[Budget] = Field(
+        [Budget(name="no limit")],
+        description="budgets to recommend under (peak GPU memory, cost, hours, or several)",
+    )
+    margin: Annotated[float, Field(ge=0)] = Field(
+        0.02,
+        description="'cheapest within margin': the cheapest configuration whose mean is within "
+        "this (in the metric's units) of the best one's",
+    )
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = Field(
+        0.95, description="level of the intervals over seeds (t distribution)"
+    )
+
+
 class Experiment(Strict):
     """One experiment file: what to compare (models x methods x datasets x seeds) and how."""
 
@@ -835,6 +881,22 @@ class Experiment(Strict):
     export: Export | None = Field(
         None, description="runs to export to GGUF at the end of the workflow (none by default)"
     )
+    report: Report = Field(Report(), description="the recommendation the report makes")
+
+    @model_validator(mode="after")
+    def report_metric_is_scored(self):
+        names = [d.name for d in self.datasets]
+        if self.report.dataset is not None and self.report.dataset not in names:
+            raise ValueError(f"report.dataset {self.report.dataset!r}: not one of {names}")
+        metric = self.report.metric
+        if metric in METRIC_NAMES:
+            unscored = [d.name for d in self.datasets if metric not in d.evaluation.metrics]
+            if unscored:
+                raise ValueError(
+                    f"report.metric {metric!r} is not scored on dataset(s) {unscored}: add it "
+                    "to their evaluation.metrics or rank by another"
+                )
+        return self
 
     @model_validator(mode="after")
     def unique_names(self):

@@ -1,4 +1,5 @@
-# The comparison table, rebuilt from the per-run result files every time.
+# The comparison table, recommendation, charts and HTML report, rebuilt from the per-run
+# result files every time.
 
 
 rule compile:
@@ -9,10 +10,21 @@ rule compile:
         ],
     output:
         comparison_outputs(),
-        plot=report(
-            at_root("plots/quality_vs_memory.png"),
-            caption="../report/quality_vs_memory.rst",
-            category="Comparison",
+        recommendation=report(
+            at_root(layout.RECOMMENDATION),
+            caption="../report/recommendation.rst",
+            category="Recommendation",
+        ),
+        html=report(
+            at_root(layout.HTML_REPORT),
+            caption="../report/report_html.rst",
+            category="Report",
+        ),
+        plots=report(
+            directory(at_root(layout.PLOTS)),
+            patterns=["{name}.png"],
+            caption="../report/charts.rst",
+            category="Charts",
         ),
     log:
         log_path("compile", "comparison"),

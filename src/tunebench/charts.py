@@ -1,0 +1,243 @@
+"""The report's charts, as Vega-Lite (Altair): the same chart is interactive in the HTML report
+and a static PNG beside the Markdown (vl-convert renders it, no browser needed).
+
+- pareto: quality against GPU memory, cost or training time, one point per configuration with
+  its interval, the Pareto front drawn, and the configurations that did not finish in a band of
+  their own below the plot (not dropped);
+- rank_sweep: quality against adapter rank on a log axis, full fine-tuning as a reference line;
+- loss_curves: training loss per configuration, the band spanning its seeds;
+- memory_check: predicted against measured peak GPU memory (runs on a GPU), else the predicted
+  peaks alone.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+MEASURES = {
+    "gpu_memory_gb": "peak GPU memory, GB (measured on a GPU, else predicted)",
+    "cost": "cost per run",
+    "hours": "training (accelerator-hours)",
+}
+WIDTH, HEIGHT = 520, 300
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool) -> pd.DataFrame:
+    """The configurations no other beats on both x (lower is better) and y."""
+    ordered = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, not higher])
+    front, best = [], -math.inf if higher else math.inf
+    for _, row in ordered.iterrows():
+        if (row[y] > best) if higher else (row[y] < best):
+            front.append(row)
+            best = row[y]
+    return pd.DataFrame(front)
+
+
+def _long(configs: pd.DataFrame, metric: str, higher: bool, measures: list[str]) -> tuple:
+    """(finished points, front, unfinished points) in long form: one row per measure."""
+    done = configs[(configs["status"] == "ok") & (configs["method"] != "base")]
+    failed = configs[configs["status"] != "ok"]
+    values = done[metric].dropna()
+    bottom = (values.min() - 0.1 * (values.max() - values.min() or 1)) if len(values) else 0
+    points, fronts, unfinished = [], [], []
+    for measure in measures:
+        p = done.assign(measure=measure, x=done[measure])
+        points.append(p)
+        fronts.append(pareto_front(p, "x", metric, higher).assign(measure=measure))
+        unfinished.append(failed.assign(measure=measure, x=failed[measure], band=bottom))
+    columns = [
+        "configuration",
+        "method",
+        "measure",
+        "x",
+        metric,
+        f"{metric}_low",
+        f"{metric}_high",
+        "seeds",
+        "finished",
+    ]
+    points = pd.concat(points)[columns]
+    front = pd.concat(fronts) if any(len(f) for f in fronts) else pd.DataFrame(columns=columns)
+    unfinished = pd.concat(unfinished)[
+        ["configuration", "status", "reason", "measure", "x", "band"]
+    ]
+    return points, front.reindex(columns=columns), unfinished
+
+
+def pareto(configs: pd.DataFrame, metric: str, higher: bool, measure: str | None = None):
+    """With `measure` None: every measure that has values, switched by radio buttons. None
+    when nothing was scored yet (no column of the metric)."""
+    measures = [m for m in MEASURES if configs[m].notna().any() and configs[m].max() > 0]
+    if metric not in configs or not measures:
+        return None
+    if measure is not None:
+        measures = [measure]
+    points, front, unfinished = _long(configs, metric, higher, measures)
+    if measure is None:
+        choice = alt.param(
+            name="measure",
+            value=measures[0],
+            bind=alt.binding_radio(
+                options=measures, labels=[MEASURES[m] for m in measures], name="x axis: "
+            ),
+        )
+        keep = alt.datum.measure == choice
+    else:
+        choice, keep = None, alt.datum.measure == measure
+    x = alt.X(
+        "x:Q",
+        title=MEASURES[measure] if measure else "the chosen measure",
+        scale=alt.Scale(zero=False),
+    )
+    y = alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False))
+    base = alt.Chart(points).transform_filter(keep)
+    dots = base.mark_point(filled=True, size=80).encode(
+        x,
+        y,
+        color=alt.Color("method:N"),
+        tooltip=[
+            "configuration",
+            alt.Tooltip(f"{metric}:Q", format=".3f"),
+            "finished",
+            alt.Tooltip("x:Q", title="x", format=".3g"),
+        ],
+    )
+    bars = base.mark_rule().encode(
+        x, alt.Y(f"{metric}_low:Q"), alt.Y2(f"{metric}_high:Q"), color="method:N"
+    )
+    line = (
+        alt.Chart(front)
+        .transform_filter(keep)
+        .mark_line(color="gray", strokeDash=[4, 3])
+        .encode(x, y)
+    )
+    labels = base.mark_text(dy=-10, fontSize=9, color="#444").encode(x, y, text="configuration")
+    layers = [line, bars, dots, labels]
+    if len(unfinished):
+        band = alt.Chart(unfinished).transform_filter(keep)
+        layers.append(
+            band.mark_point(shape="cross", size=90, color="firebrick").encode(
+                x, alt.Y("band:Q"), tooltip=["configuration", "status", "reason"]
+            )
+        )
+        layers.append(
+            band.mark_text(dy=-12, color="firebrick", fontSize=10).encode(
+                x, alt.Y("band:Q"), text="status:N"
+            )
+        )
+    chart = alt.layer(*layers).properties(
+        width=WIDTH,
+        height=HEIGHT,
+        title=f"{metric} against {MEASURES[measure] if measure else 'the chosen measure'}: "
+        "Pareto front dashed; runs that did not finish in red below",
+    )
+    return chart.add_params(choice) if choice is not None else chart
+
+
+def rank_sweep(configs: pd.DataFrame, metric: str):
+    if metric not in configs:
+        return None
+    done = configs[(configs["status"] == "ok") & configs[metric].notna()]
+    adapters = done[done["rank"].notna()]
+    if adapters.empty:
+        return None
+    x = alt.X("rank:Q", scale=alt.Scale(type="log", base=2), title="adapter rank (log scale)")
+    y = alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False))
+    sweep = alt.Chart(adapters).encode(x, y, color="method:N")
+    layers = [
+        sweep.mark_line(point=True),
+        sweep.mark_rule().encode(alt.Y(f"{metric}_low:Q"), alt.Y2(f"{metric}_high:Q")),
+    ]
+    full = done[done["method"] == "full"]
+    if len(full):
+        layers.append(
+            alt.Chart(full)
+            .mark_rule(strokeDash=[6, 4], color="black")
+            .encode(y=f"{metric}:Q", tooltip=["configuration", f"{metric}:Q"])
+        )
+    return alt.layer(*layers).properties(
+        width=WIDTH,
+        height=HEIGHT,
+        title=f"{metric} by rank; dashed: full fine-tuning",
+    )
+
+
+def loss_history(table: pd.DataFrame, configs: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Logged training loss of every finished run, labelled with its configuration."""
+    from tunebench import layout
+    from tunebench.io import read_json
+
+    name_of = {rid: row["configuration"] for _, row in configs.iterrows() for rid in row["run_ids"]}
+    rows = []
+    for run_id in table.loc[table["status"] == "ok", "run_id"]:
+        path = root / layout.TRAIN_RESULT.format(run_id=run_id)
+        if not path.is_file() or run_id not in name_of:
+            continue
+        for entry in read_json(path).get("log_history", []):
+            if "loss" in entry and "step" in entry:
+                rows.append(
+                    {
+                        "configuration": name_of[run_id],
+                        "run_id": run_id,
+                        "step": entry["step"],
+                        "loss": entry["loss"],
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def loss_curves(history: pd.DataFrame):
+    if history.empty:
+        return None
+    base = alt.Chart(history).encode(alt.X("step:Q"), color="configuration:N")
+    band = base.mark_area(opacity=0.25).encode(
+        alt.Y("min(loss):Q", title="training loss"), alt.Y2("max(loss):Q")
+    )
+    line = base.mark_line().encode(alt.Y("mean(loss):Q"))
+    return alt.layer(band, line).properties(
+        width=WIDTH, height=HEIGHT, title="training loss (mean over seeds; band: their range)"
+    )
+
+
+def memory_check(table: pd.DataFrame):
+    runs = table[(table["method"] != "base") & table["predicted_peak_gb"].notna()]
+    if runs.empty:
+        return None
+    measured = runs[runs["memory_kind"] == "cuda_max_reserved"]
+    if measured.empty:
+        return (
+            alt.Chart(runs)
+            .mark_bar()
+            .encode(
+                alt.X("predicted_peak_gb:Q", title="predicted peak GPU memory (GB)"),
+                alt.Y("run_id:N", sort="-x", title=None),
+                color="method:N",
+            )
+            .properties(width=WIDTH, title="predicted peak GPU memory (no run trained on a GPU)")
+        )
+    top = float(max(measured["peak_memory_gb"].max(), measured["predicted_peak_gb"].max()))
+    diagonal = pd.DataFrame({"a": [0, top], "b": [0, top]})
+    return alt.layer(
+        alt.Chart(diagonal).mark_line(color="gray", strokeDash=[4, 3]).encode(x="a:Q", y="b:Q"),
+        alt.Chart(measured)
+        .mark_point(filled=True)
+        .encode(
+            alt.X("peak_memory_gb:Q", title="measured peak (GB)"),
+            alt.Y("predicted_peak_gb:Q", title="predicted peak (GB)"),
+            color="method:N",
+            tooltip=["run_id", "peak_memory_gb", "predicted_peak_gb"],
+        ),
+    ).properties(width=WIDTH, height=HEIGHT, title="predicted against measured peak memory")
+
+
+def save_png(chart, path: Path) -> None:
+    """A static image of the chart (vl-convert: no browser)."""
+    from tunebench.io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(__import__("vl_convert").vegalite_to_png(chart.to_json(), scale=2))

@@ -1,0 +1,99 @@
+"""The report as one HTML file that opens offline in any browser: the recommendation, the charts
+(interactive Vega-Lite, with a switch between memory, cost and time on the Pareto chart), and
+the table of every run and of every configuration (sortable and filterable).
+
+Made from a Jinja template (templates/report.html.j2) with the libraries' own offline bundles
+inlined: vl-convert's Vega-Embed bundle and itables' DataTables bundle.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from tunebench import charts, recommend
+
+TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+CAPTIONS = {
+    "pareto": "Each point is a configuration (mean over seeds, bar: interval); the dashed line "
+    "is the Pareto front, the configurations no other beats on both axes; red crosses below are "
+    "runs that did not finish. Switch the x axis with the buttons.",
+    "rank": "Quality by adapter rank on a log axis; the dashed line is full fine-tuning.",
+    "loss": "Training loss as logged; the band spans the seeds of a configuration.",
+    "memory": "The estimator's predicted peak GPU memory against the measured one (on a GPU); "
+    "on a CPU only the prediction exists.",
+}
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    from itables import to_html_datatable
+
+    shown = frame.copy()
+    for col in shown.select_dtypes("float").columns:
+        shown[col] = shown[col].map(lambda v: round(v, 4) if pd.notna(v) else None)
+    return to_html_datatable(
+        shown,
+        connected=False,
+        showIndex=False,
+        maxBytes=0,
+        scrollX=True,
+        layout={"topStart": "pageLength", "topEnd": "search"},
+        pageLength=50,
+    )
+
+
+def chart_list(table, configs, metric, higher, root: Path) -> list[dict]:
+    """(id, category, caption, chart) of every chart that has something to show."""
+    made = [
+        ("pareto", "Quality against memory, cost and time", charts.pareto(configs, metric, higher))
+    ]
+    made.append(("rank", "Rank sweep", charts.rank_sweep(configs, metric)))
+    history = charts.loss_history(table, configs, root)
+    made.append(("loss", "Training loss", charts.loss_curves(history)))
+    made.append(("memory", "Memory estimate", charts.memory_check(table)))
+    return [
+        {"id": cid, "category": category, "caption": CAPTIONS[cid], "chart": chart}
+        for cid, category, chart in made
+        if chart is not None
+    ]
+
+
+def render(exp, table, configs, answers, root: Path, partial: bool = False) -> str:
+    import itables.options
+    import vl_convert
+    from itables.javascript import generate_init_offline_itables_html
+
+    metric, higher = recommend.ranking_metric(exp)
+    currency = exp.cost.currency
+    made = chart_list(table, configs, metric, higher, root)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string(TEMPLATE.read_text())
+    by_config = configs.drop(columns=["run_ids"]).dropna(axis=1, how="all")
+
+    def describe(choice) -> str:
+        return recommend.describe(choice, metric, currency).replace("**", "")
+
+    return template.render(
+        exp=exp,
+        metric=metric,
+        higher=higher,
+        answers=answers,
+        limits=lambda b: recommend.limits(b, currency),
+        describe=describe,
+        charts=[c | {"spec": c["chart"].to_json(indent=None)} for c in made],
+        vega_bundle=vl_convert.javascript_bundle(),
+        vegalite_version=vl_convert.get_vegalite_versions()[-1],
+        itables_init=generate_init_offline_itables_html(itables.options.dt_bundle),
+        table_html=_table_html(table.drop(columns=["test_sha256"], errors="ignore")),
+        configurations_html=_table_html(by_config),
+        n_runs=int((table["method"] != "base").sum()),
+        n_configs=int((configs["method"] != "base").sum()),
+        written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        root=str(root),
+        partial=partial,
+        isnan=math.isnan,
+    )
