@@ -120,8 +120,29 @@ def summarise(exp: Experiment, root: Path, code: int) -> int:
             f"{len(failed)} row(s) did not finish: "
             + ", ".join(f"{r.run_id} [{r.status}]" for r in failed.itertuples())
         )
+    summarise_report(root, partial=table_path.name.startswith(PARTIAL))
     exports_ok = summarise_exports(root)
     return code or (1 if len(failed) or not exports_ok else 0)
+
+
+def summarise_report(root: Path, partial: bool) -> None:
+    """Where the report is, and the best configuration under each budget (its first line)."""
+    from tunebench.report import HTML_REPORT, PARTIAL, RECOMMENDATION
+
+    html = root / (f"{PARTIAL}_report.html" if partial else HTML_REPORT)
+    if html.is_file():
+        print(f"report: {html} (opens offline in a browser)")
+    advice = root / RECOMMENDATION
+    if partial or not advice.is_file():
+        return
+    print(f"recommendation: {advice}")
+    budget = None
+    for line in advice.read_text().splitlines():
+        if line.startswith("## "):
+            budget = line[3:]
+        elif budget and (line.startswith("- Best: ") or line.startswith("**Nothing fits")):
+            print(f"  {budget}: {line.removeprefix('- Best: ').replace('**', '')}")
+            budget = None
 
 
 def summarise_exports(root: Path) -> bool:

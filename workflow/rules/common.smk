@@ -249,6 +249,12 @@ def comparison_outputs():
     return [at_root(name) for name in layout.COMPARISON]
 
 
+def report_outputs():
+    """What rule all asks of the compile step beside the table: results compiled before the
+    report existed get it on the next run."""
+    return [at_root(layout.RECOMMENDATION), at_root(layout.HTML_REPORT)]
+
+
 # ---------------------------------------------------------------- exports (export:)
 EXPORT = EXPERIMENT.export
 EXPORTED = [run.run_id for run in exported_runs(EXPERIMENT, _RUNS)]
