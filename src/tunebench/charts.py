@@ -5,7 +5,8 @@ and a static PNG beside the Markdown (vl-convert renders it, no browser needed).
   its interval, the Pareto front drawn, and the configurations that did not finish in a band of
   their own below the plot (not dropped);
 - rank_sweep: quality against adapter rank on a log axis, full fine-tuning as a reference line;
-- loss_curves: training loss per configuration, the band spanning its seeds;
+- loss_curves: training loss per configuration, the band spanning its seeds, and the final
+  validation loss;
 - memory_check: predicted against measured peak GPU memory (runs on a GPU), else the predicted
   peaks alone.
 """
@@ -167,7 +168,8 @@ def rank_sweep(configs: pd.DataFrame, metric: str):
 
 
 def loss_history(table: pd.DataFrame, configs: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Logged training loss of every finished run, labelled with its configuration."""
+    """Logged training loss of every finished run, and its validation loss at the end,
+    labelled with its configuration."""
     from tunebench import layout
     from tunebench.io import read_json
 
@@ -177,29 +179,49 @@ def loss_history(table: pd.DataFrame, configs: pd.DataFrame, root: Path) -> pd.D
         path = root / layout.TRAIN_RESULT.format(run_id=run_id)
         if not path.is_file() or run_id not in name_of:
             continue
-        for entry in read_json(path).get("log_history", []):
+        result = read_json(path)
+        point = {"configuration": name_of[run_id], "run_id": run_id}
+        for entry in result.get("log_history", []):
             if "loss" in entry and "step" in entry:
                 rows.append(
-                    {
-                        "configuration": name_of[run_id],
-                        "run_id": run_id,
-                        "step": entry["step"],
-                        "loss": entry["loss"],
-                    }
+                    point | {"step": entry["step"], "loss": entry["loss"], "split": "train"}
                 )
+        if result.get("validation_loss") is not None and result.get("steps"):
+            rows.append(
+                point
+                | {
+                    "step": result["steps"],
+                    "loss": result["validation_loss"],
+                    "split": "validation",
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def loss_curves(history: pd.DataFrame):
     if history.empty:
         return None
-    base = alt.Chart(history).encode(alt.X("step:Q"), color="configuration:N")
-    band = base.mark_area(opacity=0.25).encode(
-        alt.Y("min(loss):Q", title="training loss"), alt.Y2("max(loss):Q")
+    train = alt.Chart(history).transform_filter(alt.datum.split == "train")
+    train = train.encode(alt.X("step:Q"), color="configuration:N")
+    band = train.mark_area(opacity=0.25).encode(
+        alt.Y("min(loss):Q", title="loss"), alt.Y2("max(loss):Q")
     )
-    line = base.mark_line().encode(alt.Y("mean(loss):Q"))
-    return alt.layer(band, line).properties(
-        width=WIDTH, height=HEIGHT, title="training loss (mean over seeds; band: their range)"
+    line = train.mark_line().encode(alt.Y("mean(loss):Q"))
+    final = (
+        alt.Chart(history)
+        .transform_filter(alt.datum.split == "validation")
+        .mark_point(shape="diamond", size=90, filled=True)
+        .encode(
+            alt.X("step:Q"),
+            alt.Y("mean(loss):Q"),
+            color="configuration:N",
+            tooltip=["configuration", alt.Tooltip("mean(loss):Q", title="validation loss")],
+        )
+    )
+    return alt.layer(band, line, final).properties(
+        width=WIDTH,
+        height=HEIGHT,
+        title="training loss (mean over seeds; band: their range); diamonds: validation loss",
     )
 
 

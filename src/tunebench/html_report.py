@@ -23,7 +23,8 @@ CAPTIONS = {
     "is the Pareto front, the configurations no other beats on both axes; red crosses below are "
     "runs that did not finish. Switch the x axis with the buttons.",
     "rank": "Quality by adapter rank on a log axis; the dashed line is full fine-tuning.",
-    "loss": "Training loss as logged; the band spans the seeds of a configuration.",
+    "loss": "Training loss as logged, the band spanning the seeds of a configuration; the "
+    "diamonds are the validation loss at the end of training.",
     "memory": "The estimator's predicted peak GPU memory against the measured one (on a GPU); "
     "on a CPU only the prediction exists.",
 }
