@@ -59,6 +59,7 @@ TINY = dict(
 )
 ALL_LINEAR = "all-linear"
 QV = ("q_proj", "v_proj")
+QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 CHECKS = [
     ("meta-llama/Llama-3.2-1B", Setup("full", batch_size=4, seq_len=1024)),
     (
@@ -171,6 +172,46 @@ CHECKS = [
     ),
 ]
 # Run after the constants were fitted (calibration.py), predicted before measuring.
+# Published configurations (benchmarks/data/published_memory.csv rows), for issue 15's resources
+# mode: the study's architecture with random weights at its batch and length, on this stack.
+PUBLISHED_CHECKS = [
+    # fms-acceleration a100_80gb.csv: Mistral-7B, batch 4 packed to 4096, checkpointing.
+    (
+        "mistralai/Mistral-7B-v0.1",
+        Setup("full", gradient_checkpointing=True, batch_size=4, seq_len=4096, padding_free=True),
+    ),
+    (
+        "mistralai/Mistral-7B-v0.1",
+        Setup(
+            "lora",
+            rank=16,
+            target_modules=QKVO,
+            gradient_checkpointing=True,
+            batch_size=4,
+            seq_len=4096,
+            padding_free=True,
+        ),
+    ),
+    # PEFT method_comparison MetaMathQA: Llama-3.2-3B, batch 4, at most 768 tokens.
+    ("meta-llama/Llama-3.2-3B", Setup("full", batch_size=4, seq_len=768)),
+    (
+        "meta-llama/Llama-3.2-3B",
+        Setup("dora", rank=32, target_modules=QV, batch_size=4, seq_len=768),
+    ),
+    (
+        "mistralai/Mistral-7B-v0.1",
+        Setup(
+            "qlora",
+            rank=16,
+            target_modules=QKVO,
+            quant_type="nf4",
+            gradient_checkpointing=True,
+            batch_size=4,
+            seq_len=4096,
+            padding_free=True,
+        ),
+    ),
+]
 HELD_OUT_CHECKS = [
     ("Qwen/Qwen2-1.5B", Setup("lora", rank=16, batch_size=4, seq_len=1024)),
     (
@@ -235,12 +276,14 @@ TINY_CHECKS = [
 
 
 class PaddedRows(torch.utils.data.Dataset):
-    """Random token rows of length seq_len-8..seq_len: every batch is padded, as in SFT."""
+    """Random token rows of length seq_len-8..seq_len: every batch is padded, as in SFT; with
+    `packed`, every row is exactly seq_len long (packed sequences, no padding)."""
 
-    def __init__(self, n: int, seq_len: int, vocab: int, seed: int = 0):
+    def __init__(self, n: int, seq_len: int, vocab: int, seed: int = 0, packed: bool = False):
         rng = random.Random(seed)
+        shortest = seq_len if packed else max(1, seq_len - 8)
         self.rows = [
-            [rng.randrange(3, vocab) for _ in range(rng.randint(max(1, seq_len - 8), seq_len))]
+            [rng.randrange(3, vocab) for _ in range(rng.randint(shortest, seq_len))]
             for _ in range(n)
         ]
 
@@ -355,6 +398,7 @@ def measure(config, setup: Setup, scratch: Path, cuda: bool, steps: int) -> dict
         steps * setup.batch_size * setup.gradient_accumulation,
         setup.seq_len,
         config.vocab_size,
+        packed=setup.padding_free,
     )
     clock = StepClock()
     trainer = Trainer(
@@ -390,7 +434,10 @@ def describe(arch: str, setup: Setup) -> str:
     parts = [arch, setup.method]
     if setup.rank:
         parts.append(f"r{setup.rank}")
-        parts.append("qv" if setup.target_modules == QV else "all-linear")
+        target = setup.target_modules
+        parts.append(
+            target if isinstance(target, str) else "".join(t.removesuffix("_proj") for t in target)
+        )
     if setup.quant_type:
         parts.append(setup.quant_type + ("+dq" if setup.double_quant else ""))
     if setup.dropout:
@@ -416,14 +463,25 @@ def main() -> int:
     parser.add_argument(
         "--held-out", action="store_true", help="the configurations no constant was fitted on"
     )
+    parser.add_argument(
+        "--published", action="store_true", help="published configurations (issue 15)"
+    )
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     gpu_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     gpu = find(gpu_name) if cuda else None
     rows = []
-    checks = TINY_CHECKS if args.tiny else HELD_OUT_CHECKS if args.held_out else CHECKS
-    name = "gpu_estimator_check" + ("_held_out" if args.held_out else "")
+    if args.tiny:
+        checks, name = TINY_CHECKS, "gpu_estimator_check"
+    elif args.published:
+        checks, name = PUBLISHED_CHECKS, "gpu_estimator_check_published"
+    elif args.held_out:
+        checks, name = HELD_OUT_CHECKS, "gpu_estimator_check_held_out"
+    else:
+        checks, name = CHECKS, "gpu_estimator_check"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for arch, setup in checks:
         config = config_from_fields(**TINY) if arch == "tiny" else architectures.config(arch)
         config._attn_implementation = setup.attention
@@ -454,10 +512,9 @@ def main() -> int:
             flush=True,
         )
         rows.append(row)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"gpu": gpu_name, "versions": versions(), "steps": args.steps, "rows": rows}
-    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+        # After every configuration: a run stopped at its time limit keeps what it measured.
+        record = {"gpu": gpu_name, "versions": versions(), "steps": args.steps, "rows": rows}
+        (out / f"{name}.json").write_text(json.dumps(record, indent=1))
     lines = [
         f"# Predicted vs measured on {gpu_name}",
         "",

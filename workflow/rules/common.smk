@@ -250,8 +250,8 @@ def comparison_outputs():
 
 
 def report_outputs():
-    """What rule all asks of the compile step beside the table: results compiled before the
-    report existed get it on the next run."""
+    """The recommendation and HTML report, asked for by the default target beside the table,
+    so that results compiled before the report existed get it on the next run."""
     return [at_root(layout.RECOMMENDATION), at_root(layout.HTML_REPORT)]
 
 
