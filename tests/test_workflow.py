@@ -94,6 +94,18 @@ def finished(tmp_path_factory):
     # Export the LoRA runs (the ghost's never finishes) and the best run, as q8_0 GGUF.
     exp["export"] = {"runs": [{"method": "lora"}], "best_by": "exact_match", "types": ["q8_0"]}
     exp["report"] = {"budgets": [{"name": "any"}, {"name": "a crumb", "gpu_memory_gb": 0.001}]}
+    exp["reference"] = {
+        "study": "a made-up study",
+        "hardware": "NVIDIA L40S",
+        "cells": [
+            {
+                "run": {"model": "m", "method": "full"},
+                "measure": "test_loss",
+                "value": 3.0,
+                "source": "nowhere, a test",
+            }
+        ],
+    }
     path = work / "tiny.yaml"
     path.write_text(yaml.safe_dump(exp))
     secrets = {**SECRETS, "WANDB_MODE": "offline"}
@@ -152,6 +164,10 @@ def test_the_html_report_opens_in_a_browser(finished, tmp_path):
     assert "Nothing fits this budget" in dom and "missing_model" in dom
     advice = (results / "recommendation.md").read_text()
     assert advice.count("- Best: **m ") == 1 and "Does not fit: ghost" in advice, advice
+    # The reference block: published beside reproduced, in its own file and in the report.
+    reproduced = pd.read_csv(results / "reproduction.csv")
+    assert list(reproduced["configuration"]) == ["m full"], reproduced
+    assert reproduced["reproduced"].notna().all() and "Reproduction: a made-up study" in dom
 
 
 def test_snakemake_report_packs_the_recommendation_and_charts(finished, tmp_path):

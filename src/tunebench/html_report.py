@@ -63,7 +63,7 @@ def chart_list(table, configs, metric, higher, root: Path) -> list[dict]:
     ]
 
 
-def render(exp, table, configs, answers, root: Path, partial: bool = False) -> str:
+def render(exp, table, configs, answers, root: Path, partial: bool = False, reproduced=None) -> str:
     import itables.options
     import vl_convert
     from itables.javascript import generate_init_offline_itables_html
@@ -97,4 +97,17 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False) -> s
         root=str(root),
         partial=partial,
         isnan=math.isnan,
+        reproduction=None if reproduced is None else _reproduction(reproduced, exp),
     )
+
+
+def _reproduction(rows, exp) -> dict:
+    from tunebench import reproduction
+
+    rho = reproduction.ranking_agreement(rows)
+    return {
+        "study": exp.reference.study,
+        "hardware": exp.reference.hardware,
+        "html": rows.to_html(index=False, na_rep="", float_format="{:.4g}".format),
+        "spearman": "n/a (fewer than 3 quality cells)" if math.isnan(rho) else f"{rho:.2f}",
+    }

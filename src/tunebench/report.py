@@ -183,6 +183,7 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
 PARTIAL = "comparison_partial"  # a table of an unfinished workflow; never the workflow target
 EXPERIMENT_RECORD = "experiment.json"  # the experiment the results were compiled with
 RECOMMENDATION, HTML_REPORT, PLOTS = layout.RECOMMENDATION, layout.HTML_REPORT, layout.PLOTS
+REPRODUCTION, REPRODUCTION_CSV = "reproduction.md", "reproduction.csv"  # with `reference:`
 
 
 def write_outputs(
@@ -201,6 +202,16 @@ def write_outputs(
         configs.drop(columns=["run_ids"]).to_csv(tmp, index=False)
     answers = recommend.recommend(configs, exp)
     advice = recommend.markdown(answers, exp)
+    reproduced = None
+    if exp.reference is not None:
+        from tunebench import reproduction
+
+        reproduced = reproduction.compare(table, configs, exp)
+        if not partial:
+            with atomic_path(out_dir / REPRODUCTION_CSV) as tmp:
+                reproduced.to_csv(tmp, index=False)
+            with atomic_path(out_dir / REPRODUCTION) as tmp:
+                tmp.write_text(reproduction.markdown(reproduced, exp))
     plots = write_plots(
         table, configs, exp, out_dir, out_dir / PLOTS, prefix="" if not partial else f"{PARTIAL}_"
     )
@@ -210,6 +221,10 @@ def write_outputs(
         text += "\n\n## By configuration: mean, standard deviation and interval over seeds\n\n"
         text += _display(seed_summary(configs)).to_markdown(index=False)
     text += "\n\n" + advice.replace("# Recommendation", "## Recommendation", 1)
+    if reproduced is not None:
+        from tunebench import reproduction
+
+        text += "\n" + reproduction.markdown(reproduced, exp).replace("# ", "## ", 1)
     text += "\n" + "\n".join(f"![{p.stem}]({PLOTS}/{p.name})" for p in plots) + "\n"
     with atomic_path(out_dir / f"{stem}.md") as tmp:
         tmp.write_text(text + "\n" + MARKDOWN_NOTES)
@@ -217,7 +232,9 @@ def write_outputs(
         tmp.write_text(f"<h1>{exp.name}</h1>\n" + shown.to_html(index=False, na_rep=""))
     report_name = f"{PARTIAL}_report.html" if partial else HTML_REPORT
     with atomic_path(out_dir / report_name) as tmp:
-        tmp.write_text(html_report.render(exp, table, configs, answers, out_dir, partial))
+        tmp.write_text(
+            html_report.render(exp, table, configs, answers, out_dir, partial, reproduced)
+        )
     if not partial:
         with atomic_path(out_dir / RECOMMENDATION) as tmp:
             tmp.write_text(advice)

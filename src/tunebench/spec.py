@@ -857,6 +857,58 @@ class Report(Strict):
     )
 
 
+# What a published number can be compared with: a dataset metric or loss (quality), or a
+# resource measured by the run.
+RESOURCE_MEASURES = ("peak_memory_gb", "tokens_per_second", "train_seconds")
+
+
+class ReferenceCell(Strict):
+    """One published number and the configuration of this experiment it is compared with."""
+
+    run: Selector = Field(
+        min_length=1,
+        description="fields selecting one configuration, as in include/exclude, e.g. "
+        "{method: lora, rank: 32}; its seeds are averaged",
+    )
+    measure: Literal[(*METRIC_NAMES, *LOWER_IS_BETTER, *RESOURCE_MEASURES)] = Field(
+        description="what is compared: a metric, a loss, peak_memory_gb (GPU, GiB), "
+        "tokens_per_second or train_seconds"
+    )
+    value: float = Field(description="the published number, in the unit tunebench reports")
+    source: str = Field(
+        min_length=1, description="where it is published: a paper table, or a file at a commit"
+    )
+    tolerance: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="this cell's tolerance, instead of the block's for its kind"
+    )
+
+
+class Reference(Strict):
+    """A published study this experiment reproduces: its numbers, where they come from, the
+    hardware they were measured on, and how far a reproduction may land from them."""
+
+    study: str = Field(min_length=1, description="the study, e.g. 'PEFT method_comparison'")
+    hardware: str = Field(
+        min_length=1,
+        description="the published GPU, e.g. 'NVIDIA L40S' (time transfers "
+        "between GPUs only as ratios between configurations)",
+    )
+    quality_tolerance: Annotated[float, Field(ge=0)] = Field(
+        0.054,
+        description="absolute tolerance of a metric or loss. Default: the largest move of one "
+        "configuration's GSM8K accuracy between reruns on PEFT's benchmark (5.4 points)",
+    )
+    memory_tolerance: Annotated[float, Field(ge=0)] = Field(
+        0.10, description="relative tolerance of peak memory (0.10: within 10%)"
+    )
+    time_tolerance: Annotated[float, Field(ge=0)] = Field(
+        0.25,
+        description="relative tolerance of time and throughput, compared as ratios to the "
+        "first cell of the same measure when the hardware differs",
+    )
+    cells: list[ReferenceCell] = Field(min_length=1, description="the published numbers")
+
+
 class Experiment(Strict):
     """One experiment file: what to compare (models x methods x datasets x seeds) and how."""
 
@@ -882,6 +934,11 @@ class Experiment(Strict):
         None, description="runs to export to GGUF at the end of the workflow (none by default)"
     )
     report: Report = Field(Report(), description="the recommendation the report makes")
+    reference: Reference | None = Field(
+        None,
+        description="published numbers to compare with (reproduction.md: published, "
+        "reproduced, delta, tolerance, verdict; ranking agreement)",
+    )
 
     @model_validator(mode="after")
     def report_metric_is_scored(self):
