@@ -258,8 +258,10 @@ def memory_check(table: pd.DataFrame):
 
 def save_png(chart, path: Path) -> None:
     """A static image of the chart (vl-convert: no browser)."""
+    import vl_convert
+
     from tunebench.io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(__import__("vl_convert").vegalite_to_png(chart.to_json(), scale=2))
+        tmp.write_bytes(vl_convert.vegalite_to_png(chart.to_json(), scale=2))

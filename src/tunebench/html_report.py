@@ -96,7 +96,6 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
         written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         root=str(root),
         partial=partial,
-        isnan=math.isnan,
         reproduction=None if reproduced is None else _reproduction(reproduced, exp),
     )
 

@@ -140,15 +140,19 @@ def check_settings(run: RunConfig) -> None:
         )
 
 
+def _model_config(run: RunConfig, model_location: str):
+    """The base model's configuration, for the estimator (the weights are not read)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
+
+
 def check_predicted_fit(run: RunConfig, model_location: str, limit_gb: float) -> None:
     """resources.predicted_oom: skip: a run predicted not to fit in `limit_gb` of GPU memory
     is a `predicted_oom` row, and no GPU time is spent on it."""
-    from transformers import AutoConfig
-
     from tunebench.estimate.runs import estimate_run
 
-    config = AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
-    predicted = estimate_run(run, config, [])
+    predicted = estimate_run(run, _model_config(run, model_location), [])
     if predicted["predicted_peak_gb"] > limit_gb:
         raise StageFailure(
             f"predicted peak GPU memory {predicted['predicted_peak_gb']:.1f} GiB exceeds "
@@ -165,12 +169,10 @@ def predicted_vs_measured(run: RunConfig, model_location: str, measured: dict) -
     """What `tunebench estimate` predicts for this run, beside what it measured: each GPU run
     shows how good the estimate was. An estimate that cannot be made is noted, never fatal."""
     try:
-        from transformers import AutoConfig
-
         from tunebench.estimate.gpus import find
         from tunebench.estimate.runs import estimate_run, measured_against
 
-        config = AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
+        config = _model_config(run, model_location)
         gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         gpus = []
         if gpu_name:

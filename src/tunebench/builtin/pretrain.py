@@ -8,7 +8,6 @@ import torch
 from datasets import Dataset
 from transformers import (
     DataCollatorForLanguageModeling,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
     Trainer,
@@ -16,18 +15,14 @@ from transformers import (
     set_seed,
 )
 
+from tunebench.builtin.architecture import llama_config
+
 
 def build_model(spec, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
     """A randomly initialised Llama with the sizes in `spec` (a BuiltinModel)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=True,
+    config = llama_config(
+        spec,
+        len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -15,6 +15,7 @@ from tunebench.estimate.gpus import Gpu, find
 from tunebench.estimate.memory import GIB
 from tunebench.estimate.setup import from_run, model_config
 from tunebench.estimate.speed import flops_per_token, mfu
+from tunebench.measure import price_per_hour
 
 # Compared when the experiment names no GPU: the common memory classes, 24 / 48 / 80 GB.
 DEFAULT_GPUS = ("RTX-4090", "L40S", "A100-80GB", "H100")
@@ -65,16 +66,11 @@ def estimate_run(run, config, gpus: list[Gpu], prices: dict[str, float] | None =
             "train_hours": speed.train_hours,
             "mfu": speed.mfu,
         }
-        price = _price(prices or {}, gpu.name)
+        price = price_per_hour(prices or {}, gpu.name)
         if speed.train_hours is not None and price is not None:
             entry["cost"] = speed.train_hours * price
         record["gpus"][gpu.name] = entry
     return record
-
-
-def _price(prices: dict[str, float], gpu_name: str) -> float | None:
-    matches = [k for k in prices if k.lower() in gpu_name.lower()]
-    return prices[max(matches, key=len)] if matches else None
 
 
 def made_model_dir(exp, model) -> Path | None:

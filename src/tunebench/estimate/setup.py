@@ -7,7 +7,6 @@ so the numbers it validates are the numbers `tunebench estimate` prints.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,20 +135,12 @@ def model_config(spec, made_dir: Path | None = None) -> tuple[object, str]:
     where it came from: a built-in model's sizes, the folder the workflow made (GGUF import),
     a folder's config.json, the hub's config.json alone (a few KB), the table of known hub
     models when the hub cannot be reached, or a GGUF's header."""
-    from transformers import AutoConfig, LlamaConfig
+    from transformers import AutoConfig
 
     if spec.builtin is not None:
-        b = spec.builtin
-        return LlamaConfig(
-            vocab_size=b.vocab_size,
-            hidden_size=b.hidden_size,
-            intermediate_size=b.intermediate_size,
-            num_hidden_layers=b.layers,
-            num_attention_heads=b.heads,
-            num_key_value_heads=b.heads,
-            max_position_embeddings=b.max_position_embeddings,
-            tie_word_embeddings=True,
-        ), "built-in model"
+        from tunebench.builtin.architecture import llama_config
+
+        return llama_config(spec.builtin), "built-in model"
     if made_dir is not None and (made_dir / "config.json").is_file():
         return AutoConfig.from_pretrained(made_dir), str(made_dir / "config.json")
     if spec.path:
@@ -193,9 +184,3 @@ def _gguf_config(spec):
     fields = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
     model_type = fields.pop("model_type")
     return AutoConfig.for_model(model_type, **fields)
-
-
-def read_config_json(path: Path):
-    """A config.json as a transformers configuration."""
-    fields = json.loads(Path(path).read_text())
-    return config_from_fields(fields.pop("model_type"), **fields)
