@@ -199,3 +199,81 @@ def test_the_contacts_data_is_what_its_generator_writes():
     spec.loader.exec_module(generator)
     assert generator.OUT.read_text() == generator.render(generator.rows())
     assert len(generator.rows()) == 700
+
+
+FIXTURES = __import__("conftest").REPO / "experiments" / "reproduce" / "fixtures"
+
+
+def test_each_split_can_come_from_its_own_source(tmp_path):
+    """Train on one hub dataset, score on another's test split (a local folder in the hub's
+    layout, read by the real datasets code path), each with its own columns and row count."""
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text('{"q": "1+1?", "a": "#### 2"}\n{"q": "2+2?", "a": "#### 4"}\n')
+    spec = DatasetSpec.model_validate(
+        {
+            "name": "mm-gsm8k",
+            "splits": {
+                "train": {
+                    "hub": {"id": str(FIXTURES / "meta-math/MetaMathQA"), "split": "train"},
+                    "rows": 5,
+                    "columns": {"instruction": "query", "output": "response"},
+                },
+                "validation": {"path": str(extra), "columns": {"instruction": "q", "output": "a"}},
+                "test": {
+                    "hub": {
+                        "id": str(FIXTURES / "openai/gsm8k"),
+                        "config": "main",
+                        "split": "test",
+                    },
+                    "columns": {"instruction": "question", "output": "answer"},
+                },
+            },
+            "deduplicate": False,
+            "leakage": "report",
+        }
+    )
+    manifest = prepare(spec, tmp_path / "out")
+    counts = manifest["counts"]
+    assert (counts["train"], counts["validation"], counts["test"]) == (5, 2, 4)
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert train[0]["messages"][-1]["content"].endswith("The answer is: 6")
+    test = read_jsonl(tmp_path / "out" / "test.jsonl")
+    assert test[0]["messages"][0]["content"].startswith("A farmer has 7 rows")
+    assert manifest["source"]["splits"]["train"]["rows"] == 5
+    assert manifest["source"]["splits"]["validation"]["sha256"]
+    # The fixture's last MetaMathQA rows restate test questions; the first 5 do not.
+    assert counts["test_prompts_in_train"] == 0
+
+
+def test_a_split_source_names_its_split_and_one_source():
+    with pytest.raises(ValueError, match="hub.split"):
+        DatasetSpec.model_validate(
+            {"name": "d", "splits": {"train": {"hub": {"id": "x"}}, "test": {"path": "t.jsonl"}}}
+        )
+    with pytest.raises(ValueError, match="exactly one of hub, path"):
+        DatasetSpec.model_validate(
+            {"name": "d", "splits": {"train": {}, "test": {"path": "t.jsonl"}}}
+        )
+
+
+def test_two_local_dataset_folders_named_alike_keep_their_own_rows(tmp_path):
+    """datasets 5.2 caches a local folder by its name and card: without a cache of its own per
+    read, the second folder returned the first one's rows."""
+    from tunebench.data.sources import read_hub
+
+    counts = []
+    for n, folder in enumerate((tmp_path / "a" / "gsm8k", tmp_path / "b" / "gsm8k"), 1):
+        (folder / "main").mkdir(parents=True)
+        (folder / "README.md").write_text((FIXTURES / "openai/gsm8k/README.md").read_text())
+        rows = "".join(f'{{"question": "q{i}", "answer": "#### {i}"}}\n' for i in range(n))
+        (folder / "main" / "test.jsonl").write_text(rows)
+        (folder / "main" / "train.jsonl").write_text(rows)
+        counts.append(len(read_hub(str(folder), "main", "test", None)))
+    assert counts == [1, 2]
+
+
+def test_an_empty_validation_split_loads_as_an_empty_dataset(tmp_path):
+    from tunebench.data.tokenize import write_empty_splits
+
+    write_empty_splits(tmp_path)
+    assert len(load_split(tmp_path, "validation")) == 0

@@ -9,6 +9,7 @@ from conftest import tiny_experiment
 
 from tunebench import configurations, reproduction
 from tunebench.experiment import ExperimentError, validate_data
+from tunebench.matrix import expand
 
 REFERENCE = {
     "study": "a study",
@@ -79,10 +80,22 @@ def results(
     return table
 
 
-def compared(table, reference=REFERENCE, rehearsal=False):
-    exp = validate_data(tiny_experiment(reference=reference))
+METHODS = [
+    {"method": "full", "learning_rate": 2e-3},
+    {"method": "lora", "ranks": [8, 2], "learning_rate": 5e-3},
+]
+
+
+def compared(table, reference=REFERENCE, mode="full"):
+    exp = validate_data(tiny_experiment(methods=METHODS, reference=reference | {"mode": mode}))
+    # The constructed rows carry the ids of the runs the experiment expands to.
+    ids = {(r.method, r.rank): r.run_id for r in expand(exp)}
+    table["run_id"] = [
+        ids[(m, None if pd.isna(r) else r)]
+        for m, r in zip(table["method"], table["rank"], strict=True)
+    ]
     configs = configurations.configurations(table)
-    return reproduction.compare(table, configs, exp, rehearsal), exp
+    return reproduction.compare(table, configs, exp), exp
 
 
 def test_on_the_published_gpu_everything_is_compared_directly():
@@ -112,7 +125,7 @@ def test_on_another_gpu_time_is_compared_as_ratios():
 
 
 def test_a_rehearsal_is_never_comparable_and_unfinished_cells_say_so():
-    rows, _ = compared(results("cpu", lora8_status="oom"), rehearsal=True)
+    rows, _ = compared(results("cpu", lora8_status="oom"), mode="rehearsal")
     verdicts = dict(
         zip(rows["configuration"] + " " + rows["measure"], rows["verdict"], strict=True)
     )
@@ -121,17 +134,28 @@ def test_a_rehearsal_is_never_comparable_and_unfinished_cells_say_so():
     assert verdicts["m full peak_memory_gb"] == reproduction.REHEARSAL
 
 
-def test_a_reversed_ranking_and_a_cell_that_matches_nothing():
-    reference = {
-        **REFERENCE,
-        "cells": [
-            *REFERENCE["cells"][:3],
-            {"run": {"method": "dora"}, "measure": "exact_match", "value": 0.5, "source": "T1"},
-        ],
-    }
-    rows, _ = compared(results("NVIDIA L40S", quality=(0.3, 0.5, 0.7)), reference)
+def test_resources_mode_claims_memory_and_speed_but_no_quality():
+    rows, exp = compared(results("NVIDIA L40S"), mode="resources")
+    by = {(r.configuration, r.measure): r.verdict for r in rows.itertuples()}
+    assert by[("m full", "exact_match")] == reproduction.QUALITY_NOT_CLAIMED
+    assert by[("m full", "peak_memory_gb")] == "within tolerance"
+    assert "Resources mode" in reproduction.markdown(rows, exp)
+
+
+def test_a_reversed_ranking():
+    rows, _ = compared(results("NVIDIA L40S", quality=(0.3, 0.5, 0.7)))
     assert reproduction.ranking_agreement(rows) == pytest.approx(-1.0)
-    assert rows.iloc[3]["verdict"] == "0 configurations match {'method': 'dora'}"
+
+
+def test_a_cell_must_select_a_run_of_the_experiment():
+    for run, message in (
+        ({"method": "dora"}, r"reference.cells\[3\].run: matches no run"),
+        ({"flavour": "x"}, r"reference.cells\[3\].run.flavour: unknown field"),
+    ):
+        cell = {"run": run, "measure": "exact_match", "value": 0.5, "source": "T1"}
+        reference = {**REFERENCE, "cells": [*REFERENCE["cells"][:3], cell]}
+        with pytest.raises(ExperimentError, match=message):
+            validate_data(tiny_experiment(methods=METHODS, reference=reference))
 
 
 def test_the_reference_block_is_checked():
@@ -141,3 +165,16 @@ def test_the_reference_block_is_checked():
     }
     with pytest.raises(ExperimentError, match="reference.cells"):
         validate_data(tiny_experiment(reference=bad))
+
+
+def test_a_matrix_whose_every_run_failed_still_gets_its_plots_folder(tmp_path):
+    from tunebench import report
+
+    table = results("cpu")
+    table["status"] = "failed"
+    for measured in ("exact_match", "train_seconds", "peak_memory_gb", "predicted_peak_gb"):
+        table[measured] = None
+    exp = validate_data(tiny_experiment(methods=METHODS))
+    configs = configurations.configurations(table)
+    report.write_plots(table, configs, exp, tmp_path, tmp_path / "plots")
+    assert (tmp_path / "plots").is_dir()  # the compile rule's declared output

@@ -179,6 +179,61 @@ def cmd_run(args) -> int:
     return orchestrate.run(exp, args.experiment, args.profile, args.snakemake)
 
 
+def cmd_reproduce(args) -> int:
+    from tunebench import orchestrate, reproduce
+
+    if args.list:
+        return _list_presets(args.gpu)
+    if not args.preset:
+        print("error: name a preset, or --list to see them", file=sys.stderr)
+        return EXIT_INVALID
+    mode = "rehearsal" if args.rehearse else "resources" if args.resources else "full"
+    try:
+        experiment = reproduce.derive(reproduce.preset_path(args.preset), mode, args.steps)
+    except reproduce.PresetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{mode}: {experiment}")
+    exp = load_experiment(experiment)
+    return orchestrate.run(exp, str(experiment), args.profile, args.snakemake)
+
+
+def _list_presets(gpu: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunebench import reproduce
+
+    table = Table(title="tunebench reproduce NAME [--resources | --rehearse]")
+    for column in ("preset", "published", "needs (hub)", "GPU memory and time (estimate)"):
+        table.add_column(column, overflow="fold")
+    for name in reproduce.names():
+        exp = load_experiment(reproduce.preset_path(name))
+        need = reproduce.needs(exp)
+        estimate = reproduce.estimate_needs(exp, gpu or reproduce.estimate_gpu(exp))
+        hours = (
+            "hours: set by the data (epochs)"
+            if estimate["hours"] is None
+            else f"{estimate['hours']:.1f} h in all"
+        )
+        peaks = [
+            f"{label} {peak:.1f} GiB ({estimate['verdicts'][label]})"
+            for label, peak in estimate["peaks_gb"].items()
+        ]
+        table.add_row(
+            name,
+            f"{need['study']}\npublished on: {need['hardware']}\n{need['cells']} cells of "
+            + ", ".join(need["measures"]),
+            "models: " + ", ".join(need["models"]) + "\ndata: " + ", ".join(need["datasets"]),
+            f"on {estimate['gpu']}: "
+            + "; ".join(peaks)
+            + f"\n{hours}"
+            + "".join(f"\n{e}" for e in estimate["errors"][:2]),
+        )
+    Console(width=200).print(table)
+    return 0
+
+
 def cmd_export(args) -> int:
     from pathlib import Path
 
@@ -253,6 +308,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
     p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "reproduce",
+        help="run a published comparison (a preset under experiments/reproduce/) and put the "
+        "published numbers beside the reproduced ones",
+        epilog="arguments after -- go to snakemake, e.g. -- --dry-run",
+    )
+    p.add_argument("preset", nargs="?", help="a preset's name (see --list) or file")
+    p.add_argument(
+        "--list", action="store_true", help="the presets, what they need and what they published"
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resources",
+        action="store_true",
+        help="the published architecture with random weights: memory and speed, no download",
+    )
+    mode.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="a tiny model of the same family on the fixtures: the whole pipeline on a CPU",
+    )
+    p.add_argument(
+        "--steps", type=int, default=100, help="optimizer steps in --resources mode (default 100)"
+    )
+    p.add_argument("--gpu", help="--list: the GPU to estimate for (default: the published one)")
+    p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
+    p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser(
         "export",
         help="merge a finished run, convert it to GGUF (+ Ollama Modelfile) and check it",

@@ -99,6 +99,9 @@ def path_fields(exp: Experiment):
             value = getattr(data.files, split) if data.files else None
             if value:
                 yield f"datasets[{i}].files.{split}", value
+            source = getattr(data.splits, split) if data.splits else None
+            if source and source.path:
+                yield f"datasets[{i}].splits.{split}.path", source.path
     if exp.evaluation.lm_eval and exp.evaluation.lm_eval.include_path:
         yield "evaluation.lm_eval.include_path", exp.evaluation.lm_eval.include_path
 

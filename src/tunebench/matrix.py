@@ -242,7 +242,21 @@ def expand(exp: Experiment) -> list[RunConfig]:
     if not unique:
         raise MatrixError("exclude", "the matrix is empty: every run was excluded")
     exported_runs(exp, list(unique.values()))  # checks export.runs and export.best_by
+    referenced_runs(exp, list(unique.values()))  # checks reference.cells[].run
     return list(unique.values())
+
+
+def referenced_runs(exp: Experiment, runs: list[RunConfig]) -> list[list[RunConfig]]:
+    """The runs each reference cell compares with; each selector must match a run."""
+    if exp.reference is None:
+        return []
+    matched = []
+    for i, cell in enumerate(exp.reference.cells):
+        _check_selector(f"reference.cells[{i}].run", cell.run)
+        matched.append([r for r in runs if _matches(r, cell.run)])
+        if not matched[-1]:
+            raise MatrixError(f"reference.cells[{i}].run", f"matches no run: {cell.run}")
+    return matched
 
 
 def exported_runs(exp: Experiment, runs: list[RunConfig]) -> list[RunConfig]:

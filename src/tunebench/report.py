@@ -256,9 +256,11 @@ def seed_summary(configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_plots(table, configs, exp, root: Path, folder: Path, prefix: str = "") -> list[Path]:
-    """Each chart of the report as a PNG (the Pareto chart once per measure)."""
+    """Each chart of the report as a PNG (the Pareto chart once per measure). The folder is
+    made even when nothing can be drawn (every run failed): it is the rule's declared output."""
     from tunebench import charts, recommend
 
+    folder.mkdir(parents=True, exist_ok=True)
     metric, higher = recommend.ranking_metric(exp)
     made = []
     for axis in charts.MEASURES:

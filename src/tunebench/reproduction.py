@@ -18,47 +18,53 @@ import math
 import pandas as pd
 
 from tunebench.configurations import CUDA_MEMORY
+from tunebench.matrix import expand, referenced_runs
 from tunebench.spec import LOWER_IS_BETTER, RESOURCE_MEASURES, Experiment
 
 REHEARSAL = "rehearsal: not comparable"
 
 
+MEMORY_MEASURES = ("peak_memory_gb", "peak_memory_allocated_gb")
+# A run with random weights measures memory and speed; its quality means nothing.
+QUALITY_NOT_CLAIMED = "resources mode: quality not claimed"
+
+
 def _kind(measure: str) -> str:
-    if measure == "peak_memory_gb":
+    if measure in MEMORY_MEASURES:
         return "memory"
     return "time" if measure in RESOURCE_MEASURES else "quality"
 
 
-def _matching(configs: pd.DataFrame, selector: dict) -> pd.DataFrame:
-    keep = pd.Series(True, index=configs.index)
-    for key, value in selector.items():
-        keep &= configs[key] == value
-    return configs[keep & (configs["method"] != "base")]
+def _matching(configs: pd.DataFrame, runs: list) -> pd.DataFrame:
+    """The configurations (rows of comparison_by_config) that hold any of `runs`: selectors
+    match runs by every field a selector may name (label included), not only table columns."""
+    wanted = {run.run_id for run in runs}
+    holds = configs["run_ids"].map(lambda ids: bool(wanted.intersection(ids)))
+    return configs[holds & (configs["method"] != "base")]
 
 
 def _reproduced(table: pd.DataFrame, config_row: pd.Series, measure: str) -> float:
     """The configuration's value of `measure`: the mean over its finished seeds (peak memory
     only where it was measured on a GPU)."""
     runs = table[table["run_id"].isin(config_row["run_ids"]) & (table["status"] == "ok")]
-    if measure == "peak_memory_gb":
+    if measure in MEMORY_MEASURES:
         runs = runs[runs["memory_kind"] == CUDA_MEMORY]
     values = runs[measure].dropna() if measure in runs else pd.Series(dtype=float)
     return float(values.mean()) if len(values) else math.nan
 
 
-def compare(
-    table: pd.DataFrame, configs: pd.DataFrame, exp: Experiment, rehearsal: bool = False
-) -> pd.DataFrame:
+def compare(table: pd.DataFrame, configs: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
     """One row per reference cell: published | reproduced | delta | tolerance | verdict."""
     ref = exp.reference
+    rehearsal = ref.mode == "rehearsal"
     hardware = set(table.loc[table["method"] != "base", "accelerator"].dropna())
     same_gpu = hardware == {ref.hardware} or any(
         ref.hardware.lower() in h.lower() for h in hardware
     )
     rows, first_of = [], {}
-    for cell in ref.cells:
+    for cell, runs in zip(ref.cells, referenced_runs(exp, expand(exp)), strict=True):
         kind = _kind(cell.measure)
-        matched = _matching(configs, cell.run)
+        matched = _matching(configs, runs)
         row = {
             "configuration": ", ".join(matched["configuration"]) or str(cell.run),
             "measure": cell.measure,
@@ -66,7 +72,12 @@ def compare(
             "source": cell.source,
         }
         if len(matched) != 1:
-            rows.append(row | {"verdict": f"{len(matched)} configurations match {cell.run}"})
+            verdict = (
+                "not reproduced: no result"
+                if matched.empty
+                else f"{len(matched)} configurations match {cell.run}: name one"
+            )
+            rows.append(row | {"verdict": verdict})
             continue
         value = _reproduced(table, matched.iloc[0], cell.measure)
         published, compared = cell.value, "absolute" if kind == "quality" else "relative"
@@ -83,16 +94,15 @@ def compare(
                 "time": ref.time_tolerance,
             }[kind]
         )
-        if math.isnan(value):
-            delta, verdict = math.nan, "not reproduced: no result"
+        delta = value - published if compared == "absolute" else (value - published) / published
+        if ref.mode == "resources" and kind == "quality":
+            verdict = QUALITY_NOT_CLAIMED  # random weights: whatever was scored means nothing
+        elif math.isnan(value):
+            verdict = "not reproduced: no result"
+        elif rehearsal:
+            verdict = REHEARSAL
         else:
-            delta = (
-                value - published if compared == "absolute" else ((value - published) / published)
-            )
-            within = abs(delta) <= tolerance
-            verdict = (
-                REHEARSAL if rehearsal else ("within tolerance" if within else "outside tolerance")
-            )
+            verdict = "within tolerance" if abs(delta) <= tolerance else "outside tolerance"
         rows.append(
             row
             | {
@@ -110,17 +120,21 @@ def compare(
 
 
 def ranking_agreement(rows: pd.DataFrame) -> float:
-    """Spearman's correlation of published and reproduced quality (NaN under 3 cells)."""
+    """Spearman's correlation of published and reproduced quality (NaN under 3 comparable
+    cells)."""
     from scipy import stats
 
-    quality = rows[rows["measure"].map(_kind) == "quality"].dropna(subset=["reproduced"])
+    # Only comparable cells: a rehearsal's or a random-weight run's quality ranks nothing.
+    comparable = rows["verdict"].isin(["within tolerance", "outside tolerance"])
+    quality = rows[comparable & (rows["measure"].map(_kind) == "quality")]
     if len(quality) < 3:
         return math.nan
     return float(stats.spearmanr(quality["published"], quality["reproduced"]).statistic)
 
 
-def markdown(rows: pd.DataFrame, exp: Experiment, rehearsal: bool = False) -> str:
+def markdown(rows: pd.DataFrame, exp: Experiment) -> str:
     ref = exp.reference
+    rehearsal = ref.mode == "rehearsal"
     rho = ranking_agreement(rows)
     ran_on = ", ".join(rows.attrs.get("hardware", [])) or "nothing yet"
     lines = [
@@ -133,7 +147,13 @@ def markdown(rows: pd.DataFrame, exp: Experiment, rehearsal: bool = False) -> st
             else " The GPUs differ: memory and quality are "
             "compared directly, time and throughput as ratios to the first cell of each."
         )
-        + (f" **{REHEARSAL}**: a tiny stand-in model ran the pipeline." if rehearsal else ""),
+        + (f" **{REHEARSAL}**: a tiny stand-in model ran the pipeline." if rehearsal else "")
+        + (
+            " **Resources mode**: the published architecture with random weights; memory and "
+            "speed only."
+            if ref.mode == "resources"
+            else ""
+        ),
         "",
         rows.drop(columns=["source"]).to_markdown(index=False, floatfmt=".4g"),
         "",

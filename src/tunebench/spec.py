@@ -384,6 +384,42 @@ class SplitFiles(Strict):
     test: str = Field(description="held-out examples every run and baseline is scored on")
 
 
+class SplitSource(Strict):
+    """One split's rows from a source of its own: a hub dataset's split or a local file."""
+
+    hub: HubDataset | None = Field(None, description="a hub dataset; its split must be named")
+    path: str | None = Field(
+        None, description="a local file (.jsonl .json .csv .tsv .parquet), used whole"
+    )
+    rows: PositiveInt | None = Field(
+        None,
+        description="only the first N rows, in the source's order (e.g. the 20,000 MetaMathQA "
+        "rows PEFT's benchmark trains on); default all",
+    )
+    columns: dict[str, str] | None = Field(
+        None,
+        description="canonical field -> column for this source only (train and test sets of "
+        "different datasets name their columns differently); default: the dataset's columns",
+    )
+
+    @model_validator(mode="after")
+    def one_source(self):
+        one_of(self, ("hub", "path"))
+        if self.hub is not None and self.hub.split is None:
+            raise ValueError("hub.split: name the split this source reads, e.g. train or test")
+        return self
+
+
+class SplitSources(Strict):
+    """Each split from its own source, used as given: nothing is split off or moved."""
+
+    train: SplitSource = Field(description="the rows runs train on")
+    validation: SplitSource | None = Field(
+        None, description="validation rows (validation loss at the end of training)"
+    )
+    test: SplitSource = Field(description="held-out rows every run and baseline is scored on")
+
+
 class DatasetEvaluation(Strict):
     """How a dataset is scored. Not part of dataset keys or run ids: changing it re-scores only."""
 
@@ -413,7 +449,8 @@ class DatasetEvaluation(Strict):
 
 
 class DatasetSpec(Strict):
-    """Exactly one source: builtin, path (one file), files (one per split) or hub."""
+    """Exactly one source: builtin, path (one file), files (one per split), hub, or splits
+    (one source per split, e.g. train on one hub dataset and score on another's test split)."""
 
     name: Name = Field(description="how tables, run ids and selectors name this dataset")
     builtin: Literal["wordops"] | None = Field(
@@ -426,6 +463,11 @@ class DatasetSpec(Strict):
     )
     files: SplitFiles | None = Field(None, description="already split: one file per split")
     hub: HubDataset | None = Field(None, description="a hub dataset (datasets.load_dataset)")
+    splits: SplitSources | None = Field(
+        None,
+        description="one source per split (hub dataset or file), e.g. train: MetaMathQA, "
+        "test: GSM8K's test split",
+    )
     format: Literal[("auto", *FORMATS)] = Field(
         "auto",
         description="the rows' format; auto detects it from each row's fields (see README, "
@@ -498,7 +540,7 @@ class DatasetSpec(Strict):
 
     @model_validator(mode="after")
     def consistent(self):
-        one_of(self, ("builtin", "path", "files", "hub"))
+        one_of(self, ("builtin", "path", "files", "hub", "splits"))
         if self.test_fraction is not None and self.test_size is not None:
             raise ValueError("give test_fraction or test_size, not both")
         if self.validation_fraction is not None and self.validation_size is not None:
@@ -859,7 +901,15 @@ class Report(Strict):
 
 # What a published number can be compared with: a dataset metric or loss (quality), or a
 # resource measured by the run.
-RESOURCE_MEASURES = ("peak_memory_gb", "tokens_per_second", "train_seconds")
+RESOURCE_MEASURES = (
+    "peak_memory_gb",
+    "peak_memory_allocated_gb",
+    "tokens_per_second",
+    "train_seconds",
+)
+# How a reproduction ran (set by `tunebench reproduce`): at the published scale, the published
+# architecture with random weights (memory and speed only), or a tiny stand-in (never comparable).
+REPRODUCTION_MODES = ("full", "resources", "rehearsal")
 
 
 class ReferenceCell(Strict):
@@ -871,8 +921,8 @@ class ReferenceCell(Strict):
         "{method: lora, rank: 32}; its seeds are averaged",
     )
     measure: Literal[(*METRIC_NAMES, *LOWER_IS_BETTER, *RESOURCE_MEASURES)] = Field(
-        description="what is compared: a metric, a loss, peak_memory_gb (GPU, GiB), "
-        "tokens_per_second or train_seconds"
+        description="what is compared: a metric, a loss, peak_memory_gb (GPU, reserved, GiB), "
+        "peak_memory_allocated_gb (GPU, allocated, GiB), tokens_per_second or train_seconds"
     )
     value: float = Field(description="the published number, in the unit tunebench reports")
     source: str = Field(
@@ -907,6 +957,12 @@ class Reference(Strict):
         "first cell of the same measure when the hardware differs",
     )
     cells: list[ReferenceCell] = Field(min_length=1, description="the published numbers")
+    mode: Literal[REPRODUCTION_MODES] = Field(
+        "full",
+        description="set by `tunebench reproduce`: full (the published setting), resources "
+        "(random weights: memory and speed only, quality not claimed) or rehearsal (a tiny "
+        "stand-in model: never comparable)",
+    )
 
 
 class Experiment(Strict):

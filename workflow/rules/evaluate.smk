@@ -16,7 +16,7 @@ rule evaluate:
         **run_resources("evaluate"),
     params:
         job=evaluate_job,
-        evaluation=EXPERIMENT.evaluation.model_dump_json(),
+        evaluation=lambda w: EXPERIMENT.evaluation.model_dump_json(),
     shell:
         "tunebench stage evaluate --run {params.job[run]:q} --dataset {params.job[dataset]:q}"
         " --train-result {input.train} --run-dir {params.job[run_dir]}"
@@ -46,7 +46,7 @@ rule evaluate_base:
         model_dir=lambda w: base_model_dir(MODELS[w.model]),
         tokenized=lambda w: tokenized_dir(MODELS[w.model], DATASETS[w.dataset]),
         data=lambda w: data_dir(DATASETS[w.dataset]),
-        evaluation=EXPERIMENT.evaluation.model_dump_json(),
+        evaluation=lambda w: EXPERIMENT.evaluation.model_dump_json(),
         attention=EXPERIMENT.training.attention,
         attempt=attempt(layout.BASELINE_RESULT),
     shell:

@@ -40,7 +40,7 @@ rule export_best:
     resources:
         **SMALL_JOB,
     params:
-        experiment=EXPERIMENT.model_dump_json(),
+        experiment=lambda w: EXPERIMENT.model_dump_json(),
         # The results folder: exports/best/<dataset> is three levels below it.
         results=lambda w, output: str(Path(output[0]).parents[2]),
         work=lambda w: at_root(layout.EXPORT_WORK, name=f"best-{w.dataset}"),

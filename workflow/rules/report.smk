@@ -31,7 +31,9 @@ rule compile:
     resources:
         **SMALL_JOB,
     params:
-        experiment=EXPERIMENT.model_dump_json(),
+        # Functions, not strings: Snakemake expands braces in a string param as wildcards, and
+        # an experiment may hold braces (a Jinja template). The same in every rule.
+        experiment=lambda w: EXPERIMENT.model_dump_json(),
         root=lambda w, output: os.path.dirname(output[0]),
     shell:
         "tunebench stage compile-report --experiment {params.experiment:q}"

@@ -18,7 +18,7 @@ rule train:
         **run_resources("train"),
     params:
         job=train_job,
-        tracking=EXPERIMENT.tracking.model_dump_json(),
+        tracking=lambda w: EXPERIMENT.tracking.model_dump_json(),
     shell:
         "{params.job[tunebench]} stage train --run {params.job[run]:q}"
         " --model-dir={params.job[model_dir]:q} --tokenized {params.job[tokenized]}"

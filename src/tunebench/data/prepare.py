@@ -46,6 +46,11 @@ def load_records(spec: DatasetSpec, bad: list[str]) -> tuple[dict[str, Records] 
         return records, {
             "files": {s: {"path": p, "sha256": sha256_file(p)} for s, p in given.items()}
         }
+    if spec.splits is not None:
+        given = {s: getattr(spec.splits, s) for s in SPLITS if getattr(spec.splits, s)}
+        return {s: _read_split_source(source, skipped) for s, source in given.items()}, {
+            "splits": {s: _split_source_facts(source) for s, source in given.items()}
+        }
     hub = spec.hub
     facts = {"hub": hub.id, "config": hub.config, "revision": hub.revision}
     if hub.split:
@@ -63,12 +68,36 @@ def load_records(spec: DatasetSpec, bad: list[str]) -> tuple[dict[str, Records] 
     return sources.read_hub(hub.id, hub.config, "train", hub.revision), {**facts, "split": "train"}
 
 
-def normalise_all(records: Records, spec: DatasetSpec, counts: Counter, bad: list) -> list[dict]:
-    """Internal examples; a bad row raises, or with bad_rows: skip is counted and dropped."""
+def _read_split_source(source, skipped: list[str] | None) -> Records:
+    """A splits.<split> source's records, cut to its first `rows`."""
+    if source.path is not None:
+        records = sources.read_file(Path(source.path), skipped)
+    else:
+        hub = source.hub
+        records = sources.read_hub(hub.id, hub.config, hub.split, hub.revision)
+    return records[: source.rows]
+
+
+def _split_source_facts(source) -> dict:
+    facts = {"rows": source.rows}
+    if source.path is not None:
+        return facts | {"path": source.path, "sha256": sha256_file(source.path)}
+    return facts | source.hub.model_dump(mode="json")
+
+
+def normalise_all(
+    records: Records,
+    spec: DatasetSpec,
+    counts: Counter,
+    bad: list,
+    columns: dict[str, str] | None = None,
+) -> list[dict]:
+    """Internal examples; a bad row raises, or with bad_rows: skip is counted and dropped.
+    `columns`: a split source's own column map, instead of the dataset's."""
     examples = []
     for where, record in records:
         try:
-            examples.append(normalise_record(record, spec, where))
+            examples.append(normalise_record(record, spec, where, columns))
         except DataError as err:
             if spec.bad_rows == "error":
                 raise
@@ -77,8 +106,10 @@ def normalise_all(records: Records, spec: DatasetSpec, counts: Counter, bad: lis
     return examples
 
 
-def normalise_record(record: dict, spec: DatasetSpec, where: str) -> dict:
-    columns = spec.columns or None
+def normalise_record(
+    record: dict, spec: DatasetSpec, where: str, columns: dict[str, str] | None = None
+) -> dict:
+    columns = (spec.columns if columns is None else columns) or None
     fmt = formats.detect_format(record, columns, where) if spec.format == "auto" else spec.format
     return formats.normalise(record, fmt, columns, where, spec.system_prompt)
 
@@ -139,6 +170,11 @@ def check_leakage(splits: dict[str, list[dict]], spec: DatasetSpec, counts: Coun
             splits[name] = clean
 
 
+def _split_columns(spec: DatasetSpec, split_name: str) -> dict[str, str] | None:
+    source = getattr(spec.splits, split_name) if spec.splits else None
+    return source.columns if source is not None else None
+
+
 def prepare(spec: DatasetSpec, out_dir: Path) -> dict:
     bad: list[str] = []
     loaded, source = load_records(spec, bad)
@@ -147,7 +183,9 @@ def prepare(spec: DatasetSpec, out_dir: Path) -> dict:
         counts["read"] = sum(len(r) for r in loaded.values())
         splits = {
             name: deduplicate(
-                normalise_all(loaded.get(name, []), spec, counts, bad), counts, spec.deduplicate
+                normalise_all(loaded.get(name, []), spec, counts, bad, _split_columns(spec, name)),
+                counts,
+                spec.deduplicate,
             )
             for name in SPLITS
         }

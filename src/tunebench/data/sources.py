@@ -209,13 +209,22 @@ def _hub_error(dataset_id: str, what: str, err: Exception) -> DataError:
 
 def read_hub(dataset_id: str, config: str | None, split: str, revision: str | None) -> Located:
     """[(where, record)] for one split of a hub dataset (or a local dataset directory)."""
+    import tempfile
+
     import datasets  # slow to import; only hub datasets need it
 
-    try:
-        dataset = datasets.load_dataset(dataset_id, config, split=split, revision=revision)
-    except Exception as err:  # offline, missing, gated, unknown split...: all user-fixable
-        raise _hub_error(dataset_id, f"load split {split!r}", err) from err
-    records = [(f"{dataset_id}[{split}]:row {n}", row) for n, row in enumerate(dataset, 1)]
+    # A local folder gets a cache of its own for this one read: datasets 5.2 keys the cache of a
+    # local folder by its base name and card, so two folders named alike (or one edited since)
+    # can silently return the other's rows (seen with two "gsm8k" folders).
+    with tempfile.TemporaryDirectory(prefix="tunebench-local-dataset-") as fresh_cache:
+        cache_dir = fresh_cache if Path(dataset_id).is_dir() else None
+        try:
+            dataset = datasets.load_dataset(
+                dataset_id, config, split=split, revision=revision, cache_dir=cache_dir
+            )
+        except Exception as err:  # offline, missing, gated, unknown split...: all user-fixable
+            raise _hub_error(dataset_id, f"load split {split!r}", err) from err
+        records = [(f"{dataset_id}[{split}]:row {n}", row) for n, row in enumerate(dataset, 1)]
     if not records:
         raise DataError(f"{dataset_id}[{split}]: no records")
     return records

@@ -61,9 +61,15 @@ def tokenize_dataset(
 
 def load_split(tokenized_dir: Path, name: str):
     """A split as a `datasets.Dataset`, what trainers take."""
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
-    return Dataset.from_parquet(str(tokenized_dir / f"{name}.parquet"))
+    path = tokenized_dir / f"{name}.parquet"
+    if pq.read_metadata(path).num_rows == 0:
+        # datasets cannot build a split from an empty file ("corresponds to no data"): an
+        # empty validation split (validation_size: 0) is a legitimate choice.
+        return Dataset.from_dict({column: [] for column in COLUMNS})
+    return Dataset.from_parquet(str(path))
 
 
 def read_split(tokenized_dir: Path, name: str) -> list[dict]:
