@@ -206,7 +206,10 @@ def _rehearse(settings: dict, exp: Experiment, made: Path) -> list[str]:
     evaluation.update(max_examples=4, batch_size=4, lm_eval=None)
     evaluation["max_new_tokens"] = min(evaluation.get("max_new_tokens", 32), 32)
     settings.pop("resources", None)
-    changes.append("precision auto, 4 test examples, up to 32 new tokens, CPU resources")
+    changes.append(
+        "no gradient accumulation, precision auto, 4 test examples, up to 32 new tokens, "
+        "local CPU resources"
+    )
     return changes
 
 
