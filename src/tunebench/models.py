@@ -105,11 +105,13 @@ def load_base_model(
     """Load the untuned model; with `quant` (a BitsAndBytesConfig) in 4-bit for QLoRA.
     `attention`: the attention implementation (training.attention)."""
     kwargs = hub_kwargs(spec) | {"dtype": dtype, "attn_implementation": attention}
+    # One GPU per training process: this process's (LOCAL_RANK; 0 when training alone).
+    gpu = int(os.environ.get("LOCAL_RANK", "0"))
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs["device_map"] = {"": gpu} if torch.cuda.is_available() else {"": "cpu"}
     elif torch.cuda.is_available():
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": gpu}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)

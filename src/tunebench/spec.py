@@ -754,6 +754,28 @@ class AutoResources(Strict):
     cpus_per_gpu: PositiveInt | None = Field(None, description="CPU cores per GPU")
 
 
+class Distributed(Strict):
+    """How one run trains across processes. Not part of run ids: training.batch_size is the
+    global batch (each process takes its share), so the learning rate, the data each step sees
+    and the seed mean the same whatever the process count."""
+
+    processes: PositiveInt | None = Field(
+        None,
+        description="training processes per run, one per GPU (default: resources.train.gpus, "
+        "else 1); on a machine without GPUs, CPU processes talking over gloo (for testing: "
+        "the same code path)",
+    )
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="ddp: a full copy of the model per process, gradients averaged; fsdp: "
+        "parameters, gradients and optimizer states sharded over the processes (FSDP2, GPUs "
+        "only: accelerate shards CUDA process groups only); auto: ddp",
+    )
+    cpu_offload: bool = Field(
+        False, description="fsdp: keep the shards in host memory between uses (slower, less GPU)"
+    )
+
+
 class Resources(Strict):
     """What jobs may use. `threads` is also the torch thread count (Slurm: cpus per task)."""
 
@@ -799,6 +821,16 @@ class Resources(Strict):
         description="stop a step whose process memory (RSS) exceeds this, as an `oom` row: "
         "the CPU counterpart of a CUDA out-of-memory",
     )
+    distributed: Distributed = Field(
+        Distributed(), description="training each run across several processes (GPUs)"
+    )
+
+    def training_processes(self) -> int:
+        """Processes per training job: distributed.processes, else the GPUs a job asks for."""
+        if self.distributed.processes is not None:
+            return self.distributed.processes
+        gpus = self.train.gpus if isinstance(self.train, JobResources) else None
+        return gpus or 1
 
     @model_validator(mode="after")
     def predicted_oom_needs_a_size(self):
@@ -1009,6 +1041,22 @@ class Experiment(Strict):
                     f"report.metric {metric!r} is not scored on dataset(s) {unscored}: add it "
                     "to their evaluation.metrics or rank by another"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def batch_divides_among_processes(self):
+        processes = self.resources.training_processes()
+        if self.training.batch_size % processes:
+            raise ValueError(
+                f"training.batch_size {self.training.batch_size} does not divide among "
+                f"{processes} training processes (resources.distributed.processes or "
+                "resources.train.gpus): the global batch is shared evenly"
+            )
+        if self.resources.distributed.strategy == "fsdp" and processes < 2:
+            raise ValueError(
+                "resources.distributed.strategy: fsdp shards over two or more processes; set "
+                "resources.distributed.processes (or resources.train.gpus)"
+            )
         return self
 
     @model_validator(mode="after")

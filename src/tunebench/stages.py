@@ -160,10 +160,15 @@ def train(
     memory_limit_mb: int = 0,
     threads: int = 1,
     predicted_oom_mb: int = 0,
+    processes: int = 1,
+    strategy: str = "ddp",
+    cpu_offload: bool = False,
 ) -> dict:
     """Fine-tune one run of the matrix and record its result (a failure is a row).
     predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
-    predicted to fit, else it is recorded as `predicted_oom` without training."""
+    predicted to fit, else it is recorded as `predicted_oom` without training.
+    processes, strategy, cpu_offload: how many processes train the run, and how
+    (resources.distributed; see distributed.py)."""
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
@@ -180,10 +185,24 @@ def train(
         location = _require_inputs(run.model, model_dir, tokenized)
         if predicted_oom_mb:
             check_predicted_fit(run, location, predicted_oom_mb / 1024)
+        if processes > 1:
+            from tunebench import distributed
+
+            measured = distributed.launch(
+                run,
+                location,
+                tokenized,
+                run_dir,
+                tracking,
+                processes,
+                threads,
+                strategy,
+                cpu_offload,
+            )
+        else:
+            measured = train_run(run, location, tokenized, run_dir, tracking, ceiling)
         # Where the base came from: evaluation and `tunebench export` load the same one.
-        return train_run(run, location, tokenized, run_dir, tracking, ceiling) | {
-            "base_model": location
-        }
+        return measured | {"base_model": location}
 
     identity = {
         "run_id": run.run_id,

@@ -16,7 +16,7 @@ import torch
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from tunebench import measure, models, precision
+from tunebench import distributed, measure, models, precision
 from tunebench.callbacks import LossGuard, MemoryCeilingCallback, TrainingClock, training_clock
 from tunebench.data.tokenize import load_split
 from tunebench.matrix import RunConfig
@@ -62,7 +62,10 @@ def fit_length(dataset, max_length: int, too_long: str):
     return kept.remove_columns(["id", "prompt_length"]), over
 
 
-def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
+def sft_config(
+    run: RunConfig, out_dir: Path, report_to: str, sharding: dict | None = None
+) -> SFTConfig:
+    """`sharding`: FSDP settings (distributed.fsdp_config) when the run's processes shard it."""
     t = run.training
     dtype = models.training_dtype(t.precision)
     schedule = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.epochs}
@@ -75,7 +78,10 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         output_dir=str(out_dir),
         **schedule,
         **save,
-        per_device_train_batch_size=t.batch_size,
+        # training.batch_size is the global batch: each process takes its share.
+        per_device_train_batch_size=distributed.per_process_batch(
+            t.batch_size, distributed.world_size()
+        ),
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=run.learning_rate,
@@ -117,6 +123,8 @@ def sft_config(run: RunConfig, out_dir: Path, report_to: str) -> SFTConfig:
         # counts tokens other than the pad token (EOS), one fewer per example.
         restore_callback_states_from_checkpoint=True,
         include_num_input_tokens_seen="non_padding",
+        fsdp=sharding is not None,
+        fsdp_config=sharding,
     )
 
 
@@ -191,9 +199,11 @@ def train_run(
     run_dir: Path,
     tracking,
     ceiling: measure.MemoryCeiling | None = None,
+    sharding: dict | None = None,
 ) -> dict:
     """Train one run; save its adapter (or model) and tokenizer to run_dir/model. Returns the
-    run's measurements; raises on failure (see outcomes.status_of)."""
+    run's measurements; raises on failure (see outcomes.status_of). `sharding`: FSDP settings
+    when several processes shard the run (distributed.py)."""
     check_settings(run)
     set_seed(run.seed)
     measure.reset_peak_memory()
@@ -234,7 +244,7 @@ def train_run(
         callbacks.append(MemoryCeilingCallback(ceiling))
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(run, run_dir / "checkpoints", _tracking(tracking, run_dir)),
+        args=sft_config(run, run_dir / "checkpoints", _tracking(tracking, run_dir), sharding),
         train_dataset=train_set,
         processing_class=tokenizer,
         peft_config=peft_config,
@@ -247,6 +257,15 @@ def train_run(
     # data-order state restored (Trainer does all four) instead of starting again.
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints")
     output = trainer.train(resume_from_checkpoint=checkpoint)
+    if distributed.world_size() > 1:  # which wrapper trained it: the log shows DDP or FSDP
+        wrapped = trainer.model_wrapped
+        log.warning(
+            "rank %d of %d trained %s (parameters of this rank: %d)",
+            distributed.rank(),
+            distributed.world_size(),
+            type(wrapped).__name__,
+            sum(p.numel() for p in wrapped.parameters()),
+        )
     clock = training_clock(trainer)
     train_seconds = clock.seconds
     memory = measure.peak_memory()
@@ -258,8 +277,9 @@ def train_run(
         **memory,
     )
     val_loss = trainer.evaluate(val_set)["eval_loss"] if len(val_set) else None
-    trainer.save_model(str(run_dir / "model"))
-    tokenizer.save_pretrained(str(run_dir / "model"))
+    trainer.save_model(str(run_dir / "model"))  # by the first process only
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(run_dir / "model"))
     tokens = trainer.state.num_input_tokens_seen
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     measured = {

@@ -176,6 +176,13 @@ def _evaluate_settings(run_id):
     }
 
 
+# How each run trains across processes (resources.distributed): not part of run ids.
+TRAINING_PROCESSES = EXPERIMENT.resources.training_processes()
+STRATEGY = {"auto": "ddp"}.get(
+    EXPERIMENT.resources.distributed.strategy, EXPERIMENT.resources.distributed.strategy
+)
+
+
 def train_job(wildcards):
     """A train job's params: the run, its paths, its command and this step's attempt."""
     run = RUNS[wildcards.run_id]

@@ -19,10 +19,15 @@ rule train:
     params:
         job=train_job,
         tracking=lambda w: EXPERIMENT.tracking.model_dump_json(),
+        processes=TRAINING_PROCESSES,
+        strategy=STRATEGY,
+        cpu_offload=EXPERIMENT.resources.distributed.cpu_offload,
     shell:
         "{params.job[tunebench]} stage train --run {params.job[run]:q}"
         " --model-dir={params.job[model_dir]:q} --tokenized {params.job[tokenized]}"
         " --run-dir {params.job[run_dir]} --result {output}"
         " --tracking {params.tracking:q} --attempt={params.job[attempt]:q}"
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads}"
-        " --predicted-oom-mb {resources.predicted_oom_mb} > {log} 2>&1"
+        " --predicted-oom-mb {resources.predicted_oom_mb}"
+        " --processes {params.processes} --strategy {params.strategy}"
+        " --cpu-offload {params.cpu_offload} > {log} 2>&1"

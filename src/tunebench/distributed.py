@@ -1,0 +1,142 @@
+"""Training one run in several processes (resources.distributed.processes): one worker per GPU,
+or per CPU process with the gloo backend, started by torch.distributed's elastic launcher (what
+torchrun runs) from inside the train step, so the Snakemake rule stays one job per run.
+
+The launcher is called as a library rather than `torchrun ... tunebench stage train ...`:
+torchrun's own option parser claims abbreviations of the stage's options (`--run` is ambiguous
+with its `--run-path`). Each worker runs the same `train.train_run`; Trainer (through
+accelerate) sees RANK/WORLD_SIZE and wraps the model in DistributedDataParallel. The global
+batch is training.batch_size whatever the process count (each process takes its share), so a
+run's id and its optimisation do not depend on how many processes trained it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_worker() -> bool:
+    """Inside a process the launcher started (or torchrun)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """Each process's share of the global batch; the split must be even."""
+    if batch_size % processes:
+        raise ValueError(
+            f"training.batch_size {batch_size} does not divide among {processes} processes; "
+            "make it a multiple of resources.distributed.processes"
+        )
+    return batch_size // processes
+
+
+def fsdp_config(cpu_offload: bool) -> dict:
+    """Trainer's FSDP2 settings: every decoder layer its own shard unit (the model's
+    _no_split_modules), parameters resharded after forward, and a full state dict at save so
+    the saved model is an ordinary one."""
+    return {
+        "version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "reshard_after_forward": True,
+        "cpu_offload": cpu_offload,
+        "state_dict_type": "FULL_STATE_DICT",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(
+    threads: int,
+    run_json: str,
+    location: str,
+    tokenized: str,
+    run_dir: str,
+    tracking_json: str,
+    sharding: dict | None,
+):
+    """One process's training (a top-level function: the launcher pickles it)."""
+    import torch
+
+    from tunebench import measure
+    from tunebench.matrix import RunConfig
+    from tunebench.spec import Tracking
+    from tunebench.train import train_run
+
+    torch.set_num_threads(threads)
+    run = RunConfig.model_validate_json(run_json)
+    measured = train_run(
+        run,
+        location,
+        Path(tokenized),
+        Path(run_dir),
+        Tracking.model_validate_json(tracking_json),
+        sharding=sharding,
+    )
+    # Every rank's own peak (the table shows the largest; the result keeps all).
+    return measured | {"rank": rank(), **measure.peak_memory()}
+
+
+def launch(
+    run,
+    location: str,
+    tokenized: Path,
+    run_dir: Path,
+    tracking,
+    processes: int,
+    threads: int,
+    strategy: str = "ddp",
+    cpu_offload: bool = False,
+) -> dict:
+    """Train `run` in `processes` local workers with `strategy` (ddp: a full copy per process;
+    fsdp: parameters, gradients and optimizer states sharded). Rank 0's measurements, with
+    every rank's peak memory and the world size. A failed worker raises (the launcher stops
+    the others)."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        run_id=run.run_id,
+        max_restarts=0,
+        monitor_interval=1,
+    )
+    returned = elastic_launch(config, _worker)(
+        max(1, threads // processes),
+        run.model_dump_json(),
+        location,
+        str(tokenized),
+        str(run_dir),
+        tracking.model_dump_json(),
+        fsdp_config(cpu_offload) if strategy == "fsdp" else None,
+    )
+    by_rank = [returned[r] for r in sorted(returned)]
+    first = dict(by_rank[0])
+    first.pop("rank", None)
+    peaks = [r["peak_memory_gb"] for r in by_rank]
+    return first | {
+        "world_size": processes,
+        "strategy": strategy,
+        "peak_memory_gb": max(peaks),
+        "peak_memory_gb_per_rank": peaks,
+    }
