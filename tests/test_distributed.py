@@ -3,6 +3,13 @@ the same global batch gives the single-process loss curve; bad settings fail at 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from conftest import tiny_experiment
 from test_training import METHODS, run_for, train
@@ -40,16 +47,76 @@ def test_two_processes_reproduce_the_single_process_loss_curve(
     assert (tmp_path / "two" / "model").is_dir()
 
 
+UNSLOTH_LORA = {"method": "lora", "ranks": [4], "backend": "unsloth", "learning_rate": 1e-3}
+
+
 @pytest.mark.parametrize(
-    ("resources", "batch_size", "message"),
+    ("resources", "methods", "message"),
     [
-        ({"distributed": {"processes": 3}}, 8, "batch_size 8 does not divide among 3"),
-        ({"train": {"gpus": 3}}, 8, "batch_size 8 does not divide among 3"),
-        ({"distributed": {"strategy": "fsdp"}}, 8, "fsdp shards over two or more"),
+        ({"distributed": {"processes": 3}}, None, "batch_size 8 does not divide among 3"),
+        ({"train": {"gpus": 3}}, None, "batch_size 8 does not divide among 3"),
+        ({"distributed": {"strategy": "fsdp"}}, None, "fsdp shards over two or more"),
+        ({"distributed": {"processes": 2}}, [UNSLOTH_LORA], "backend unsloth, which trains"),
     ],
 )
-def test_distributed_settings_are_checked_at_validation(resources, batch_size, message):
+def test_distributed_settings_are_checked_at_validation(resources, methods, message):
     exp = tiny_experiment(resources=resources)
-    exp["training"]["batch_size"] = batch_size
+    exp["training"]["batch_size"] = 8
+    if methods:
+        exp["methods"] = methods
     with pytest.raises(ExperimentError, match=message):
         validate_data(exp)
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_from_its_checkpoint_and_ends_the_same(
+    tiny_model, tiny_data, tmp_path
+):
+    """The whole job killed at once, as Slurm kills a job's processes: the launcher and both
+    workers. Rerun with two processes, it resumes from rank 0's checkpoint (with each rank's
+    RNG state) and ends where an uninterrupted run ends."""
+    _, model_dir = tiny_model
+    _, _, tokenized = tiny_data
+    run = run_for(METHODS["lora"], max_steps=120, batch_size=8, save_steps=20, logging_steps=10)
+    whole = train(run, model_dir, tokenized, tmp_path / "whole", threads=2, processes=2)
+    assert whole["status"] == "ok", whole["reason"]
+
+    killed = tmp_path / "killed"
+    command = [
+        str(Path(sys.executable).parent / "tunebench"),
+        "stage",
+        "train",
+        "--run",
+        run.model_dump_json(),
+        f"--model-dir={model_dir}",
+        "--tokenized",
+        str(tokenized),
+        "--run-dir",
+        str(killed),
+        "--result",
+        str(killed / "result.json"),
+        "--tracking",
+        "{}",
+        "--threads",
+        "2",
+        "--processes",
+        "2",
+    ]
+    job = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    first_checkpoint = killed / "checkpoints" / "checkpoint-20" / "trainer_state.json"
+    deadline = time.time() + 180
+    while not first_checkpoint.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert first_checkpoint.is_file()
+    assert not (killed / "result.json").exists()
+
+    resumed = train(run, model_dir, tokenized, killed, threads=2, processes=2)
+    assert resumed["status"] == "ok", resumed["reason"]
+    assert resumed["resumed_from_step"] >= 20 and resumed["steps"] == 120
+    assert resumed["world_size"] == 2
+    assert resumed["train_loss_last"] == pytest.approx(whole["train_loss_last"], rel=1e-4)
+    assert resumed["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-4)

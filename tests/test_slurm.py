@@ -162,6 +162,38 @@ def test_the_matrix_runs_on_slurm_and_a_cancelled_job_resumes(cluster, tmp_path)
     assert job in {p.stem for p in logs.glob("*.log")}
 
 
+def test_a_two_gpu_job_trains_its_run_in_two_processes(cluster, tmp_path):
+    """One Slurm task holding both (fake) GPUs; the train step starts one process per GPU
+    inside it (gloo here: the GPUs are fake), and the result says so."""
+    exp = tiny_experiment(methods=[{"method": "lora", "ranks": [4], "learning_rate": 5e-3}])
+    exp["training"].update(max_steps=20)
+    exp["resources"] = {
+        "threads": 2,
+        "train": {"gpus": 2, "gpu_model": "fake", "mem_gb": 3, "runtime_minutes": 20},
+        "evaluate": {"mem_gb": 2, "runtime_minutes": 20},
+        "default": {"mem_gb": 2, "runtime_minutes": 20},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    out = tunebench_slurm(tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (result,) = (tmp_path / "results" / "tiny" / "runs").glob("*/train/result.json")
+    trained = json.loads(result.read_text())
+    assert trained["status"] == "ok" and trained["world_size"] == 2
+    assert len(trained["peak_memory_gb_per_rank"]) == 2
+    accounting = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-S", "now-1hour", "-o", "Comment,AllocTRES"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (line,) = [
+        line
+        for line in accounting.splitlines()
+        if "rule_train_wildcards_" in line and trained["run_id"] in line
+    ]
+    assert "gres/gpu=2" in line
+
+
 def test_cancelled_states_are_normalised_for_the_plugin():
     """The plugin compares states exactly; "CANCELLED by 0" must read as "CANCELLED"."""
     import asyncio

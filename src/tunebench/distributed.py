@@ -109,8 +109,15 @@ def launch(
     fsdp: parameters, gradients and optimizer states sharded). Rank 0's measurements, with
     every rank's peak memory and the world size. A failed worker raises (the launcher stops
     the others)."""
+    import torch
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise ValueError(
+            f"{processes} training processes, one per GPU, but this node has "
+            f"{torch.cuda.device_count()} GPUs; ask the job for as many GPUs as processes "
+            "(resources.train.gpus) or fewer processes (resources.distributed.processes)"
+        )
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

@@ -90,12 +90,18 @@ def disable_cpu_bf16_repacking(model) -> int:
     return patched
 
 
-def quantization_config(quant_type: str, double_quant: bool, compute_dtype: str):
+def quantization_config(
+    quant_type: str, double_quant: bool, compute_dtype: str, sharded: bool = False
+):
+    """`sharded`: FSDP will shard the 4-bit weights, which it can only do when they are stored
+    in the same (floating-point) dtype as the rest of the model (PEFT's FSDP+QLoRA guide)."""
+    storage = {"bnb_4bit_quant_storage": DTYPES[compute_dtype]} if sharded else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant_type,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=DTYPES[compute_dtype],
+        **storage,
     )
 
 

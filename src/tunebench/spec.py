@@ -1052,6 +1052,12 @@ class Experiment(Strict):
                 f"{processes} training processes (resources.distributed.processes or "
                 "resources.train.gpus): the global batch is shared evenly"
             )
+        unsloth = [m.label or m.method for m in self.methods if "unsloth" in m.backend]
+        if processes > 1 and unsloth:
+            raise ValueError(
+                f"methods {unsloth} use backend unsloth, which trains on one GPU: with "
+                f"{processes} training processes use backend hf (or one process)"
+            )
         if self.resources.distributed.strategy == "fsdp" and processes < 2:
             raise ValueError(
                 "resources.distributed.strategy: fsdp shards over two or more processes; set "

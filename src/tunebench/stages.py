@@ -160,7 +160,8 @@ def train(
     memory_limit_mb: int = 0,
     threads: int = 1,
     predicted_oom_mb: int = 0,
-    processes: int = 1,
+    processes: int = 0,
+    gpus: int = 0,
     strategy: str = "ddp",
     cpu_offload: bool = False,
 ) -> dict:
@@ -168,7 +169,8 @@ def train(
     predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
     predicted to fit, else it is recorded as `predicted_oom` without training.
     processes, strategy, cpu_offload: how many processes train the run, and how
-    (resources.distributed; see distributed.py)."""
+    (resources.distributed; see distributed.py); processes 0: one per GPU of the job (`gpus`)."""
+    processes = processes or max(gpus, 1)
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them

@@ -214,7 +214,9 @@ def train_run(
     dtype = models.training_dtype(run.training.precision)
     quant = None
     if run.method == "qlora":
-        quant = models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
+        quant = models.quantization_config(
+            run.quant_type, run.double_quant, run.compute_dtype, sharded=sharding is not None
+        )
         dtype = models.DTYPES[run.compute_dtype]
     half = dtype in (torch.bfloat16, torch.float16)
     if half and not torch.cuda.is_available() and not precision.has_native_bf16():

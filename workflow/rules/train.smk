@@ -29,5 +29,5 @@ rule train:
         " --tracking {params.tracking:q} --attempt={params.job[attempt]:q}"
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads}"
         " --predicted-oom-mb {resources.predicted_oom_mb}"
-        " --processes {params.processes} --strategy {params.strategy}"
+        " --processes {params.processes} --gpus {resources.gpu} --strategy {params.strategy}"
         " --cpu-offload {params.cpu_offload} > {log} 2>&1"
