@@ -37,7 +37,8 @@ def test_two_processes_reproduce_the_single_process_loss_curve(
     alone = train(run, model_dir, tokenized, tmp_path / "one")
     shared = train(run, model_dir, tokenized, tmp_path / "two", threads=2, processes=2)
     assert alone["status"] == shared["status"] == "ok", shared["reason"]
-    assert shared["world_size"] == 2 and shared["strategy"] == "ddp"
+    assert shared["world_size"] == 2 and shared["strategy"] == "ddp"  # auto, on a CPU
+    assert shared["strategy_reason"].startswith("no GPU")
     assert len(shared["peak_memory_gb_per_rank"]) == 2
     assert shared["peak_memory_gb"] == max(shared["peak_memory_gb_per_rank"])
     assert shared["steps"] == alone["steps"] == 12
@@ -120,3 +121,28 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint_and_ends_the_same(
     assert resumed["world_size"] == 2
     assert resumed["train_loss_last"] == pytest.approx(whole["train_loss_last"], rel=1e-4)
     assert resumed["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(("gpu_gib", "expected"), [(80, "ddp"), (0.001, "fsdp")])
+def test_auto_shards_a_run_whose_whole_copy_would_not_fit_one_gpu(
+    gpu_gib, expected, tiny_model, monkeypatch
+):
+    """The decision auto makes on a GPU node, from the estimator's real single-GPU prediction;
+    only the node's GPU (absent here) is stood in for."""
+    import types
+
+    import torch
+
+    from tunebench import distributed
+
+    _, model_dir = tiny_model
+    run = run_for(METHODS["full"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda _: types.SimpleNamespace(total_memory=int(gpu_gib * 1024**3)),
+    )
+    strategy, why = distributed.choose_strategy(run, str(model_dir), processes=2)
+    assert strategy == expected and "predicted to need" in why
+    assert distributed.choose_strategy(run, str(model_dir), processes=1)[0] == "ddp"

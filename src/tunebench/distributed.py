@@ -44,6 +44,30 @@ def per_process_batch(batch_size: int, processes: int) -> int:
     return batch_size // processes
 
 
+# auto picks FSDP when one GPU would be fuller than this with a whole copy of the run (the
+# estimator's "tight" threshold: allocator fragmentation and workspaces live above it).
+FULL_COPY_LIMIT = 0.9
+
+
+def choose_strategy(run, model_location: str, processes: int) -> tuple[str, str]:
+    """resources.distributed.strategy: auto -> (ddp or fsdp, why): DDP while a whole copy of the
+    run (the estimator's single-GPU peak) fits one of this node's GPUs, else FSDP."""
+    import torch
+
+    if processes < 2:
+        return "ddp", "one process"
+    if not torch.cuda.is_available():
+        return "ddp", "no GPU (FSDP shards CUDA process groups only)"
+    from tunebench.estimate.runs import estimate_run
+    from tunebench.measure import GIB
+    from tunebench.train import model_config
+
+    peak = estimate_run(run, model_config(run, model_location), [])["predicted_peak_gb"]
+    gpu = torch.cuda.get_device_properties(local_rank()).total_memory / GIB
+    why = f"one copy of the run is predicted to need {peak:.1f} GiB of a {gpu:.0f} GiB GPU"
+    return ("fsdp" if peak > FULL_COPY_LIMIT * gpu else "ddp"), why
+
+
 def fsdp_config(cpu_offload: bool) -> dict:
     """Trainer's FSDP2 settings: every decoder layer its own shard unit (the model's
     _no_split_modules), parameters resharded after forward, and a full state dict at save so
@@ -102,14 +126,18 @@ def launch(
     tracking,
     processes: int,
     threads: int,
-    strategy: str = "ddp",
+    strategy: str = "auto",
     cpu_offload: bool = False,
 ) -> dict:
     """Train `run` in `processes` local workers with `strategy` (ddp: a full copy per process;
-    fsdp: parameters, gradients and optimizer states sharded). Rank 0's measurements, with
-    every rank's peak memory and the world size. A failed worker raises (the launcher stops
-    the others)."""
+    fsdp: parameters, gradients and optimizer states sharded; auto: choose_strategy). Rank 0's
+    measurements, with every rank's peak memory, the world size and the strategy (and why). A
+    failed worker raises (the launcher stops the others)."""
     import torch
+
+    why = "resources.distributed.strategy"
+    if strategy == "auto":
+        strategy, why = choose_strategy(run, location, processes)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if torch.cuda.is_available() and processes > torch.cuda.device_count():
@@ -144,6 +172,7 @@ def launch(
     return first | {
         "world_size": processes,
         "strategy": strategy,
+        "strategy_reason": why,
         "peak_memory_gb": max(peaks),
         "peak_memory_gb_per_rank": peaks,
     }

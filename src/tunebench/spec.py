@@ -769,7 +769,8 @@ class Distributed(Strict):
         "auto",
         description="ddp: a full copy of the model per process, gradients averaged; fsdp: "
         "parameters, gradients and optimizer states sharded over the processes (FSDP2, GPUs "
-        "only: accelerate shards CUDA process groups only); auto: ddp",
+        "only: accelerate shards CUDA process groups only); auto: ddp while the estimator "
+        "predicts a whole copy of the run fits 90% of one of the node's GPUs, else fsdp",
     )
     cpu_offload: bool = Field(
         False, description="fsdp: keep the shards in host memory between uses (slower, less GPU)"

@@ -162,7 +162,7 @@ def train(
     predicted_oom_mb: int = 0,
     processes: int = 0,
     gpus: int = 0,
-    strategy: str = "ddp",
+    strategy: str = "auto",
     cpu_offload: bool = False,
 ) -> dict:
     """Fine-tune one run of the matrix and record its result (a failure is a row).

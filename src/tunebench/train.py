@@ -148,7 +148,7 @@ def check_settings(run: RunConfig) -> None:
         )
 
 
-def _model_config(run: RunConfig, model_location: str):
+def model_config(run: RunConfig, model_location: str):
     """The base model's configuration, for the estimator (the weights are not read)."""
     from transformers import AutoConfig
 
@@ -160,7 +160,7 @@ def check_predicted_fit(run: RunConfig, model_location: str, limit_gb: float) ->
     is a `predicted_oom` row, and no GPU time is spent on it."""
     from tunebench.estimate.runs import estimate_run
 
-    predicted = estimate_run(run, _model_config(run, model_location), [])
+    predicted = estimate_run(run, model_config(run, model_location), [])
     if predicted["predicted_peak_gb"] > limit_gb:
         raise StageFailure(
             f"predicted peak GPU memory {predicted['predicted_peak_gb']:.1f} GiB exceeds "
@@ -180,7 +180,7 @@ def predicted_vs_measured(run: RunConfig, model_location: str, measured: dict) -
         from tunebench.estimate.gpus import find
         from tunebench.estimate.runs import estimate_run, measured_against
 
-        config = _model_config(run, model_location)
+        config = model_config(run, model_location)
         gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         gpus = []
         if gpu_name:

@@ -179,9 +179,7 @@ def _evaluate_settings(run_id):
 # How each run trains across processes (resources.distributed): not part of run ids. 0: one
 # process per GPU of the job (its `gpu` resource, overrides included).
 TRAINING_PROCESSES = EXPERIMENT.resources.distributed.processes or 0
-STRATEGY = {"auto": "ddp"}.get(
-    EXPERIMENT.resources.distributed.strategy, EXPERIMENT.resources.distributed.strategy
-)
+STRATEGY = EXPERIMENT.resources.distributed.strategy
 
 
 def train_job(wildcards):
