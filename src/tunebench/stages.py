@@ -160,8 +160,7 @@ def train(
     memory_limit_mb: int = 0,
     threads: int = 1,
     predicted_oom_mb: int = 0,
-    processes: int = 0,
-    gpus: int = 0,
+    processes: int = 1,
     strategy: str = "auto",
     cpu_offload: bool = False,
 ) -> dict:
@@ -169,8 +168,7 @@ def train(
     predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
     predicted to fit, else it is recorded as `predicted_oom` without training.
     processes, strategy, cpu_offload: how many processes train the run, and how
-    (resources.distributed; see distributed.py); processes 0: one per GPU of the job (`gpus`)."""
-    processes = processes or max(gpus, 1)
+    (resources.distributed; see distributed.py)."""
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them

@@ -176,10 +176,19 @@ def _evaluate_settings(run_id):
     }
 
 
-# How each run trains across processes (resources.distributed): not part of run ids. 0: one
-# process per GPU of the job (its `gpu` resource, overrides included).
-TRAINING_PROCESSES = EXPERIMENT.resources.distributed.processes or 0
+# How each run trains across processes (resources.distributed): not part of run ids.
 STRATEGY = EXPERIMENT.resources.distributed.strategy
+
+
+def training_processes(run_id):
+    """resources.distributed.processes, else one per GPU of the run's training job (overrides
+    and `train: auto` included)."""
+    res = EXPERIMENT.resources
+    if res.distributed.processes:
+        return res.distributed.processes
+    if not res.overrides and res.train != "auto":
+        return max(res.train.gpus or 0, 1)
+    return max(_run_resources("train", run_id)["gpu"], 1)
 
 
 def train_job(wildcards):
@@ -188,6 +197,7 @@ def train_job(wildcards):
     return _train_settings(wildcards.run_id) | {
         "tunebench": tunebench_command(run.backend),
         "attempt": attempt_of(layout.TRAIN_RESULT, wildcards),
+        "processes": training_processes(wildcards.run_id),
     }
 
 

@@ -19,7 +19,6 @@ rule train:
     params:
         job=train_job,
         tracking=lambda w: EXPERIMENT.tracking.model_dump_json(),
-        processes=TRAINING_PROCESSES,
         strategy=STRATEGY,
         cpu_offload=EXPERIMENT.resources.distributed.cpu_offload,
     shell:
@@ -29,5 +28,5 @@ rule train:
         " --tracking {params.tracking:q} --attempt={params.job[attempt]:q}"
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads}"
         " --predicted-oom-mb {resources.predicted_oom_mb}"
-        " --processes {params.processes} --gpus {resources.gpu} --strategy {params.strategy}"
+        " --processes {params.job[processes]} --strategy {params.strategy}"
         " --cpu-offload {params.cpu_offload} > {log} 2>&1"
