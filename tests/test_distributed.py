@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import tiny_experiment
+from test_robustness import train_command
 from test_training import METHODS, run_for, train
 
 from tunebench.experiment import ExperimentError, validate_data
@@ -83,26 +82,7 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint_and_ends_the_same(
     assert whole["status"] == "ok", whole["reason"]
 
     killed = tmp_path / "killed"
-    command = [
-        str(Path(sys.executable).parent / "tunebench"),
-        "stage",
-        "train",
-        "--run",
-        run.model_dump_json(),
-        f"--model-dir={model_dir}",
-        "--tokenized",
-        str(tokenized),
-        "--run-dir",
-        str(killed),
-        "--result",
-        str(killed / "result.json"),
-        "--tracking",
-        "{}",
-        "--threads",
-        "2",
-        "--processes",
-        "2",
-    ]
+    command = train_command(run, model_dir, tokenized, killed, "--threads", "2", "--processes", "2")
     job = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

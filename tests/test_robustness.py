@@ -20,6 +20,27 @@ from tunebench.io import read_json
 BIN = Path(sys.executable).parent
 
 
+def train_command(run, model_dir, tokenized, run_dir: Path, *options: str) -> list[str]:
+    """The train stage's command line, as the workflow runs it, for a process to kill."""
+    return [
+        str(BIN / "tunebench"),
+        "stage",
+        "train",
+        "--run",
+        run.model_dump_json(),
+        f"--model-dir={model_dir}",
+        "--tokenized",
+        str(tokenized),
+        "--run-dir",
+        str(run_dir),
+        "--result",
+        str(run_dir / "result.json"),
+        "--tracking",
+        "{}",
+        *options,
+    ]
+
+
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
     tiny_model, tiny_data, tmp_path
 ):
@@ -30,24 +51,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
     assert whole["status"] == "ok" and whole["resumed_from_step"] is None
 
     killed = tmp_path / "killed"
-    command = [
-        str(BIN / "tunebench"),
-        "stage",
-        "train",
-        "--run",
-        run.model_dump_json(),
-        f"--model-dir={model_dir}",
-        "--tokenized",
-        str(tokenized),
-        "--run-dir",
-        str(killed),
-        "--result",
-        str(killed / "result.json"),
-        "--tracking",
-        "{}",
-        "--threads",
-        "1",
-    ]
+    command = train_command(run, model_dir, tokenized, killed, "--threads", "1")
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     first_checkpoint = killed / "checkpoints" / "checkpoint-20" / "trainer_state.json"

@@ -29,11 +29,6 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def is_worker() -> bool:
-    """Inside a process the launcher started (or torchrun)."""
-    return "LOCAL_RANK" in os.environ
-
-
 def per_process_batch(batch_size: int, processes: int) -> int:
     """Each process's share of the global batch; the split must be even."""
     if batch_size % processes:
@@ -115,7 +110,7 @@ def _worker(
         sharding=sharding,
     )
     # Every rank's own peak (the table shows the largest; the result keeps all).
-    return measured | {"rank": rank(), **measure.peak_memory()}
+    return measured | measure.peak_memory()
 
 
 def launch(
@@ -134,10 +129,6 @@ def launch(
     measurements, with every rank's peak memory, the world size and the strategy (and why). A
     failed worker raises (the launcher stops the others)."""
     import torch
-
-    why = "resources.distributed.strategy"
-    if strategy == "auto":
-        strategy, why = choose_strategy(run, location, processes)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if torch.cuda.is_available() and processes > torch.cuda.device_count():
@@ -146,6 +137,9 @@ def launch(
             f"{torch.cuda.device_count()} GPUs; ask the job for as many GPUs as processes "
             "(resources.train.gpus) or fewer processes (resources.distributed.processes)"
         )
+    why = "resources.distributed.strategy"
+    if strategy == "auto":
+        strategy, why = choose_strategy(run, location, processes)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -165,11 +159,10 @@ def launch(
         tracking.model_dump_json(),
         fsdp_config(cpu_offload) if strategy == "fsdp" else None,
     )
+    # elastic_launch returns each worker's value by its rank.
     by_rank = [returned[r] for r in sorted(returned)]
-    first = dict(by_rank[0])
-    first.pop("rank", None)
     peaks = [r["peak_memory_gb"] for r in by_rank]
-    return first | {
+    return by_rank[0] | {
         "world_size": processes,
         "strategy": strategy,
         "strategy_reason": why,

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from tunebench import distributed
 from tunebench.outcomes import ModelNotFound
 from tunebench.spec import ModelSpec
 
@@ -111,8 +112,8 @@ def load_base_model(
     """Load the untuned model; with `quant` (a BitsAndBytesConfig) in 4-bit for QLoRA.
     `attention`: the attention implementation (training.attention)."""
     kwargs = hub_kwargs(spec) | {"dtype": dtype, "attn_implementation": attention}
-    # One GPU per training process: this process's (LOCAL_RANK; 0 when training alone).
-    gpu = int(os.environ.get("LOCAL_RANK", "0"))
+    # One GPU per training process: this process's (0 when training alone).
+    gpu = distributed.local_rank()
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": gpu} if torch.cuda.is_available() else {"": "cpu"}

@@ -78,18 +78,9 @@ def names() -> list[str]:
 def needs(exp: Experiment) -> dict:
     """What running a preset at full scale takes: hub models and datasets, and what the study
     published (its measures and hardware)."""
-    datasets = []
-    for data in exp.datasets:
-        if data.hub is not None:
-            datasets.append(_hub_name(data.hub))
-        elif data.splits is not None:
-            for split in ("train", "validation", "test"):
-                source = getattr(data.splits, split)
-                if source is not None and source.hub is not None:
-                    datasets.append(_hub_name(source.hub))
     return {
         "models": [m.hub or m.path or m.name for m in exp.models],
-        "datasets": list(dict.fromkeys(datasets)),
+        "datasets": list(dict.fromkeys(_hub_name(hub) for hub in _hub_sources(exp))),
         "study": exp.reference.study,
         "hardware": exp.reference.hardware,
         "measures": sorted({c.measure for c in exp.reference.cells}),
@@ -221,18 +212,16 @@ def _resources(settings: dict, exp: Experiment, made: Path, steps: int) -> list[
     training.pop("epochs", None)
     changes.append(f"training.max_steps {published_steps or 'epochs'} -> {training['max_steps']}")
     texts = _fixture_texts(exp)
-    tokenizers = {}
     for i, model in enumerate(exp.models):
         folder = made / model.name
         family = _build_model(model, folder, texts, tiny=False)
-        tokenizers[model.name] = folder
         settings["models"][i] = {"name": model.name, "path": str(folder)}
         changes.append(f"model {model.name}: its {family} architecture with random weights")
     rows = training["max_steps"] * training.get("batch_size", 1)
     rows *= training.get("gradient_accumulation", 1)
-    data_dir = made / "data"
-    first_tokenizer = next(iter(tokenizers.values()))
-    files = _full_length_rows(first_tokenizer, texts, training["max_length"], rows, data_dir)
+    # Every stand-in's tokenizer is trained on the same fixtures: any one measures the rows.
+    tokenizer_dir = made / exp.models[0].name
+    files = _full_length_rows(tokenizer_dir, texts, training["max_length"], rows, made / "data")
     for i, data in enumerate(exp.datasets):
         settings["datasets"][i] = {
             "name": data.name,
@@ -253,16 +242,12 @@ def _resources(settings: dict, exp: Experiment, made: Path, steps: int) -> list[
 
 def _fixture_texts(exp: Experiment) -> list[str]:
     """Every string in the fixtures the preset's datasets use: the stand-in tokenizer's corpus."""
+    from tunebench.data.sources import read_file
+
     texts = []
     for hub_id in sorted({h.id for h in _hub_sources(exp)}):
-        folder = _fixture(hub_id)
-        for path in sorted(folder.rglob("*.json*")):
-            rows = (
-                [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-                if path.suffix == ".jsonl"
-                else json.loads(path.read_text())
-            )
-            for row in rows:
+        for path in sorted(_fixture(hub_id).rglob("*.json*")):
+            for _, row in read_file(path):
                 texts += [str(v) for v in row.values()]
     return texts
 

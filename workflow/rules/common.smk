@@ -176,18 +176,13 @@ def _evaluate_settings(run_id):
     }
 
 
-# How each run trains across processes (resources.distributed): not part of run ids.
-STRATEGY = EXPERIMENT.resources.distributed.strategy
-
-
 def training_processes(run_id):
-    """resources.distributed.processes, else one per GPU of the run's training job (overrides
-    and `train: auto` included)."""
+    """How many processes train a run (resources.distributed; not part of run ids): as the
+    experiment says, unless the GPUs of its training job differ per run (overrides, `train:
+    auto`): then one per GPU of its own job."""
     res = EXPERIMENT.resources
-    if res.distributed.processes:
-        return res.distributed.processes
-    if not res.overrides and res.train != "auto":
-        return max(res.train.gpus or 0, 1)
+    if res.distributed.processes or (not res.overrides and res.train != "auto"):
+        return res.training_processes()
     return max(_run_resources("train", run_id)["gpu"], 1)
 
 

@@ -19,7 +19,7 @@ rule train:
     params:
         job=train_job,
         tracking=lambda w: EXPERIMENT.tracking.model_dump_json(),
-        strategy=STRATEGY,
+        strategy=EXPERIMENT.resources.distributed.strategy,
         cpu_offload=EXPERIMENT.resources.distributed.cpu_offload,
     shell:
         "{params.job[tunebench]} stage train --run {params.job[run]:q}"
