@@ -52,7 +52,7 @@ def choose_strategy(run, model_location: str, processes: int) -> tuple[str, str]
     if processes < 2:
         return "ddp", "one process"
     if not torch.cuda.is_available():
-        return "ddp", "no GPU (FSDP shards CUDA process groups only)"
+        return "ddp", "no GPU memory to fit: a whole copy per CPU process is the fastest"
     from tunebench.estimate.runs import estimate_run
     from tunebench.measure import GIB
     from tunebench.train import model_config
@@ -65,15 +65,48 @@ def choose_strategy(run, model_location: str, processes: int) -> tuple[str, str]
 
 def fsdp_config(cpu_offload: bool) -> dict:
     """Trainer's FSDP2 settings: every decoder layer its own shard unit (the model's
-    _no_split_modules), parameters resharded after forward, and a full state dict at save so
-    the saved model is an ordinary one."""
+    _no_split_modules), parameters resharded after forward, and sharded checkpoints: each rank
+    writes and, on resume, reads only its own shard of the model and optimizer (a torch
+    distributed checkpoint), so a checkpoint never gathers the whole model on one process.
+    The final model is gathered once, into an ordinary one (full_state_dict_for_saving)."""
     return {
         "version": 2,
         "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "reshard_after_forward": True,
         "cpu_offload": cpu_offload,
-        "state_dict_type": "FULL_STATE_DICT",
+        "state_dict_type": "SHARDED_STATE_DICT",
     }
+
+
+def full_state_dict_for_saving(trainer) -> None:
+    """After training, have Trainer.save_model gather the sharded model into one ordinary
+    checkpoint on rank 0 (what PEFT's and TRL's FSDP examples do before saving)."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+
+
+def local_parameters(model) -> int:
+    """Parameters held by this process: its shard of each FSDP-sharded (DTensor) parameter."""
+    return sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in model.parameters())
+
+
+def shard_on_cpu(trainer) -> None:
+    """Make Trainer's accelerator shard with FSDP2 on CPU processes too. accelerate applies its
+    FSDP plugin only to accelerator process groups (AcceleratorState keeps MULTI_CPU as DDP),
+    while torch's fully_shard shards a gloo group of CPU processes as it shards NCCL ones: with
+    this, `strategy: fsdp` on a CPU trains sharded, the same code path a GPU node takes, rather
+    than silently falling back to DDP. Called after Trainer builds its accelerator and before
+    train() wraps the model."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if trainer.args.fsdp_plugin_args is None or state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    # Both singletons: every AcceleratorState() copies PartialState's distributed_type again.
+    PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    trainer.is_fsdp_enabled = True
 
 
 def _free_port() -> int:
@@ -99,6 +132,8 @@ def _worker(
     from tunebench.spec import Tracking
     from tunebench.train import train_run
 
+    # accelerate replaces torch's thread count on CPU workers unless OMP_NUM_THREADS is set.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     run = RunConfig.model_validate_json(run_json)
     measured = train_run(

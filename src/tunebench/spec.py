@@ -768,9 +768,10 @@ class Distributed(Strict):
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
         "auto",
         description="ddp: a full copy of the model per process, gradients averaged; fsdp: "
-        "parameters, gradients and optimizer states sharded over the processes (FSDP2, GPUs "
-        "only: accelerate shards CUDA process groups only); auto: ddp while the estimator "
-        "predicts a whole copy of the run fits 90% of one of the node's GPUs, else fsdp",
+        "parameters, gradients and optimizer states sharded over the processes (FSDP2, each "
+        "decoder layer a unit; checkpoints sharded per rank; QLoRA stores its 4-bit weights "
+        "in the compute dtype so they shard); auto: ddp while the estimator predicts a whole "
+        "copy of the run fits 90% of one of the node's GPUs, else fsdp (on CPUs: ddp)",
     )
     cpu_offload: bool = Field(
         False, description="fsdp: keep the shards in host memory between uses (slower, less GPU)"

@@ -254,19 +254,20 @@ def train_run(
     )
     if run.method == "qlora" and not torch.cuda.is_available():
         models.disable_cpu_bf16_repacking(trainer.model)
+    if sharding is not None:
+        distributed.shard_on_cpu(trainer)
     trainable, total = models.count_parameters(trainer.model)
     # A killed or preempted job left checkpoints: resume with optimizer, LR schedule, RNG and
     # data-order state restored (Trainer does all four) instead of starting again.
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints")
     output = trainer.train(resume_from_checkpoint=checkpoint)
     if distributed.world_size() > 1:  # which wrapper trained it: the log shows DDP or FSDP
-        wrapped = trainer.model_wrapped
         log.warning(
-            "rank %d of %d trained %s (parameters of this rank: %d)",
+            "rank %d of %d trained %s (parameters held by this rank: %d)",
             distributed.rank(),
             distributed.world_size(),
-            type(wrapped).__name__,
-            sum(p.numel() for p in wrapped.parameters()),
+            type(trainer.model_wrapped).__name__,
+            distributed.local_parameters(trainer.model_wrapped),
         )
     clock = training_clock(trainer)
     train_seconds = clock.seconds
@@ -279,6 +280,7 @@ def train_run(
         **memory,
     )
     val_loss = trainer.evaluate(val_set)["eval_loss"] if len(val_set) else None
+    distributed.full_state_dict_for_saving(trainer)
     trainer.save_model(str(run_dir / "model"))  # by the first process only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run_dir / "model"))
