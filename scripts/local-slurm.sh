@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster on this machine, on loopback only: munge, a private MariaDB,
-# slurmdbd (accounting, so sacct works), slurmctld and slurmd, started directly (no systemd),
-# with two fake GPUs so GPU requests are exercised without a GPU.
+# A real Slurm cluster on this machine, on loopback only: munge, a private MariaDB, slurmdbd
+# (accounting, so sacct works), slurmctld and slurmd, started directly (no systemd), with fake
+# GPUs so GPU requests are exercised without a GPU. Partition `main` (the default) is this
+# machine as one node with two GPUs; partition `twonodes` is two more nodes, each a slurmd of
+# its own on this machine (Debian's Slurm is built with multiple-slurmd support) with one GPU,
+# so that jobs spanning nodes (srun across them, a rendezvous on the first) run for real.
 #
 #   sudo scripts/local-slurm.sh install   # Debian/Ubuntu packages (once)
 #   sudo scripts/local-slurm.sh start     # start the daemons (about 10 s)
@@ -41,8 +44,8 @@ write_configs() {
   local mem
   mem=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
   mem=$((mem * 9 / 10))
-  mkdir -p "$STATE"/{etc,log,run,spool/ctld,spool/d,db,fakegpu}
-  touch "$STATE/fakegpu/gpu0" "$STATE/fakegpu/gpu1"
+  mkdir -p "$STATE"/{etc,log,run,spool/ctld,db,fakegpu}
+  touch "$STATE/fakegpu/gpu0" "$STATE/fakegpu/gpu1" "$STATE/fakegpu/n1-gpu0" "$STATE/fakegpu/n2-gpu0"
   cat >"$STATE/etc/slurm.conf" <<EOF
 ClusterName=tunebench
 SlurmctldHost=$HOST(127.0.0.1)
@@ -50,11 +53,11 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=$STATE/spool/ctld
-SlurmdSpoolDir=$STATE/spool/d
+SlurmdSpoolDir=$STATE/spool/d-%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
-SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmdPidFile=$STATE/run/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -71,10 +74,15 @@ AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
 AccountingStoreFlags=job_comment
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem Gres=gpu:fake:2 State=UNKNOWN
+NodeName=$HOST-1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6831 CPUs=$(nproc) RealMemory=$mem Gres=gpu:fake:1 State=UNKNOWN
+NodeName=$HOST-2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6832 CPUs=$(nproc) RealMemory=$mem Gres=gpu:fake:1 State=UNKNOWN
 PartitionName=main Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=twonodes Nodes=$HOST-1,$HOST-2 Default=NO MaxTime=INFINITE State=UP
 EOF
   cat >"$STATE/etc/gres.conf" <<EOF
-Name=gpu Type=fake File=$STATE/fakegpu/gpu[0-1]
+NodeName=$HOST Name=gpu Type=fake File=$STATE/fakegpu/gpu[0-1]
+NodeName=$HOST-1 Name=gpu Type=fake File=$STATE/fakegpu/n1-gpu0
+NodeName=$HOST-2 Name=gpu Type=fake File=$STATE/fakegpu/n2-gpu0
 EOF
   cat >"$STATE/etc/slurmdbd.conf" <<EOF
 AuthType=auth/munge
@@ -151,8 +159,10 @@ start() {
   sacctmgr -i add cluster tunebench >/dev/null 2>&1 || true
   slurmctld
   wait_for 30 slurmctld scontrol ping
-  slurmd
-  wait_for 30 "an idle node" sh -c "sinfo -h -o %T | grep -qE '^(idle|mixed)'"
+  for node in "$HOST" "$HOST-1" "$HOST-2"; do
+    slurmd -N "$node"
+  done
+  wait_for 30 "three idle nodes" sh -c "[ \$(sinfo -h -N -o %T | grep -cE '^(idle|mixed)') -ge 3 ]"
   log "cluster up: $(sinfo -h -o '%P %D %T %G' | head -1)"
 }
 
@@ -176,7 +186,7 @@ stop() {
   if scontrol ping >/dev/null 2>&1; then
     scancel --full --user=root 2>/dev/null || true
   fi
-  for daemon in slurmd slurmctld slurmdbd mariadbd munged; do
+  for daemon in "slurmd-$HOST" "slurmd-$HOST-1" "slurmd-$HOST-2" slurmctld slurmdbd mariadbd munged; do
     stop_pid "$daemon"
   done
   rm -f /run/munge/tunebench-munged.pid

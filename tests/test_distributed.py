@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
-from conftest import tiny_experiment
+from conftest import REPO, tiny_experiment
 from test_robustness import train_command
 from test_training import METHODS, run_for, train
 
@@ -74,6 +75,9 @@ UNSLOTH_LORA = {"method": "lora", "ranks": [4], "backend": "unsloth", "learning_
         ({"train": {"gpus": 3}}, None, "batch_size 8 does not divide among 3"),
         ({"distributed": {"strategy": "fsdp"}}, None, "fsdp shards over two or more"),
         ({"distributed": {"processes": 2}}, [UNSLOTH_LORA], "backend unsloth, which trains"),
+        ({"train": {"gpus": 3, "nodes": 2}}, None, "do not spread evenly over 2 nodes"),
+        ({"train": {"nodes": 2}}, None, "1 GPUs .training processes. do not spread evenly"),
+        ({"evaluate": {"nodes": 2}}, None, "evaluate.nodes: only training spans nodes"),
     ],
 )
 def test_distributed_settings_are_checked_at_validation(resources, methods, message):
@@ -151,3 +155,65 @@ def test_auto_shards_a_run_whose_whole_copy_would_not_fit_one_gpu(
     strategy, why = distributed.choose_strategy(run, str(model_dir), processes=2)
     assert strategy == expected and "predicted to need" in why
     assert distributed.choose_strategy(run, str(model_dir), processes=1)[0] == "ddp"
+
+
+def test_a_run_spanning_nodes_needs_slurm(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """Refused before anything starts by `tunebench run` without the Slurm executor, and, for a
+    train step started some other way, a failed row that names the key."""
+    from tunebench.orchestrate import check_executor
+
+    exp = validate_data(tiny_experiment(resources={"train": {"gpus": 2, "nodes": 2}}))
+    for profile, extra in [(None, []), (None, ["--executor", "local"])]:
+        with pytest.raises(ExperimentError, match="spans nodes only as a Slurm job"):
+            check_executor(exp, profile, extra)
+    check_executor(exp, "slurm", [])
+    check_executor(exp, None, ["--executor=slurm"])
+
+    _, model_dir = tiny_model
+    _, _, tokenized = tiny_data
+    run = run_for(METHODS["lora"], max_steps=2)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # as on a workstation
+    result = train(run, model_dir, tokenized, tmp_path, processes=2, nodes=2)
+    assert result["status"] == "failed"
+    assert "resources.train.nodes: 2: a run spans nodes only inside a Slurm job" in result["reason"]
+
+
+SEVENTY_B = REPO / "experiments" / "examples" / "llama-2-70b-full-two-nodes.yaml"
+
+
+def test_the_readme_70b_recipe_is_one_training_job_over_two_nodes(tmp_path):
+    """The README's 70B example: one copy of the run fits no 80 GB GPU (so it must shard), and
+    the workflow plans its training as the job that spans nodes, with the Slurm requests that
+    put 8 GPUs and one task on each node."""
+    import json
+
+    from tunebench.experiment import load_experiment
+    from tunebench.orchestrate import snakemake_command
+
+    exp = load_experiment(SEVENTY_B)
+    assert exp.resources.spans_nodes() and exp.resources.training_processes() == 16
+    estimate = subprocess.run(
+        [sys.executable, "-m", "tunebench", "estimate", str(SEVENTY_B), "--gpu", "H100", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert estimate.returncode == 0, estimate.stderr
+    (run,) = json.loads(estimate.stdout)["runs"]
+    assert run["gpus"]["H100"]["verdict"] == "does not fit" and run["predicted_peak_gb"] > 8 * 80
+
+    (tmp_path / "data").mkdir()
+    rows = [{"instruction": f"say {i}", "input": "", "output": str(i)} for i in range(40)]
+    (tmp_path / "data" / "my_task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = subprocess.run(
+        [*snakemake_command(str(SEVENTY_B), None, []), "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    job = plan.stdout.split("rule train_across_nodes:")[1].split("\n[")[0]
+    for request in ("nodes=2", "tasks=2", "tasks_per_gpu=0", "mpi=srun", "gres=gpu:h100:8"):
+        assert request in job, job
+    assert "rule train:" not in plan.stdout  # not also as an ordinary, one-node job

@@ -1,6 +1,8 @@
-"""The matrix on a real single-node Slurm cluster (scripts/local-slurm.sh): jobs go through
+"""The matrix on a real Slurm cluster on this machine (scripts/local-slurm.sh): jobs go through
 snakemake-executor-plugin-slurm, GPU requests hit a fake GPU gres, a training job cancelled with
-scancel mid-run resumes from its checkpoint when the workflow is run again."""
+scancel mid-run resumes from its checkpoint when the workflow is run again, a two-GPU job
+trains in two processes, and a run spanning two nodes (two slurmd daemons) trains across
+them."""
 
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def cluster(tmp_path_factory):
     env = {**os.environ, "TUNEBENCH_SLURM_STATE": str(state)}
     subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=180)
     pids = {p.stem: int(p.read_text()) for p in (state / "run").glob("*.pid")}
-    assert {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"} <= set(pids)
+    assert {"munged", "mariadbd", "slurmdbd", "slurmctld"} <= set(pids)
+    assert sum(name.startswith("slurmd-") for name in pids) == 3  # main's node, twonodes' two
     yield state
     subprocess.run([str(SCRIPT), "stop"], env=env, check=True, timeout=180)
     for name, pid in pids.items():  # exactly the daemons it started are gone
@@ -78,13 +81,15 @@ def job_of(comment: str) -> str | None:
     return None
 
 
-def cancel_when_checkpointed(run_dir: Path, run_id: str, cancelled: list) -> None:
+def cancel_when_checkpointed(
+    run_dir: Path, run_id: str, cancelled: list, step: int = 25, rule: str = "train"
+) -> None:
     """scancel the run's training job as soon as its first checkpoint is complete."""
-    checkpoint = run_dir / "checkpoints" / "checkpoint-25" / "trainer_state.json"
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.time() + 600
     while time.time() < deadline and not checkpoint.is_file():
         time.sleep(0.1)
-    job = job_of(f"rule_train_wildcards_{run_id}")
+    job = job_of(f"rule_{rule}_wildcards_{run_id}")
     if job and checkpoint.is_file():
         out = subprocess.run(["scancel", job], capture_output=True, text=True)
         cancelled.append((job, out.returncode, out.stderr.strip()))
@@ -192,6 +197,61 @@ def test_a_two_gpu_job_trains_its_run_in_two_processes(cluster, tmp_path):
         if "rule_train_wildcards_" in line and trained["run_id"] in line
     ]
     assert "gres/gpu=2" in line
+
+
+def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
+    """resources.train.nodes: 2 on partition `twonodes` (two slurmd daemons): one Slurm job,
+    one task per node started by srun, a (fake) GPU per node as gres; the two workers shard the
+    run with FSDP after meeting at the rendezvous on the first node. Cancelled with scancel
+    after its first (sharded) checkpoint, the job resumes from it when the workflow runs
+    again."""
+    exp = tiny_experiment(methods=[{"method": "lora", "ranks": [4], "learning_rate": 5e-3}])
+    exp["training"].update(max_steps=150, save_steps=20)
+    exp["resources"] = {
+        "partition": "twonodes",
+        "train": {"gpus": 2, "nodes": 2, "gpu_model": "fake", "mem_gb": 2, "runtime_minutes": 20},
+        "evaluate": {"mem_gb": 2, "runtime_minutes": 20},
+        "default": {"mem_gb": 2, "runtime_minutes": 20},
+        "distributed": {"strategy": "fsdp"},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    from tunebench.experiment import validate_data
+    from tunebench.matrix import expand
+
+    (run,) = expand(validate_data(exp))
+    run_dir = tmp_path / "results" / "tiny" / "runs" / run.run_id
+    cancelled: list[str] = []
+    watcher = threading.Thread(
+        target=cancel_when_checkpointed,
+        args=(run_dir, run.run_id, cancelled, 20, "train_across_nodes"),
+    )
+    watcher.start()
+    first = tunebench_slurm(tmp_path)
+    watcher.join()
+    assert cancelled and cancelled[0][1] == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.returncode != 0 and not (run_dir / "train" / "result.json").exists()
+
+    out = tunebench_slurm(tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trained = json.loads((run_dir / "train" / "result.json").read_text())
+    assert trained["status"] == "ok", trained["reason"]
+    assert trained["world_size"] == 2 and trained["strategy"] == "fsdp"
+    assert trained["resumed_from_step"] >= 20 and trained["steps"] == 150
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    assert sorted(trained["node_per_rank"]) == [f"{host}-1", f"{host}-2"]
+    accounting = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-S", "now-1hour", "-o", "Comment,NNodes,AllocTRES"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    jobs = [
+        line.split("|")
+        for line in accounting.splitlines()
+        if "rule_train_across_nodes_wildcards_" in line and trained["run_id"] in line
+    ]
+    assert len(jobs) == 2  # the cancelled one and the one that resumed
+    assert all(nodes == "2" and "gres/gpu=2" in tres for _, nodes, tres in jobs)
 
 
 def test_cancelled_states_are_normalised_for_the_plugin():

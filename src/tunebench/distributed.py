@@ -1,6 +1,8 @@
 """Training one run in several processes (resources.distributed.processes): one worker per GPU,
 or per CPU process with the gloo backend, started by torch.distributed's elastic launcher (what
-torchrun runs) from inside the train step, so the Snakemake rule stays one job per run.
+torchrun runs) from inside the train step, so the Snakemake rule stays one job per run. A run
+whose job spans nodes (resources.train.nodes, Slurm only) starts one launcher per node with
+srun; the launchers meet at a c10d rendezvous on the job's first node (launch_across_nodes).
 
 The launcher is called as a library rather than `torchrun ... tunebench stage train ...`:
 torchrun's own option parser claims abbreviations of the stage's options (`--run` is ambiguous
@@ -12,8 +14,12 @@ run's id and its optimisation do not depend on how many processes trained it.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -109,9 +115,9 @@ def shard_on_cpu(trainer) -> None:
     trainer.is_fsdp_enabled = True
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -144,8 +150,45 @@ def _worker(
         Tracking.model_validate_json(tracking_json),
         sharding=sharding,
     )
-    # Every rank's own peak (the table shows the largest; the result keeps all).
-    return measured | measure.peak_memory()
+    # Every rank's own peak (the table shows the largest; the result keeps all), and where.
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    return measured | measure.peak_memory() | {"node": node}
+
+
+def _check_gpus(processes: int) -> None:
+    """One process per GPU of this node."""
+    import torch
+
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise ValueError(
+            f"{processes} training processes on this node, one per GPU, but it has "
+            f"{torch.cuda.device_count()} GPUs; ask the job for as many GPUs as processes "
+            "(resources.train.gpus) or fewer processes (resources.distributed.processes)"
+        )
+
+
+def _strategy(run, location: str, processes: int, strategy: str) -> tuple[str, str]:
+    if strategy == "auto":
+        return choose_strategy(run, location, processes)
+    return strategy, "resources.distributed.strategy"
+
+
+def _combined(by_rank: list[dict], strategy: str, why: str, nodes: int = 1) -> dict:
+    """Rank 0's measurements with every rank's peak memory, the world size and the strategy;
+    billed hours count every GPU that trained (CPU processes: every machine)."""
+    import torch
+
+    peaks = [r["peak_memory_gb"] for r in by_rank]
+    billed = len(by_rank) if torch.cuda.is_available() else nodes
+    return by_rank[0] | {
+        "accelerator_hours": by_rank[0]["train_seconds"] / 3600 * billed,
+        "world_size": len(by_rank),
+        "strategy": strategy,
+        "strategy_reason": why,
+        "peak_memory_gb": max(peaks),
+        "peak_memory_gb_per_rank": peaks,
+        "node_per_rank": [r["node"] for r in by_rank],
+    }
 
 
 def launch(
@@ -158,23 +201,30 @@ def launch(
     threads: int,
     strategy: str = "auto",
     cpu_offload: bool = False,
+    nodes: int = 1,
 ) -> dict:
-    """Train `run` in `processes` local workers with `strategy` (ddp: a full copy per process;
-    fsdp: parameters, gradients and optimizer states sharded; auto: choose_strategy). Rank 0's
-    measurements, with every rank's peak memory, the world size and the strategy (and why). A
-    failed worker raises (the launcher stops the others)."""
-    import torch
+    """Train `run` in `processes` workers with `strategy` (ddp: a full copy per process; fsdp:
+    parameters, gradients and optimizer states sharded; auto: choose_strategy), on this node
+    or, with `nodes` > 1, spread over that many nodes of this Slurm job (launch_across_nodes).
+    Rank 0's measurements, with every rank's peak memory, the world size and the strategy (and
+    why). A failed worker raises (the launcher stops the others)."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if torch.cuda.is_available() and processes > torch.cuda.device_count():
-        raise ValueError(
-            f"{processes} training processes, one per GPU, but this node has "
-            f"{torch.cuda.device_count()} GPUs; ask the job for as many GPUs as processes "
-            "(resources.train.gpus) or fewer processes (resources.distributed.processes)"
+    if nodes > 1:
+        return launch_across_nodes(
+            run,
+            location,
+            tokenized,
+            run_dir,
+            tracking,
+            nodes,
+            processes,
+            threads,
+            strategy,
+            cpu_offload,
         )
-    why = "resources.distributed.strategy"
-    if strategy == "auto":
-        strategy, why = choose_strategy(run, location, processes)
+    _check_gpus(processes)
+    strategy, why = _strategy(run, location, processes, strategy)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -195,12 +245,112 @@ def launch(
         fsdp_config(cpu_offload) if strategy == "fsdp" else None,
     )
     # elastic_launch returns each worker's value by its rank.
-    by_rank = [returned[r] for r in sorted(returned)]
-    peaks = [r["peak_memory_gb"] for r in by_rank]
-    return by_rank[0] | {
-        "world_size": processes,
-        "strategy": strategy,
-        "strategy_reason": why,
-        "peak_memory_gb": max(peaks),
-        "peak_memory_gb_per_rank": peaks,
+    return _combined([returned[r] for r in sorted(returned)], strategy, why)
+
+
+# Where each rank of a run spanning nodes leaves its measurements for the first node to read
+# (the run folder is on the cluster's shared file system, as every job's outputs are).
+RANKS = "ranks"
+LAUNCH = "launch.json"
+
+
+def launch_across_nodes(
+    run,
+    location: str,
+    tokenized: Path,
+    run_dir: Path,
+    tracking,
+    nodes: int,
+    processes: int,
+    threads: int,
+    strategy: str = "auto",
+    cpu_offload: bool = False,
+) -> dict:
+    """Train `run` on `nodes` nodes of this Slurm job, `processes` workers in all: srun starts
+    one task per node (`tunebench stage train-node`), each an elastic launcher for its node's
+    processes / nodes workers; they meet at a c10d rendezvous on this, the job's first, node.
+    Then as launch(): rank 0's measurements with every rank's peak memory. A failed task
+    fails the step (srun --kill-on-bad-exit stops the others)."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        raise ValueError(
+            f"resources.train.nodes: {nodes}: a run spans nodes only inside a Slurm job; run "
+            "the experiment with --profile slurm, or train on one node (remove nodes)"
+        )
+    if processes % nodes:
+        raise ValueError(
+            f"{processes} training processes do not spread evenly over {nodes} nodes "
+            "(resources.train.gpus / resources.train.nodes)"
+        )
+    strategy, why = _strategy(run, location, processes, strategy)
+    ranks = run_dir / RANKS
+    shutil.rmtree(ranks, ignore_errors=True)  # an earlier attempt's, not this one's
+    ranks.mkdir(parents=True)
+    plan = {
+        "nodes": nodes,
+        "processes_per_node": processes // nodes,
+        "threads": threads,
+        # The first node's name as the other nodes resolve it (Slurm's node names are
+        # resolvable host names on a cluster).
+        "endpoint": f"{socket.gethostname()}:{_free_port('')}",
+        "rendezvous": f"{run.run_id}-{os.environ['SLURM_JOB_ID']}",
+        "worker": [
+            run.model_dump_json(),
+            location,
+            str(tokenized),
+            str(run_dir),
+            tracking.model_dump_json(),
+            fsdp_config(cpu_offload) if strategy == "fsdp" else None,
+        ],
     }
+    (run_dir / LAUNCH).write_text(json.dumps(plan, indent=1))
+    command = [
+        "srun",
+        f"--nodes={nodes}",
+        f"--ntasks={nodes}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        sys.executable,
+        "-m",
+        "tunebench",
+        "stage",
+        "train-node",
+        f"--launch={run_dir / LAUNCH}",
+    ]
+    done = subprocess.run(command)
+    if done.returncode:
+        raise RuntimeError(
+            f"the training tasks on {nodes} nodes failed (srun exited {done.returncode}); "
+            "their output is in this log above"
+        )
+    by_rank = [json.loads(f.read_text()) for f in sorted(ranks.glob("rank-*.json"), key=_rank)]
+    if len(by_rank) != processes:
+        raise RuntimeError(f"{len(by_rank)} of {processes} ranks reported in {ranks}")
+    return _combined(by_rank, strategy, why, nodes)
+
+
+def _rank(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def launch_node(launch_file: Path) -> None:
+    """One node's part of launch_across_nodes: its workers, through the rendezvous; each rank's
+    measurements written to the run folder's ranks/."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    plan = json.loads(launch_file.read_text())
+    _check_gpus(plan["processes_per_node"])
+    config = LaunchConfig(
+        min_nodes=plan["nodes"],
+        max_nodes=plan["nodes"],
+        nproc_per_node=plan["processes_per_node"],
+        rdzv_backend="c10d",
+        rdzv_endpoint=plan["endpoint"],
+        run_id=plan["rendezvous"],
+        max_restarts=0,
+        monitor_interval=1,
+    )
+    threads = max(1, plan["threads"] // plan["processes_per_node"])
+    returned = elastic_launch(config, _worker)(threads, *plan["worker"])
+    for rank, measured in returned.items():  # this node's workers, by global rank
+        path = launch_file.parent / RANKS / f"rank-{rank}.json"
+        path.write_text(json.dumps(measured, default=str))

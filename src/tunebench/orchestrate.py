@@ -9,6 +9,7 @@ summary that names the rows that did not finish, or the first failing job's log.
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -33,6 +34,29 @@ def profile_args(profile: str | None) -> list[str]:
             raise ExperimentError(f"--profile {profile}: no such profile ({path})")
         args += ["--profile", str(path)]
     return args
+
+
+def check_executor(exp: Experiment, profile: str | None, extra: list[str]) -> None:
+    """A run spanning nodes needs Slurm (srun starts its tasks on the job's nodes): say so
+    before anything starts, not as a failed row after the data are prepared."""
+    if not exp.resources.spans_nodes():
+        return
+    import yaml
+
+    executor = None
+    if profile:
+        path = Path(profile) if Path(profile).is_dir() else PROFILES / profile
+        executor = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("executor")
+    for option, value in itertools.pairwise([*extra, ""]):  # Snakemake's own option wins
+        if option in ("--executor", "-e"):
+            executor = value
+        elif option.startswith("--executor="):
+            executor = option.split("=", 1)[1]
+    if executor != "slurm":
+        raise ExperimentError(
+            "resources.train.nodes > 1: a run spans nodes only as a Slurm job (srun starts one "
+            "task per node); run with --profile slurm, or train on one node (remove nodes)"
+        )
 
 
 def locked_by_another_run(workdir: Path, snakemake_args: list[str]) -> bool:
@@ -67,6 +91,7 @@ def run(exp: Experiment, experiment: str, profile: str | None, extra: list[str])
             file=sys.stderr,
         )
         return 1
+    check_executor(exp, profile, extra)
     advice = builtin_model_advice(exp)
     if profile is None:  # jobs run on this machine: say now if its CPU will crawl
         from tunebench.precision import cpu_precision_warnings

@@ -95,3 +95,29 @@ def snakemake_resources(exp: Experiment, kind: str, axes: dict | None = None, ru
         or os.environ.get("TUNEBENCH_SLURM_PARTITION", ""),
         "slurm_account": exp.resources.account or os.environ.get("TUNEBENCH_SLURM_ACCOUNT", ""),
     }
+
+
+def nodes_spanned(exp: Experiment, run) -> int:
+    """How many nodes the run's training job spans (resources.train.nodes, overrides)."""
+    return resolve(exp, "train", run.axes(), run).nodes or 1
+
+
+def spanning_nodes(exp: Experiment, run) -> dict:
+    """The resources of a training job over several nodes, as snakemake-executor-plugin-slurm
+    asks for them: --nodes N and one task per node (`mpi` makes the job step run the command
+    itself, which starts the tasks with srun; tasks_per_gpu 0 keeps the plugin from turning
+    `tasks` into --ntasks-per-gpu, its issue #316), and each node's share of the GPUs as
+    --gres, a per-node request (--gpus counts the whole job and may land unevenly)."""
+    job = snakemake_resources(exp, "train", run.axes(), run)
+    nodes = nodes_spanned(exp, run)
+    per_node = job["gpu"] // nodes
+    model = f"{job['gpu_model']}:" if job["gpu_model"] else ""
+    return job | {
+        "gpu": 0,  # no --gpus: the GPUs are asked per node, as gres
+        "gpu_model": "",
+        "nodes": nodes,
+        "mpi": "srun",
+        "tasks": nodes,
+        "tasks_per_gpu": 0,
+        "gres": f"gpu:{model}{per_node}" if per_node else "",
+    }

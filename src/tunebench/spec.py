@@ -699,7 +699,15 @@ class Cost(Strict):
 class JobResources(Strict):
     """What one Snakemake job asks the scheduler for (Slurm: --gpus, --mem, --time, ...)."""
 
-    gpus: Annotated[int, Field(ge=0, le=64)] | None = Field(None, description="GPUs per job")
+    gpus: Annotated[int, Field(ge=0, le=512)] | None = Field(
+        None, description="GPUs per job (with nodes: over all its nodes, spread evenly)"
+    )
+    nodes: PositiveInt | None = Field(
+        None,
+        description="training only, Slurm only: nodes per job. One Slurm task per node "
+        "starts that node's share of the training processes (gpus / nodes GPUs each, "
+        "--gres=gpu:N per node); they meet at a rendezvous on the job's first node",
+    )
     gpu_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")] | None = Field(
         None, description="e.g. a100, h100 (Slurm --gpus=MODEL:N)"
     )
@@ -833,6 +841,37 @@ class Resources(Strict):
             return self.distributed.processes
         gpus = self.train.gpus if isinstance(self.train, JobResources) else None
         return gpus or 1
+
+    def spans_nodes(self) -> bool:
+        """Whether any training job asks for more than one node (base or an override)."""
+        jobs = [self.train] + [o.train for o in self.overrides]
+        return any(isinstance(j, JobResources) and (j.nodes or 1) > 1 for j in jobs)
+
+    @model_validator(mode="after")
+    def nodes_are_for_training(self):
+        jobs = {"evaluate": self.evaluate, "default": self.default}
+        for o in self.overrides:
+            jobs[f"overrides[match {o.match}].evaluate"] = o.evaluate
+        spanning = [name for name, job in jobs.items() if (job.nodes or 1) > 1]
+        if spanning:
+            raise ValueError(
+                f"resources.{spanning[0]}.nodes: only training spans nodes (evaluation runs "
+                "in one process after training); remove it"
+            )
+        trains = [("train", self.train)] + [
+            (f"overrides[match {o.match}].train", o.train) for o in self.overrides
+        ]
+        for name, job in trains:
+            if not isinstance(job, JobResources) or (job.nodes or 1) == 1:
+                continue
+            processes = self.distributed.processes or job.gpus or 1
+            if processes % job.nodes:
+                raise ValueError(
+                    f"resources.{name}: {processes} GPUs (training processes) do not spread "
+                    f"evenly over {job.nodes} nodes; ask for gpus a multiple of nodes "
+                    "(e.g. nodes: 2, gpus: 16 for two 8-GPU nodes)"
+                )
+        return self
 
     @model_validator(mode="after")
     def predicted_oom_needs_a_size(self):

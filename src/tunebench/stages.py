@@ -163,12 +163,14 @@ def train(
     processes: int = 1,
     strategy: str = "auto",
     cpu_offload: bool = False,
+    nodes: int = 1,
 ) -> dict:
     """Fine-tune one run of the matrix and record its result (a failure is a row).
     predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
     predicted to fit, else it is recorded as `predicted_oom` without training.
     processes, strategy, cpu_offload: how many processes train the run, and how
-    (resources.distributed; see distributed.py)."""
+    (resources.distributed; see distributed.py); nodes: how many nodes of this Slurm job they
+    are spread over (resources.train.nodes)."""
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
@@ -185,7 +187,7 @@ def train(
         location = _require_inputs(run.model, model_dir, tokenized)
         if predicted_oom_mb:
             check_predicted_fit(run, location, predicted_oom_mb / 1024)
-        if processes > 1:
+        if processes > 1 or nodes > 1:
             from tunebench import distributed
 
             measured = distributed.launch(
@@ -198,6 +200,7 @@ def train(
                 threads,
                 strategy,
                 cpu_offload,
+                nodes,
             )
         else:
             measured = train_run(run, location, tokenized, run_dir, tracking, ceiling)
@@ -382,6 +385,13 @@ def compile_report(experiment: Experiment, results: Path, out: Path) -> None:
     compile_comparison(experiment, results, out)
 
 
+def train_node(launch: Path) -> None:
+    """One node's training processes of a run that spans nodes (srun starts one per node)."""
+    from tunebench import distributed
+
+    distributed.launch_node(launch)
+
+
 STAGES = (
     build_tokenizer,
     pretrain,
@@ -389,6 +399,7 @@ STAGES = (
     prepare_data,
     tokenize,
     train,
+    train_node,
     evaluate,
     evaluate_base,
     export,

@@ -42,7 +42,9 @@ def last_complete_checkpoint(folder: Path) -> str | None:
         if (checkpoint / CHECKPOINT_COMPLETE).is_file():
             return str(checkpoint)
         (folder / "incomplete").mkdir(exist_ok=True)
-        checkpoint.rename(folder / "incomplete" / f"{checkpoint.name}-{time.time_ns()}")
+        # Every process of a distributed run looks at once: whichever is first moves it.
+        with contextlib.suppress(FileNotFoundError):
+            checkpoint.rename(folder / "incomplete" / f"{checkpoint.name}-{time.time_ns()}")
     return None
 
 

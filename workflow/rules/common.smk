@@ -2,6 +2,7 @@
 # computed by the tunebench library (src/tunebench/matrix.py), the same code `tunebench plan`
 # runs. Nothing here imports torch or transformers: building the DAG stays cheap.
 
+import re
 from functools import cache
 
 from snakemake.utils import validate
@@ -16,7 +17,12 @@ from tunebench.matrix import (
     model_key,
     tokenizer_key,
 )
-from tunebench.resources import predicted_oom_limit_gb, snakemake_resources
+from tunebench.resources import (
+    nodes_spanned,
+    predicted_oom_limit_gb,
+    snakemake_resources,
+    spanning_nodes,
+)
 from tunebench.slurm import normalise_cancelled_status
 
 # What the user wrote, against the exported schema (the one editors use); then the pydantic
@@ -186,6 +192,13 @@ def training_processes(run_id):
     return max(_run_resources("train", run_id)["gpu"], 1)
 
 
+def training_nodes(run_id):
+    """How many nodes a run's training job spans (resources.train.nodes; 1 unless asked)."""
+    if not EXPERIMENT.resources.spans_nodes():
+        return 1
+    return nodes_spanned(EXPERIMENT, RUNS[run_id])
+
+
 def train_job(wildcards):
     """A train job's params: the run, its paths, its command and this step's attempt."""
     run = RUNS[wildcards.run_id]
@@ -193,6 +206,7 @@ def train_job(wildcards):
         "tunebench": tunebench_command(run.backend),
         "attempt": attempt_of(layout.TRAIN_RESULT, wildcards),
         "processes": training_processes(wildcards.run_id),
+        "nodes": training_nodes(wildcards.run_id),
     }
 
 
@@ -248,6 +262,26 @@ def run_resources(kind):
 def base_resources():
     """An untuned model's evaluation (overrides matched on the model, method `base`)."""
     return per_job_resources("evaluate", lambda w: _base_resources(w.model))
+
+
+# Runs whose training spans nodes: their train jobs are submitted differently (train.smk).
+SPANNING_NODES = [run_id for run_id in RUNS if training_nodes(run_id) > 1]
+# (?!) matches nothing: no run spans nodes.
+SPANNING_NODES_PATTERN = "|".join(map(re.escape, SPANNING_NODES)) or "(?!)"
+
+
+@cache
+def _spanning(run_id):
+    return spanning_nodes(EXPERIMENT, RUNS[run_id])
+
+
+def spanning_resources():
+    """The train resources of a run spanning nodes (resources.spanning_nodes)."""
+    names = _spanning(SPANNING_NODES[0]) if SPANNING_NODES else {}
+    ceiling = {"memory_limit_mb": MEMORY_LIMIT_MB, "predicted_oom_mb": PREDICTED_OOM_MB}
+    return {
+        name: lambda w, name=name: _spanning(w.run_id)[name] for name in names
+    } | ceiling
 
 
 # Data preparation, pre-training and the table: resources.default. The memory ceiling is a

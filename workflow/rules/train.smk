@@ -29,4 +29,16 @@ rule train:
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads}"
         " --predicted-oom-mb {resources.predicted_oom_mb}"
         " --processes {params.job[processes]} --strategy {params.strategy}"
-        " --cpu-offload {params.cpu_offload} > {log} 2>&1"
+        " --cpu-offload {params.cpu_offload} --nodes {params.job[nodes]} > {log} 2>&1"
+
+
+# A run whose training spans nodes (resources.train.nodes) is the same step, submitted as one
+# Slurm task per node; the step starts the tasks itself with srun (distributed.py).
+use rule train as train_across_nodes with:
+    wildcard_constraints:
+        run_id=SPANNING_NODES_PATTERN,
+    resources:
+        **spanning_resources(),
+
+
+ruleorder: train_across_nodes > train
