@@ -53,6 +53,11 @@ def test_two_processes_reproduce_the_single_process_loss_curve(
         assert shared["strategy"] == "ddp" and shared["strategy_reason"].startswith("no GPU")
     else:
         assert shared["strategy"] == "fsdp"
+    # FSDP: each rank holds half of the parameters and optimizer states (shards are padded
+    # to equal sizes, and the tied embedding is one parameter); DDP: a whole copy each.
+    whole = alone["model_state_gb"]
+    share = 0.5 if strategy == "fsdp" else 1.0
+    assert shared["model_state_gb_per_rank"] == pytest.approx([share * whole] * 2, rel=0.1)
     # Which wrapper each worker trained (their log lines): FSDP really sharded on gloo.
     wrapper = "FSDP" if strategy == "fsdp" else "DistributedDataParallel"
     assert f"rank 1 of 2 trained {wrapper}" in capfd.readouterr().err

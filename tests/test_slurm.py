@@ -237,6 +237,10 @@ def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
     assert trained["status"] == "ok", trained["reason"]
     assert trained["world_size"] == 2 and trained["strategy"] == "fsdp"
     assert trained["resumed_from_step"] >= 20 and trained["steps"] == 150
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "comparison.csv")
+    row = table[table["run_id"] == run.run_id].iloc[0]
+    assert row["world_size"] == 2 and row["strategy"] == "fsdp"
+    assert row["peak_memory_gb"] == max(trained["peak_memory_gb_per_rank"])
     host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     assert sorted(trained["node_per_rank"]) == [f"{host}-1", f"{host}-2"]
     accounting = subprocess.run(

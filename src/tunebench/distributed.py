@@ -91,9 +91,32 @@ def full_state_dict_for_saving(trainer) -> None:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
 
 
+def _local(tensor):
+    """This process's part of a tensor: its shard of an FSDP-sharded (DTensor) one."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def model_state_gb(trainer) -> float:
+    """GiB of model state this process holds after training: parameters, gradients and
+    optimizer states (its shards under FSDP, whole under DDP). Measured from the tensors: on a
+    CPU the process's peak RSS also holds activations, logits and allocator slack, which hide
+    what sharding saves."""
+    from tunebench.measure import GIB
+
+    params = [_local(p) for p in trainer.model_wrapped.parameters()]
+    grads = [_local(p.grad) for p in trainer.model_wrapped.parameters() if p.grad is not None]
+    states = [
+        _local(v)
+        for state in trainer.optimizer.state.values()
+        for v in state.values()
+        if hasattr(v, "element_size")
+    ]
+    return sum(t.numel() * t.element_size() for t in params + grads + states) / GIB
+
+
 def local_parameters(model) -> int:
     """Parameters held by this process: its shard of each FSDP-sharded (DTensor) parameter."""
-    return sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in model.parameters())
+    return sum(_local(p).numel() for p in model.parameters())
 
 
 def shard_on_cpu(trainer) -> None:
@@ -188,6 +211,7 @@ def _combined(by_rank: list[dict], strategy: str, why: str, nodes: int = 1) -> d
         "peak_memory_gb": max(peaks),
         "peak_memory_gb_per_rank": peaks,
         "node_per_rank": [r["node"] for r in by_rank],
+        "model_state_gb_per_rank": [r["model_state_gb"] for r in by_rank],
     }
 
 

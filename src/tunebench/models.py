@@ -112,13 +112,17 @@ def load_base_model(
     """Load the untuned model; with `quant` (a BitsAndBytesConfig) in 4-bit for QLoRA.
     `attention`: the attention implementation (training.attention)."""
     kwargs = hub_kwargs(spec) | {"dtype": dtype, "attn_implementation": attention}
-    # One GPU per training process: this process's (0 when training alone).
+    # One GPU per training process: this process's. A process alone with several GPUs (an
+    # evaluation job with resources.evaluate.gpus > 1, for a model no one GPU holds) spreads
+    # the layers over all of them (accelerate's big-model placement).
     gpu = distributed.local_rank()
+    alone_with_gpus = distributed.world_size() == 1 and torch.cuda.device_count() > 1
+    place = "auto" if alone_with_gpus else {"": gpu}
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": gpu} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs["device_map"] = place if torch.cuda.is_available() else {"": "cpu"}
     elif torch.cuda.is_available():
-        kwargs["device_map"] = {"": gpu}
+        kwargs["device_map"] = place
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)

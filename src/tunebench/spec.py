@@ -712,7 +712,9 @@ class JobResources(Strict):
         None, description="e.g. a100, h100 (Slurm --gpus=MODEL:N)"
     )
     cpus_per_gpu: PositiveInt | None = Field(None, description="CPU cores per GPU")
-    mem_gb: PositiveFloat | None = Field(None, description="host memory per job")
+    mem_gb: PositiveFloat | None = Field(
+        None, description="host memory per job (Slurm --mem: on each of its nodes)"
+    )
     runtime_minutes: PositiveInt | None = Field(None, description="time limit per job")
 
 

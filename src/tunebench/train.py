@@ -274,6 +274,8 @@ def train_run(
     clock = training_clock(trainer)
     train_seconds = clock.seconds
     memory = measure.peak_memory()
+    # What this process holds of the model (what sharding divides), whatever else the peak holds.
+    memory["model_state_gb"] = distributed.model_state_gb(trainer)
     guard.check(
         output.training_loss,
         output.global_step,
