@@ -81,6 +81,16 @@ def job_of(comment: str) -> str | None:
     return None
 
 
+def sacct(fields: str) -> str:
+    """The last hour's jobs (allocations, not steps), `|`-separated `fields`."""
+    return subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-S", "now-1hour", "-o", fields],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def cancel_when_checkpointed(
     run_dir: Path, run_id: str, cancelled: list, step: int = 25, rule: str = "train"
 ) -> None:
@@ -134,21 +144,7 @@ def test_the_matrix_runs_on_slurm_and_a_cancelled_job_resumes(cluster, tmp_path)
     assert table[table["run_id"] == runs["full"]].iloc[0]["status"] == "ok"
 
     # The training jobs ran as Slurm jobs, asking for the (fake) GPU and their memory.
-    accounting = subprocess.run(
-        [
-            "sacct",
-            "-n",
-            "-X",
-            "-P",
-            "-S",
-            "now-1hour",
-            "-o",
-            "JobID,Comment,State,AllocTRES,ReqMem",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    accounting = sacct("JobID,Comment,State,AllocTRES,ReqMem")
     train_jobs = [
         line.split("|") for line in accounting.splitlines() if "rule_train_wildcards_" in line
     ]
@@ -185,12 +181,7 @@ def test_a_two_gpu_job_trains_its_run_in_two_processes(cluster, tmp_path):
     trained = json.loads(result.read_text())
     assert trained["status"] == "ok" and trained["world_size"] == 2
     assert len(trained["peak_memory_gb_per_rank"]) == 2
-    accounting = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-S", "now-1hour", "-o", "Comment,AllocTRES"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    accounting = sacct("Comment,AllocTRES")
     (line,) = [
         line
         for line in accounting.splitlines()
@@ -243,12 +234,7 @@ def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
     assert row["peak_memory_gb"] == max(trained["peak_memory_gb_per_rank"])
     host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     assert sorted(trained["node_per_rank"]) == [f"{host}-1", f"{host}-2"]
-    accounting = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-S", "now-1hour", "-o", "Comment,NNodes,AllocTRES"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    accounting = sacct("Comment,NNodes,AllocTRES")
     jobs = [
         line.split("|")
         for line in accounting.splitlines()

@@ -190,6 +190,35 @@ def _check_gpus(processes: int) -> None:
         )
 
 
+def _worker_arguments(run, location, tokenized, run_dir, tracking, strategy, cpu_offload) -> list:
+    """What every worker of the run is given (after its thread count), as plain values."""
+    return [
+        run.model_dump_json(),
+        location,
+        str(tokenized),
+        str(run_dir),
+        tracking.model_dump_json(),
+        fsdp_config(cpu_offload) if strategy == "fsdp" else None,
+    ]
+
+
+def _launch_config(nodes: int, processes_per_node: int, endpoint: str, rendezvous: str):
+    """torch's elastic launcher for a fixed number of nodes, meeting at a c10d `endpoint`;
+    no restarts: a failed worker fails the step (Snakemake and Slurm retry it, resuming)."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return LaunchConfig(
+        min_nodes=nodes,
+        max_nodes=nodes,
+        nproc_per_node=processes_per_node,
+        rdzv_backend="c10d",
+        rdzv_endpoint=endpoint,
+        run_id=rendezvous,
+        max_restarts=0,
+        monitor_interval=1,
+    )
+
+
 def _strategy(run, location: str, processes: int, strategy: str) -> tuple[str, str]:
     if strategy == "auto":
         return choose_strategy(run, location, processes)
@@ -232,7 +261,7 @@ def launch(
     or, with `nodes` > 1, spread over that many nodes of this Slurm job (launch_across_nodes).
     Rank 0's measurements, with every rank's peak memory, the world size and the strategy (and
     why). A failed worker raises (the launcher stops the others)."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
     if nodes > 1:
         return launch_across_nodes(
@@ -249,24 +278,10 @@ def launch(
         )
     _check_gpus(processes)
     strategy, why = _strategy(run, location, processes, strategy)
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=processes,
-        rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
-        run_id=run.run_id,
-        max_restarts=0,
-        monitor_interval=1,
-    )
+    config = _launch_config(1, processes, f"127.0.0.1:{_free_port()}", run.run_id)
     returned = elastic_launch(config, _worker)(
         max(1, threads // processes),
-        run.model_dump_json(),
-        location,
-        str(tokenized),
-        str(run_dir),
-        tracking.model_dump_json(),
-        fsdp_config(cpu_offload) if strategy == "fsdp" else None,
+        *_worker_arguments(run, location, tokenized, run_dir, tracking, strategy, cpu_offload),
     )
     # elastic_launch returns each worker's value by its rank.
     return _combined([returned[r] for r in sorted(returned)], strategy, why)
@@ -317,14 +332,9 @@ def launch_across_nodes(
         # resolvable host names on a cluster).
         "endpoint": f"{socket.gethostname()}:{_free_port('')}",
         "rendezvous": f"{run.run_id}-{os.environ['SLURM_JOB_ID']}",
-        "worker": [
-            run.model_dump_json(),
-            location,
-            str(tokenized),
-            str(run_dir),
-            tracking.model_dump_json(),
-            fsdp_config(cpu_offload) if strategy == "fsdp" else None,
-        ],
+        "worker": _worker_arguments(
+            run, location, tokenized, run_dir, tracking, strategy, cpu_offload
+        ),
     }
     (run_dir / LAUNCH).write_text(json.dumps(plan, indent=1))
     command = [
@@ -359,19 +369,12 @@ def _rank(path: Path) -> int:
 def launch_node(launch_file: Path) -> None:
     """One node's part of launch_across_nodes: its workers, through the rendezvous; each rank's
     measurements written to the run folder's ranks/."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
     plan = json.loads(launch_file.read_text())
     _check_gpus(plan["processes_per_node"])
-    config = LaunchConfig(
-        min_nodes=plan["nodes"],
-        max_nodes=plan["nodes"],
-        nproc_per_node=plan["processes_per_node"],
-        rdzv_backend="c10d",
-        rdzv_endpoint=plan["endpoint"],
-        run_id=plan["rendezvous"],
-        max_restarts=0,
-        monitor_interval=1,
+    config = _launch_config(
+        plan["nodes"], plan["processes_per_node"], plan["endpoint"], plan["rendezvous"]
     )
     threads = max(1, plan["threads"] // plan["processes_per_node"])
     returned = elastic_launch(config, _worker)(threads, *plan["worker"])
