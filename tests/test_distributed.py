@@ -222,3 +222,23 @@ def test_the_readme_70b_recipe_is_one_training_job_over_two_nodes(tmp_path):
     for request in ("nodes=2", "tasks=2", "tasks_per_gpu=0", "mpi=srun", "gres=gpu:h100:8"):
         assert request in job, job
     assert "rule train:" not in plan.stdout  # not also as an ordinary, one-node job
+
+
+def test_a_distributed_result_bills_every_gpu_and_shows_the_fullest_rank(monkeypatch):
+    """Four ranks on two nodes: rank 0's measurements, the largest peak for the table, and
+    hours for all four GPUs (on CPUs: for both machines)."""
+    import torch
+
+    from tunebench.distributed import combine_ranks
+
+    ranks = [
+        {"train_seconds": 3600.0, "peak_memory_gb": peak, "node": node, "model_state_gb": 0.5}
+        for peak, node in [(10.0, "a"), (12.0, "a"), (11.0, "b"), (9.0, "b")]
+    ]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpus = combine_ranks(ranks, "fsdp", "resources.distributed.strategy", nodes=2)
+    assert on_gpus["world_size"] == 4 and on_gpus["accelerator_hours"] == 4.0
+    assert on_gpus["peak_memory_gb"] == 12.0 and on_gpus["peak_memory_gb_per_rank"][0] == 10.0
+    assert on_gpus["node_per_rank"] == ["a", "a", "b", "b"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert combine_ranks(ranks, "fsdp", "", nodes=2)["accelerator_hours"] == 2.0

@@ -232,6 +232,8 @@ def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
     row = table[table["run_id"] == run.run_id].iloc[0]
     assert row["world_size"] == 2 and row["strategy"] == "fsdp"
     assert row["peak_memory_gb"] == max(trained["peak_memory_gb_per_rank"])
+    # CPU processes on two machines: both machines' hours are billed.
+    assert trained["accelerator_hours"] == pytest.approx(2 * trained["train_seconds"] / 3600)
     host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     assert sorted(trained["node_per_rank"]) == [f"{host}-1", f"{host}-2"]
     accounting = sacct("Comment,NNodes,AllocTRES")

@@ -225,7 +225,7 @@ def _strategy(run, location: str, processes: int, strategy: str) -> tuple[str, s
     return strategy, "resources.distributed.strategy"
 
 
-def _combined(by_rank: list[dict], strategy: str, why: str, nodes: int = 1) -> dict:
+def combine_ranks(by_rank: list[dict], strategy: str, why: str, nodes: int = 1) -> dict:
     """Rank 0's measurements with every rank's peak memory, the world size and the strategy;
     billed hours count every GPU that trained (CPU processes: every machine)."""
     import torch
@@ -284,7 +284,7 @@ def launch(
         *_worker_arguments(run, location, tokenized, run_dir, tracking, strategy, cpu_offload),
     )
     # elastic_launch returns each worker's value by its rank.
-    return _combined([returned[r] for r in sorted(returned)], strategy, why)
+    return combine_ranks([returned[r] for r in sorted(returned)], strategy, why)
 
 
 # Where each rank of a run spanning nodes leaves its measurements for the first node to read
@@ -359,7 +359,7 @@ def launch_across_nodes(
     by_rank = [json.loads(f.read_text()) for f in sorted(ranks.glob("rank-*.json"), key=_rank)]
     if len(by_rank) != processes:
         raise RuntimeError(f"{len(by_rank)} of {processes} ranks reported in {ranks}")
-    return _combined(by_rank, strategy, why, nodes)
+    return combine_ranks(by_rank, strategy, why, nodes)
 
 
 def _rank(path: Path) -> int:
