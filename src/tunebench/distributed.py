@@ -261,8 +261,6 @@ def launch(
     or, with `nodes` > 1, spread over that many nodes of this Slurm job (launch_across_nodes).
     Rank 0's measurements, with every rank's peak memory, the world size and the strategy (and
     why). A failed worker raises (the launcher stops the others)."""
-    from torch.distributed.launcher.api import elastic_launch
-
     if nodes > 1:
         return launch_across_nodes(
             run,
@@ -276,6 +274,8 @@ def launch(
             strategy,
             cpu_offload,
         )
+    from torch.distributed.launcher.api import elastic_launch
+
     _check_gpus(processes)
     strategy, why = _strategy(run, location, processes, strategy)
     config = _launch_config(1, processes, f"127.0.0.1:{_free_port()}", run.run_id)

@@ -76,10 +76,10 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
     memory_source = train if train is not None else evaluation
     row["peak_memory_gb"] = memory_source.get("peak_memory_gb")
     row["memory_kind"] = memory_source.get("memory_kind")
-    if train is not None:  # how many processes trained it, and how (peak: the largest rank's)
+    if train is not None:
+        # How many processes trained it, and how (peak_memory_gb: the largest rank's).
         row["world_size"] = train.get("world_size", 1)
         row["strategy"] = train.get("strategy")
-    if train is not None:
         row.update(
             {
                 k: train.get(k)

@@ -844,10 +844,20 @@ class Resources(Strict):
         gpus = self.train.gpus if isinstance(self.train, JobResources) else None
         return gpus or 1
 
+    def _spanning_trainings(self) -> list[tuple[str, JobResources]]:
+        """(key, job) of every training request over more than one node (base, overrides)."""
+        trains = [("train", self.train)] + [
+            (f"overrides[match {o.match}].train", o.train) for o in self.overrides
+        ]
+        return [
+            (name, job)
+            for name, job in trains
+            if isinstance(job, JobResources) and (job.nodes or 1) > 1
+        ]
+
     def spans_nodes(self) -> bool:
         """Whether any training job asks for more than one node (base or an override)."""
-        jobs = [self.train] + [o.train for o in self.overrides]
-        return any(isinstance(j, JobResources) and (j.nodes or 1) > 1 for j in jobs)
+        return bool(self._spanning_trainings())
 
     @model_validator(mode="after")
     def nodes_are_for_training(self):
@@ -860,12 +870,7 @@ class Resources(Strict):
                 f"resources.{spanning[0]}.nodes: only training spans nodes (evaluation runs "
                 "in one process after training); remove it"
             )
-        trains = [("train", self.train)] + [
-            (f"overrides[match {o.match}].train", o.train) for o in self.overrides
-        ]
-        for name, job in trains:
-            if not isinstance(job, JobResources) or (job.nodes or 1) == 1:
-                continue
+        for name, job in self._spanning_trainings():
             processes = self.distributed.processes or job.gpus or 1
             if processes % job.nodes:
                 raise ValueError(
