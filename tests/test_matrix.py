@@ -28,6 +28,11 @@ def test_smoke_matrix_covers_every_method_and_both_sizes():
         ("tiny-s", "full", None),
     }
     assert len(baselines(exp)) == 2
+    # DPO continues the LoRA r8 run of tiny-m (preference tuning, on the same pairs).
+    runs = expand(exp)
+    (dpo,) = [r for r in runs if r.objective == "dpo"]
+    (sft,) = [r for r in runs if r.run_id == dpo.start_from]
+    assert (dpo.model.name, sft.method, sft.rank, sft.objective) == ("tiny-m", "lora", 8, "sft")
     # Both built-in sizes share one tokenizer, hence one tokenised dataset.
     assert len({tokenizer_key(m) for m in exp.models}) == 1
 

@@ -44,6 +44,10 @@ def _name(row: pd.Series, ambiguous_lr: bool) -> str:
         parts.append(str(row["quant_type"]))
     if pd.notna(row.get("backend")) and row["backend"] not in ("hf", ""):
         parts.append(str(row["backend"]))
+    if pd.notna(row.get("objective")) and row["objective"] not in ("sft", ""):
+        parts.append(str(row["objective"]))
+        if pd.notna(row.get("beta")):
+            parts.append(f"beta {row['beta']:g}")
     if ambiguous_lr and pd.notna(row.get("learning_rate")):
         parts.append(f"lr {row['learning_rate']:g}")
     return " ".join(parts)
@@ -64,6 +68,7 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
         "test_loss",
         "test_perplexity",
         "validation_loss",
+        "reward_margin",
     ]
     cost = next((c for c in table.columns if c.startswith("cost_")), None)
     table = table.assign(

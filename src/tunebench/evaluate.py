@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tunebench import metrics, models
 from tunebench.data.templates import cut_at_stop
-from tunebench.data.tokenize import read_split
+from tunebench.data.tokenize import REJECTED, read_split
 from tunebench.io import read_json, read_jsonl
 
 
@@ -109,32 +109,68 @@ def load_trained(run, base_location: str, run_dir: Path):
 
 
 @torch.no_grad()
+def response_logprobs(
+    model, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int, ceiling=None
+) -> list[float]:
+    """log p(response | prompt) of each (prompt ids, response ids): the sum over the response's
+    tokens, as DPO's implicit reward and lm-eval's `acc` use it."""
+    scores = []
+    device = model.device
+    for batch in _batches(pairs, batch_size, ceiling):
+        seqs = [prompt + response for prompt, response in batch]
+        ids = _pad(seqs, pad_id, left=False).to(device)
+        mask = _pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
+        logprobs = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logprobs = logprobs.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+        for row, (prompt, response) in zip(logprobs, batch, strict=True):
+            start = len(prompt) - 1  # logits at t predict token t + 1
+            scores.append(row[start : start + len(response)].sum().item())
+    return scores
+
+
 def multiple_choice_accuracy(
     model, tokenizer, examples: list[dict], records: list[dict], batch_size: int
 ) -> tuple[dict, list[int]]:
     """Pick the choice with the highest log-likelihood after the prompt (lm-eval's `acc`).
     The prompts are the tokenised test split's, exactly what the loss was measured on."""
     correct, picks = 0, []
-    device = model.device
     for example, record in zip(examples, records, strict=True):
         prompt_ids = example["input_ids"][: example["prompt_length"]]
         choice_ids = [
             tokenizer(c, add_special_tokens=False)["input_ids"] for c in record["choices"]
         ]
-        scores = []
-        for batch in _batches(choice_ids, batch_size):
-            seqs = [prompt_ids + c for c in batch]
-            ids = _pad(seqs, tokenizer.pad_token_id, left=False).to(device)
-            mask = _pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
-            logprobs = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            logprobs = logprobs.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-            for row, c in zip(logprobs, batch, strict=True):
-                start = len(prompt_ids) - 1  # logits at t predict token t + 1
-                scores.append(row[start : start + len(c)].sum().item())
+        pairs = [(prompt_ids, c) for c in choice_ids]
+        scores = response_logprobs(model, pairs, tokenizer.pad_token_id, batch_size)
         pick = max(range(len(scores)), key=scores.__getitem__)
         picks.append(pick)
         correct += pick == record["answer_index"]
     return {"multiple_choice_accuracy": correct / max(len(records), 1)}, picks
+
+
+def preference_scores(
+    model, examples: list[dict], pad_id: int, batch_size: int, ceiling=None
+) -> tuple[dict, list[dict]]:
+    """On held-out preference pairs: how often the chosen response is more likely than the
+    rejected one (preference_accuracy), and by how much on average (preference_margin: mean
+    log p(chosen) - log p(rejected), in nats). A DPO run's implicit reward margin is beta x
+    (its margin - its reference's margin): report.py derives it from the two rows."""
+    pairs = []
+    for ex in examples:
+        prompt = ex["input_ids"][: ex["prompt_length"]]
+        pairs += [(prompt, ex["input_ids"][ex["prompt_length"] :]), (prompt, ex[REJECTED])]
+    logprobs = response_logprobs(model, pairs, pad_id, batch_size, ceiling)
+    chosen, rejected = logprobs[0::2], logprobs[1::2]
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    n = max(len(margins), 1)
+    scores = {
+        "preference_accuracy": sum(m > 0 for m in margins) / n,
+        "preference_margin": sum(margins) / n,
+    }
+    per_example = [
+        {"chosen_logprob": c, "rejected_logprob": r, "prefers_chosen": c > r}
+        for c, r in zip(chosen, rejected, strict=True)
+    ]
+    return scores, per_example
 
 
 def evaluate_model(
@@ -172,6 +208,13 @@ def evaluate_model(
                     pred, ref, generation_metrics, spec.evaluation.answer_pattern
                 ),
             }
+    if examples and all(ex.get(REJECTED) for ex in examples):  # preference pairs: every row
+        scores, per_example = preference_scores(
+            model, examples, tokenizer.pad_token_id, settings.batch_size, ceiling
+        )
+        results |= scores
+        for sample, record, scored in zip(samples, chosen, per_example, strict=True):
+            sample |= {"rejected": record["rejected"], **scored}
     if metrics.CHOICE_METRIC in wanted:
         if not all("choices" in r for r in chosen):
             raise ValueError(

@@ -6,6 +6,7 @@ same files with the same messages: a key path (`methods[1].ranks[0]: ...`) or `f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -80,6 +81,7 @@ def validate_matrix(data: dict, source: str = "experiment") -> tuple[Experiment,
     try:
         runs = expand(exp)
         check_paths(exp)
+        check_preference_files(exp, runs)
     except MatrixError as err:
         raise ExperimentError(f"{source}: invalid experiment\n  {err}") from err
     return exp, runs
@@ -119,6 +121,55 @@ def check_paths(exp: Experiment, project: Path | None = None) -> None:
                 where,
                 f"{value!r} escapes the project directory {project}; "
                 "use an absolute path for a file outside it",
+            )
+
+
+def _train_jsonl(data) -> str | None:
+    """The local JSON Lines file a dataset trains on, if it has one."""
+    if data.path:
+        path = data.path
+    elif data.files:
+        path = data.files.train
+    elif data.splits and data.splits.train.path:
+        path = data.splits.train.path
+    else:
+        return None
+    return path if path.lower().endswith(".jsonl") else None
+
+
+def check_preference_files(exp: Experiment, runs: list[RunConfig]) -> None:
+    """A dataset that dpo/orpo runs train on must give preference rows: for a local JSON Lines
+    file, its first row is read now, so that a file without `rejected` is refused before
+    anything runs (other sources are checked when prepared, and a run on rows without
+    `rejected` fails as a row naming the dataset)."""
+    from tunebench.data import formats
+    from tunebench.data.sources import DataError
+
+    preference = {r.dataset.name for r in runs if r.objective != "sft"}
+    for i, data in enumerate(exp.datasets):
+        path = _train_jsonl(data) if data.name in preference else None
+        if path is None or not Path(path).is_file():
+            continue  # a missing file is reported by data preparation, naming it
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            first = next((line for line in lines if line.strip()), "")
+        try:
+            record = json.loads(first)
+        except ValueError:
+            continue  # a bad first line is data preparation's to report, with its line
+        try:
+            found = formats.detect_format(record, data.columns) if data.format == "auto" else None
+        except (DataError, TypeError, AttributeError):
+            found = "unknown"
+        if found is None and isinstance(record, dict):  # format: preference, maybe with columns
+            mapped = {data.columns.get(f, f) for f in ("prompt", "chosen", "rejected")}
+            found = "preference" if mapped <= set(record) else "incomplete"
+        if found != "preference":
+            keys = sorted(record) if isinstance(record, dict) else []
+            raise MatrixError(
+                f"datasets[{i}]",
+                f"dataset {data.name!r} has no preference pairs for objective dpo/orpo: the "
+                f"first row of {path} has fields {keys}, not prompt, chosen and rejected "
+                "(map yours with columns:, e.g. {rejected: worse_answer})",
             )
 
 

@@ -31,6 +31,9 @@ from tunebench.spec import (
 # the meaning of a setting or of a default changes, so old ids are not reused.
 ID_VERSION = 1
 DEFAULT_ALPHA_RATIO = 2.0
+# methods[].beta and methods[].loss_type when a dpo/orpo entry gives none (TRL's defaults).
+DEFAULT_BETA = 0.1
+DEFAULT_DPO_LOSS = "sigmoid"
 
 
 # Settings that only change how results are scored, not what is computed before scoring.
@@ -72,10 +75,12 @@ SHOWN_AXES = (
     "model",
     "dataset",
     "method",
+    "objective",
     "backend",
     "rank",
     "alpha",
     "quant_type",
+    "beta",
     "learning_rate",
     "seed",
 )
@@ -97,6 +102,13 @@ class RunConfig(Strict):
     quant_type: str | None = None
     double_quant: bool | None = None
     compute_dtype: str | None = None
+    # Defaults sft/None: hashed only when set, so adding preference tuning kept every run id.
+    objective: str = "sft"
+    beta: float | None = None
+    loss_type: str | None = None
+    # The run id of the SFT run a dpo/orpo run starts from (methods[].start_from): its weights
+    # are this run's starting point and DPO reference. Ids hash configs, so this pins it.
+    start_from: str | None = None
     learning_rate: float
     seed: int
     training: Training
@@ -110,6 +122,8 @@ class RunConfig(Strict):
             parts.append(f"r{self.rank}")
         if self.quant_type is not None:
             parts.append(self.quant_type)
+        if self.objective != "sft":
+            parts.append(self.objective)
         if self.label:
             parts.append(self.label)
         parts += [self.dataset.name, f"s{self.seed}"]
@@ -134,12 +148,17 @@ class RunConfig(Strict):
             "quant_type": self.quant_type,
             "double_quant": self.double_quant,
             "compute_dtype": self.compute_dtype,
+            "objective": self.objective,
+            "beta": self.beta,
+            "loss_type": self.loss_type,
+            "start_from": self.start_from,
             "learning_rate": self.learning_rate,
             "seed": self.seed,
         }
 
 
-SELECTOR_KEYS = set(RunConfig.model_fields) - {"model", "dataset", "training"} | {
+# start_from (a run id, resolved last) is not a selector: select on objective and method.
+SELECTOR_KEYS = set(RunConfig.model_fields) - {"model", "dataset", "training", "start_from"} | {
     "model",
     "dataset",
 }
@@ -154,12 +173,34 @@ class MatrixError(ValueError):
 
 
 def _method_variants(method) -> list[dict[str, Any]]:
-    """One dict per point of the method's own axes (backend x rank x alpha x quant x lr)."""
+    """One dict per point of the method's own axes (backend x objective x rank x alpha x quant
+    x lr). A dpo/orpo variant's `start_from` is still the entry's name (see _start_from_sft)."""
     return [
-        {**variant, "backend": backend}
+        {**variant, **objective, "backend": backend}
         for backend in method.backend
+        for objective in _objective_variants(method)
         for variant in _method_variants_one_backend(method)
     ]
+
+
+def _objective_variants(method) -> list[dict[str, Any]]:
+    """One dict per objective of the entry, and for dpo/orpo per beta and loss type."""
+    variants = []
+    for objective in method.objective:
+        if objective == "sft":
+            variants.append({"objective": "sft"})
+            continue
+        losses = (method.loss_type or [DEFAULT_DPO_LOSS]) if objective == "dpo" else [None]
+        for beta, loss in itertools.product(method.beta or [DEFAULT_BETA], losses):
+            variants.append(
+                {
+                    "objective": objective,
+                    "beta": beta,
+                    "loss_type": loss,
+                    "start_from": method.start_from,
+                }
+            )
+    return variants
 
 
 def _method_variants_one_backend(method) -> list[dict[str, Any]]:
@@ -199,6 +240,7 @@ def _method_variants_one_backend(method) -> list[dict[str, Any]]:
 
 def _resolve(exp: Experiment, model: ModelSpec, dataset: DatasetSpec, variant: dict, seed: int):
     variant = dict(variant)
+    variant.pop("start_from", None)  # an entry's name until _start_from_sft resolves it
     if variant.get("learning_rate") is None:
         variant["learning_rate"] = exp.training.learning_rate
     training = exp.training.model_copy(update={"seeds": [seed]})
@@ -220,8 +262,9 @@ def _check_selector(where: str, selector: dict[str, Any]) -> None:
 
 def expand(exp: Experiment) -> list[RunConfig]:
     """models x methods(axes) x datasets x seeds, minus exclude, plus include; ids unique."""
+    # (run, name of the methods entry whose SFT run it starts from, or None)
     runs = [
-        _resolve(exp, model, dataset, variant, seed)
+        (_resolve(exp, model, dataset, variant, seed), variant.get("start_from"))
         for model in exp.models
         for method in exp.methods
         for variant in _method_variants(method)
@@ -230,12 +273,13 @@ def expand(exp: Experiment) -> list[RunConfig]:
     ]
     for i, selector in enumerate(exp.exclude):
         _check_selector(f"exclude[{i}]", selector)
-        kept = [r for r in runs if not _matches(r, selector)]
+        kept = [(r, start) for r, start in runs if not _matches(r, selector)]
         if len(kept) == len(runs):
             raise MatrixError(f"exclude[{i}]", f"matches no run: {selector}")
         runs = kept
     for i, selector in enumerate(exp.include):
         runs.extend(_included(exp, i, selector))
+    runs = _start_from_sft(exp, runs)
     for i, override in enumerate(exp.resources.overrides):
         _check_selector(f"resources.overrides[{i}].match", override.match)
     unique = {r.run_id: r for r in runs}
@@ -244,6 +288,53 @@ def expand(exp: Experiment) -> list[RunConfig]:
     exported_runs(exp, list(unique.values()))  # checks export.runs and export.best_by
     referenced_runs(exp, list(unique.values()))  # checks reference.cells[].run
     return list(unique.values())
+
+
+# What a run that starts from an SFT run shares with it: it continues that run's weights.
+CONTINUED = (
+    "backend",
+    "rank",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "quant_type",
+    "double_quant",
+    "compute_dtype",
+    "seed",
+)
+
+
+def _start_from_sft(exp: Experiment, runs: list[tuple[RunConfig, str | None]]) -> list[RunConfig]:
+    """Each dpo/orpo run whose entry has start_from gets the id of the SFT run it continues:
+    the named entry's SFT run with the same model, dataset, seed and adapter shape (and, if
+    that entry sweeps learning rates, the same learning rate)."""
+    entries = {m.entry_name: m for m in exp.methods}
+    sft = [r for r, _ in runs if r.objective == "sft"]
+    resolved = []
+    for run, entry_name in runs:
+        if entry_name is None:
+            resolved.append(run)
+            continue
+        entry = entries[entry_name]  # the experiment's validator checked the name
+        matches = [
+            s
+            for s in sft
+            if (s.method, s.label, s.model.name, s.dataset.name)
+            == (entry.method, entry.label, run.model.name, run.dataset.name)
+            and all(getattr(s, k) == getattr(run, k) for k in CONTINUED)
+        ]
+        if len(matches) > 1:
+            matches = [s for s in matches if s.learning_rate == run.learning_rate]
+        if len(matches) != 1:
+            found = "no SFT run" if not matches else f"{len(matches)} SFT runs"
+            raise MatrixError(
+                f"start_from {entry_name!r}",
+                f"{found} of that entry to start run {run.run_id} from (one with the same "
+                f"model, dataset, {', '.join(CONTINUED)}); give the entries the same ranks "
+                "and settings, one learning rate, and do not exclude the SFT run",
+            )
+        resolved.append(run.model_copy(update={"start_from": matches[0].run_id}))
+    return resolved
 
 
 def referenced_runs(exp: Experiment, runs: list[RunConfig]) -> list[list[RunConfig]]:
@@ -282,7 +373,9 @@ def exported_runs(exp: Experiment, runs: list[RunConfig]) -> list[RunConfig]:
     return list(chosen.values())
 
 
-def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConfig]:
+def _included(
+    exp: Experiment, i: int, selector: dict[str, Any]
+) -> list[tuple[RunConfig, str | None]]:
     """An include entry names a model and a method entry (by method and optional label) and
     overrides any of that method's axes, e.g. {model: tiny-s, method: lora, rank: 64}."""
     where = f"include[{i}]"
@@ -306,7 +399,15 @@ def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConf
             f"no methods entry with method={selector['method']!r}"
             + (f" and label={wanted_label!r}" if wanted_label else ""),
         )
-    base = _method_variants(candidates[0])[0]
+    variants = _method_variants(candidates[0])
+    if "objective" in selector:  # an include of a dpo run starts from the entry's dpo settings
+        variants = [v for v in variants if v["objective"] == selector["objective"]]
+        if not variants:
+            raise MatrixError(
+                f"{where}.objective",
+                f"that methods entry has no objective {selector['objective']!r}",
+            )
+    base = variants[0]
     overrides = {k: v for k, v in selector.items() if k not in ("model", "dataset", "seed")}
     if selector["method"] == "full" and any(k in overrides for k in ("rank", "alpha")):
         raise MatrixError(where, "full fine-tuning has no rank or alpha")
@@ -319,7 +420,9 @@ def _included(exp: Experiment, i: int, selector: dict[str, Any]) -> list[RunConf
     seeds = [selector["seed"]] if "seed" in selector else exp.training.seeds
     try:
         return [
-            _resolve(exp, models[selector["model"]], d, variant, s) for d in chosen for s in seeds
+            (_resolve(exp, models[selector["model"]], d, variant, s), variant.get("start_from"))
+            for d in chosen
+            for s in seeds
         ]
     except ValueError as err:
         raise MatrixError(where, str(err).splitlines()[0]) from err

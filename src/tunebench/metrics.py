@@ -26,6 +26,8 @@ GENERATION_METRICS = (
 CHOICE_METRIC = "multiple_choice_accuracy"
 # Every metric a dataset can ask for (datasets[].evaluation.metrics), in table order.
 METRIC_NAMES = (*GENERATION_METRICS, CHOICE_METRIC)
+# Scored on every row whenever the test split holds preference pairs (evaluate.preference_scores).
+PREFERENCE_METRICS = ("preference_accuracy", "preference_margin")
 
 # A number as it appears in model output: optional sign and '$', either comma-grouped thousands
 # ("1,234") or plain digits, optional decimals. Strict thousands grouping keeps a list such as

@@ -158,6 +158,25 @@ def prepare_for_method(run, model, gradient_checkpointing: bool):
     return model, lora_config(run)
 
 
+def load_starting_point(
+    run, base_location: str, start_model_dir, dtype, quant, gradient_checkpointing: bool
+):
+    """The weights a run continues when it starts from an SFT run (methods[].start_from): that
+    run's full model, or the base model (4-bit for QLoRA) with that run's adapter, trainable."""
+    if run.method == "full":
+        return load_base_model(run.model, str(start_model_dir), dtype, None, run.training.attention)
+    from peft import PeftModel
+
+    model = load_base_model(run.model, base_location, dtype, quant, run.training.attention)
+    if run.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+    return PeftModel.from_pretrained(model, str(start_model_dir), is_trainable=True)
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total). 4-bit weights are packed two per byte, so count them as stored x 2."""
     trainable = total = 0

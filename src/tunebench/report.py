@@ -12,7 +12,7 @@ import pandas as pd
 from tunebench import layout, measure, slurm
 from tunebench.io import atomic_path, read_json
 from tunebench.matrix import SHOWN_AXES, baselines, dataset_key, expand, model_key
-from tunebench.metrics import METRIC_NAMES
+from tunebench.metrics import METRIC_NAMES, PREFERENCE_METRICS
 from tunebench.spec import Experiment
 
 IDENTITY = ["run_id", *SHOWN_AXES, "status", "reason"]
@@ -65,7 +65,7 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
         "run_id": (train or evaluation).get("run_id"),
         "status": status,
         "reason": reason,
-        **{metric: evaluation.get(metric) for metric in METRIC_NAMES},
+        **{metric: evaluation.get(metric) for metric in (*METRIC_NAMES, *PREFERENCE_METRICS)},
         **{k: v for k, v in evaluation.items() if k.startswith("lm_eval/")},
         "test_loss": evaluation.get("loss"),
         "test_perplexity": evaluation.get("perplexity"),
@@ -140,9 +140,12 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
         }
         evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
         rows.append(_row(run.axes(), train, evaluation, exp))
-    metrics = [m for m in METRIC_NAMES if any(r.get(m) is not None for r in rows)]
+    scored = (*METRIC_NAMES, *PREFERENCE_METRICS)
+    metrics = [m for m in scored if any(r.get(m) is not None for r in rows)]
     metrics += sorted({k for r in rows for k in r if k.startswith("lm_eval/")})
     metric_columns = [c for m in metrics for c in (m, f"delta_{m}_vs_base")]
+    if "preference_margin" in metrics:
+        metric_columns.append("reward_margin")
     table = pd.DataFrame(rows).reindex(columns=IDENTITY + metric_columns + MEASURES)
     table.attrs["metrics"] = metrics
     keys = list(zip(table["model"], table["dataset"], strict=True))
@@ -152,9 +155,41 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
             value - base.get(key) if pd.notna(value) and pd.notna(base.get(key)) else None
             for value, key in zip(table[metric], keys, strict=True)
         ]
+    if "reward_margin" in table:
+        table["reward_margin"] = _reward_margins(table, exp)
     _refuse_mismatched_test_sets(table)
     table = table.rename(columns={"cost": f"cost_{exp.cost.currency.lower()}"})
     return table
+
+
+def _reward_margins(table: pd.DataFrame, exp: Experiment) -> list:
+    """DPO's implicit reward margin on the test pairs, per dpo row: beta x (its preference
+    margin - its reference's), the reference being the SFT run it started from, else the
+    untuned base model (both rows of the same table, scored on the same pairs)."""
+    starts = {run.run_id: run.start_from for run in expand(exp)}
+    margin = dict(zip(table["run_id"], table["preference_margin"], strict=True))
+    base = {
+        (m, d): v
+        for m, d, method, v in zip(
+            table["model"],
+            table["dataset"],
+            table["method"],
+            table["preference_margin"],
+            strict=True,
+        )
+        if method == "base"
+    }
+    margins = []
+    for row in table.itertuples():
+        reference = (
+            margin.get(starts.get(row.run_id))
+            if starts.get(row.run_id)
+            else base.get((row.model, row.dataset))
+        )
+        usable = row.objective == "dpo" and pd.notna(row.preference_margin)
+        usable = usable and reference is not None and pd.notna(reference)
+        margins.append(row.beta * (row.preference_margin - reference) if usable else None)
+    return margins
 
 
 def _refuse_mismatched_test_sets(table: pd.DataFrame) -> None:

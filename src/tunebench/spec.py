@@ -23,7 +23,7 @@ from pydantic import (
 
 from tunebench.builtin.wordops import OPERATIONS
 from tunebench.data.formats import FORMATS
-from tunebench.metrics import GENERATION_METRICS, METRIC_NAMES
+from tunebench.metrics import GENERATION_METRICS, METRIC_NAMES, PREFERENCE_METRICS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -238,6 +238,26 @@ Backend = Literal["hf", "unsloth"]
 # What Unsloth's FastLanguageModel can train; the rest is rejected at validation, not at training.
 UNSLOTH_METHODS = ("full", "lora", "rslora", "qlora")
 AdapterRank = Annotated[int, Field(gt=0, le=65536)]
+# What a run is trained to do: imitate the reference answers (sft), or prefer the chosen answer
+# of each pair over the rejected one (dpo: TRL's DPOTrainer; orpo: TRL's ORPOTrainer).
+OBJECTIVES = ("sft", "dpo", "orpo")
+PREFERENCE_OBJECTIVES = ("dpo", "orpo")
+# DPOTrainer's loss types (DPOConfig.loss_type in TRL 1.16) that need no other setting.
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "nca_pair",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)
 
 
 class MethodBase(Strict):
@@ -252,6 +272,40 @@ class MethodBase(Strict):
         "FastLanguageModel in its own environment (faster on GPUs, no DoRA). [hf, unsloth] "
         "runs both side by side",
     )
+    objective: Axis[Literal[OBJECTIVES]] = Field(
+        ["sft"],
+        min_length=1,
+        description="an axis. sft: learn the reference answers (the chosen one of a preference "
+        "pair); dpo: Direct Preference Optimisation, raise the chosen answer's likelihood "
+        "over the rejected one's relative to a frozen reference (the starting model), TRL's "
+        "DPOTrainer; orpo: odds-ratio preference optimisation, SFT plus a preference term and "
+        "no reference model, TRL's ORPOTrainer. dpo and orpo need preference data (prompt, "
+        "chosen, rejected). [sft, dpo] runs both side by side",
+    )
+    beta: Axis[PositiveFloat] | None = Field(
+        None,
+        description="an axis; dpo and orpo only (default 0.1). dpo: how far the policy may move "
+        "from the reference (higher: closer to it); orpo: the weight of the odds-ratio term "
+        "(the paper's lambda)",
+    )
+    loss_type: Axis[Literal[DPO_LOSSES]] | None = Field(
+        None,
+        description="an axis; dpo only (default sigmoid, the DPO paper's loss): TRL's "
+        "DPOConfig.loss_type, e.g. ipo, hinge, robust, apo_zero",
+    )
+    start_from: Name | None = Field(
+        None,
+        description="dpo and orpo: start from the SFT run of the methods entry named here (its "
+        "label, or its method when unlabelled) with the same model, dataset, seed and "
+        "adapter shape, instead of from the base model: the usual two stages. The SFT run is "
+        "trained once, is a row of its own, and is the DPO reference. May name this entry "
+        "itself when its objective lists sft",
+    )
+
+    @property
+    def entry_name(self) -> str:
+        """How start_from names this entry: its label, else its method."""
+        return self.label or self.method
 
     @model_validator(mode="after")
     def backend_supports_method(self):
@@ -262,6 +316,23 @@ class MethodBase(Strict):
             )
         if len(set(self.backend)) != len(self.backend):
             raise ValueError(f"backend lists a backend twice: {self.backend}")
+        return self
+
+    @model_validator(mode="after")
+    def preference_settings(self):
+        preference = [o for o in self.objective if o in PREFERENCE_OBJECTIVES]
+        if len(set(self.objective)) != len(self.objective):
+            raise ValueError(f"objective lists an objective twice: {self.objective}")
+        if preference and "unsloth" in self.backend:
+            raise ValueError(
+                f"objective {preference[0]} trains with the hf backend only (tunebench does not "
+                "run Unsloth's patched preference trainers); use backend: hf for it"
+            )
+        for key in ("beta", "start_from"):
+            if getattr(self, key) is not None and not preference:
+                raise ValueError(f"{key} applies to objective dpo or orpo only")
+        if self.loss_type is not None and "dpo" not in self.objective:
+            raise ValueError("loss_type applies to objective dpo only")
         return self
 
 
@@ -549,7 +620,28 @@ class DatasetSpec(Strict):
             raise ValueError("test_fraction + validation_fraction must leave training data")
         if (self.template == "custom") != (self.custom_template is not None):
             raise ValueError("template: custom goes with custom_template (a Jinja template)")
+        if self.builtin is not None and self.format not in ("auto", "preference"):
+            raise ValueError(
+                "the built-in task writes its own rows: format auto (instructions) or "
+                "preference (each right answer beside a wrong one, for dpo and orpo)"
+            )
         return self
+
+    def preference_problem(self) -> str | None:
+        """Why this dataset cannot give preference pairs as configured, if it can be told
+        before reading it (a hub dataset or a file in `auto` format is checked when prepared,
+        and a run on rows without `rejected` fails as a row naming the dataset)."""
+        if self.builtin is not None and self.format != "preference":
+            return (
+                "the built-in task gives preference pairs with format: preference (a wrong "
+                "answer as `rejected` beside each right one)"
+            )
+        if self.format not in ("auto", "preference"):
+            return (
+                f"its format is {self.format}, which has no `rejected` answer; preference rows "
+                "have prompt, chosen and rejected (format: preference, columns: to map yours)"
+            )
+        return None
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -957,10 +1049,11 @@ class Budget(Strict):
 class Report(Strict):
     """What the report recommends: the best configuration under each budget, with evidence."""
 
-    metric: Literal[(*METRIC_NAMES, *LOWER_IS_BETTER)] | None = Field(
+    metric: Literal[(*METRIC_NAMES, *PREFERENCE_METRICS, *LOWER_IS_BETTER)] | None = Field(
         None,
         description="the quality to rank by (default: the first dataset's first metric); "
-        "higher is better except for losses and perplexity",
+        "higher is better except for losses and perplexity. preference_accuracy and "
+        "preference_margin are scored on every row of a dataset with preference pairs",
     )
     dataset: Name | None = Field(
         None, description="the dataset the recommendation is made on (default: the first)"
@@ -1111,6 +1204,53 @@ class Experiment(Strict):
                 "resources.distributed.strategy: fsdp shards over two or more processes; set "
                 "resources.distributed.processes (or resources.train.gpus)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def preference_runs_can_train(self):
+        """dpo/orpo entries: preference data, one process, start_from naming an SFT entry."""
+        preference = [
+            (i, m) for i, m in enumerate(self.methods) if set(m.objective) & {"dpo", "orpo"}
+        ]
+        if not preference:
+            return self
+        for d in self.datasets:
+            problem = d.preference_problem()
+            if problem:
+                raise ValueError(
+                    f"dataset {d.name!r} has no preference pairs for objective dpo/orpo "
+                    f"(methods[{preference[0][0]}]): {problem}"
+                )
+        if self.resources.training_processes() > 1:
+            raise ValueError(
+                "objective dpo/orpo trains in one process: remove resources.distributed."
+                "processes (or resources.train.gpus > 1) or train these runs separately"
+            )
+        if self.training.packing or self.training.padding_free:
+            raise ValueError(
+                "training.packing and training.padding_free apply to objective sft only "
+                "(TRL's preference trainers pad each pair); turn them off"
+            )
+        names = [m.entry_name for m in self.methods]
+        for i, method in preference:
+            if method.start_from is None:
+                continue
+            where = f"methods[{i}].start_from {method.start_from!r}"
+            found = [j for j, name in enumerate(names) if name == method.start_from]
+            if len(found) != 1:
+                raise ValueError(
+                    f"{where}: names {len(found)} methods entries (entries are named by "
+                    f"label, else method: {names}); give the one to start from a label"
+                )
+            start = self.methods[found[0]]
+            if "sft" not in start.objective:
+                raise ValueError(f"{where}: that entry trains no sft run (its objective)")
+            if start.method != method.method:
+                raise ValueError(
+                    f"{where}: that entry's method is {start.method}, this one's "
+                    f"{method.method}; a run continues the SFT run's weights (the same method "
+                    "and adapter shape)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -164,13 +164,15 @@ def train(
     strategy: str = "auto",
     cpu_offload: bool = False,
     nodes: int = 1,
+    start_from: Path | None = None,
 ) -> dict:
     """Fine-tune one run of the matrix and record its result (a failure is a row).
     predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
     predicted to fit, else it is recorded as `predicted_oom` without training.
     processes, strategy, cpu_offload: how many processes train the run, and how
     (resources.distributed; see distributed.py); nodes: how many nodes of this Slurm job they
-    are spread over (resources.train.nodes)."""
+    are spread over (resources.train.nodes); start_from: the folder of the SFT run a dpo/orpo
+    run continues (run.start_from), which must have finished."""
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
@@ -185,6 +187,12 @@ def train(
         if backend_error is not None:
             raise backend_error
         location = _require_inputs(run.model, model_dir, tokenized)
+        if start_from is not None:
+            outcomes.require_ok(
+                start_from / "train" / "result.json",
+                f"the SFT run {run.start_from} it starts from",
+                status="skipped",
+            )
         if predicted_oom_mb:
             check_predicted_fit(run, location, predicted_oom_mb / 1024)
         if processes > 1 or nodes > 1:
@@ -203,7 +211,9 @@ def train(
                 nodes,
             )
         else:
-            measured = train_run(run, location, tokenized, run_dir, tracking, ceiling)
+            measured = train_run(
+                run, location, tokenized, run_dir, tracking, ceiling, start_dir=start_from
+            )
         # Where the base came from: evaluation and `tunebench export` load the same one.
         return measured | {"base_model": location}
 

@@ -1,4 +1,5 @@
-"""Rule train: one run of the matrix with TRL's SFTTrainer (+ PEFT, + bitsandbytes for QLoRA).
+"""Rule train: one run of the matrix with TRL's SFTTrainer (+ PEFT, + bitsandbytes for QLoRA),
+or its DPOTrainer / ORPOTrainer for the preference objectives (preference.py).
 
 `train_run` does the work and returns the run's measurements; the stage (stages.train) records
 it with outcomes.record, so a failure inside training is a row of the table, not a crash.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 
 from tunebench import distributed, measure, models, precision
 from tunebench.callbacks import LossGuard, MemoryCeilingCallback, TrainingClock, training_clock
-from tunebench.data.tokenize import load_split
+from tunebench.data.tokenize import REJECTED, load_split
 from tunebench.matrix import RunConfig
 from tunebench.outcomes import StageFailure
 
@@ -61,13 +63,16 @@ def fit_length(dataset, max_length: int, too_long: str):
         )
     else:
         kept = dataset.filter(lambda ex: len(ex["input_ids"]) <= max_length)
-    return kept.remove_columns(["id", "prompt_length"]), over
+    unused = [c for c in ("id", "prompt_length", REJECTED) if c in kept.column_names]
+    return kept.remove_columns(unused), over
 
 
-def sft_config(
+def trainer_arguments(
     run: RunConfig, out_dir: Path, report_to: str, sharding: dict | None = None
-) -> SFTConfig:
-    """`sharding`: FSDP settings (distributed.fsdp_config) when the run's processes shard it."""
+) -> dict:
+    """The TrainingArguments every objective shares (SFTConfig, DPOConfig and ORPOConfig take
+    them all). `sharding`: FSDP settings (distributed.fsdp_config) when the run's processes
+    shard it."""
     t = run.training
     dtype = models.training_dtype(t.precision)
     schedule = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.epochs}
@@ -76,7 +81,7 @@ def sft_config(
         if t.save_steps
         else {"save_strategy": "no"}
     )
-    return SFTConfig(
+    return dict(
         output_dir=str(out_dir),
         **schedule,
         **save,
@@ -96,15 +101,6 @@ def sft_config(
         optim=t.optimizer,
         # Unsloth sets up its own checkpointing when it loads the model.
         gradient_checkpointing=t.gradient_checkpointing and run.backend == "hf",
-        # BFD packing (TRL's default strategy) implies padding-free batches: one row of several
-        # examples whose position_ids restart, which SDPA and flash attention keep apart.
-        packing=t.packing,
-        padding_free=t.padding_free,
-        # Examples are already cut to max_length (fit_length); padding-free batches without
-        # packing must not be given one (TRL refuses: it cannot enforce it there).
-        max_length=None if t.padding_free and not t.packing else t.max_length,
-        completion_only_loss=True,
-        use_liger_kernel=t.liger_kernel,
         torch_compile=t.torch_compile,
         bf16=dtype == torch.bfloat16 and run.method != "qlora",
         fp16=dtype == torch.float16 and run.method != "qlora",
@@ -122,11 +118,30 @@ def sft_config(
         # Both come back with a checkpoint, so tokens/s after a resume spans the whole run:
         # TrainingClock's seconds, and Trainer's count of tokens that are not padding (TRL's
         # own `num_tokens` restarts at 0). Padding-free rows have no attention mask: there it
-        # counts tokens other than the pad token (EOS), one fewer per example.
+        # counts tokens other than the pad token (EOS), one fewer per example. ORPO's batches
+        # have no `input_ids` to count: its tokens are not counted.
         restore_callback_states_from_checkpoint=True,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="non_padding" if run.objective != "orpo" else "no",
         fsdp=sharding is not None,
         fsdp_config=sharding,
+    )
+
+
+def sft_config(
+    run: RunConfig, out_dir: Path, report_to: str, sharding: dict | None = None
+) -> SFTConfig:
+    t = run.training
+    return SFTConfig(
+        **trainer_arguments(run, out_dir, report_to, sharding),
+        # BFD packing (TRL's default strategy) implies padding-free batches: one row of several
+        # examples whose position_ids restart, which SDPA and flash attention keep apart.
+        packing=t.packing,
+        padding_free=t.padding_free,
+        # Examples are already cut to max_length (fit_length); padding-free batches without
+        # packing must not be given one (TRL refuses: it cannot enforce it there).
+        max_length=None if t.padding_free and not t.packing else t.max_length,
+        completion_only_loss=True,
+        use_liger_kernel=t.liger_kernel,
     )
 
 
@@ -202,17 +217,28 @@ def train_run(
     tracking,
     ceiling: measure.MemoryCeiling | None = None,
     sharding: dict | None = None,
+    start_dir: Path | None = None,
 ) -> dict:
     """Train one run; save its adapter (or model) and tokenizer to run_dir/model. Returns the
     run's measurements; raises on failure (see outcomes.status_of). `sharding`: FSDP settings
-    when several processes shard the run (distributed.py)."""
+    when several processes shard the run (distributed.py). `start_dir`: the folder of the SFT
+    run a dpo/orpo run starts from (run.start_from)."""
     check_settings(run)
     set_seed(run.seed)
     measure.reset_peak_memory()
     tokenizer = models.load_tokenizer(run.model, model_location)
     limit, too_long = run.training.max_length, run.dataset.too_long
-    train_set, long_train = fit_length(load_split(tokenized_dir, "train"), limit, too_long)
-    val_set, long_val = fit_length(load_split(tokenized_dir, "validation"), limit, too_long)
+    if run.objective == "sft":
+        train_set, long_train = fit_length(load_split(tokenized_dir, "train"), limit, too_long)
+        val_set, long_val = fit_length(load_split(tokenized_dir, "validation"), limit, too_long)
+    else:  # validation pairs are scored by evaluation; the objective's own loss is logged
+        from tunebench import preference
+
+        name = run.dataset.name
+        train_set, long_train = preference.pairs(
+            load_split(tokenized_dir, "train"), limit, too_long, name
+        )
+        val_set, long_val = [], 0
     dtype = models.training_dtype(run.training.precision)
     quant = None
     if run.method == "qlora":
@@ -235,6 +261,16 @@ def train_run(
 
         model = unsloth_backend.load_model(run, model_location, dtype, models.hub_kwargs(run.model))
         peft_config = None
+    elif run.start_from is not None:
+        model = models.load_starting_point(
+            run,
+            model_location,
+            start_dir / "model",
+            dtype,
+            quant,
+            run.training.gradient_checkpointing,
+        )
+        peft_config = None
     else:
         model = models.load_base_model(
             run.model, model_location, dtype, quant, run.training.attention
@@ -246,14 +282,21 @@ def train_run(
     callbacks = [guard, TrainingClock()]
     if ceiling is not None:
         callbacks.append(MemoryCeilingCallback(ceiling))
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(run, run_dir / "checkpoints", _tracking(tracking, run_dir), sharding),
-        train_dataset=train_set,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
+    report_to = _tracking(tracking, run_dir)
+    if run.objective == "sft":
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(run, run_dir / "checkpoints", report_to, sharding),
+            train_dataset=train_set,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+    else:
+        arguments = trainer_arguments(run, run_dir / "checkpoints", report_to, sharding)
+        trainer = preference.trainer(
+            run, arguments, model, peft_config, tokenizer, train_set, callbacks
+        )
     if run.method == "qlora" and not torch.cuda.is_available():
         models.disable_cpu_bf16_repacking(trainer.model)
     if sharding is not None:
@@ -288,12 +331,14 @@ def train_run(
     trainer.save_model(str(run_dir / "model"))  # by the first process only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run_dir / "model"))
-    tokens = trainer.state.num_input_tokens_seen
+        # DPOTrainer's frozen copy of a continued adapter (its reference) is saved beside it.
+        shutil.rmtree(run_dir / "model" / "ref", ignore_errors=True)
+    tokens = trainer.state.num_input_tokens_seen or None  # None: not counted (ORPO)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     measured = {
         "steps": output.global_step,
         "train_seconds": train_seconds,
-        "tokens_per_second": tokens / train_seconds if train_seconds else None,
+        "tokens_per_second": tokens / train_seconds if tokens and train_seconds else None,
         **memory,
     }
     return {
@@ -303,7 +348,7 @@ def train_run(
         "train_seconds": train_seconds,
         "train_seconds_before_resume": clock.seconds_before,
         "train_tokens": tokens,
-        "tokens_per_second": tokens / train_seconds if train_seconds else None,
+        "tokens_per_second": tokens / train_seconds if tokens and train_seconds else None,
         "steps": output.global_step,
         "resumed_from_step": int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None,
         "train_loss_mean": output.training_loss,

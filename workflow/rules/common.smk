@@ -116,6 +116,8 @@ def _run_inputs(run_id):
     run = RUNS[run_id]
     inputs = model_and_data_inputs(run.model, run.dataset)
     del inputs["data"]  # upstream of the tokenised data
+    if run.start_from is not None:  # dpo/orpo after SFT: that run trains first, once
+        inputs["start_from"] = at_root(layout.TRAIN_RESULT, run_id=run.start_from)
     return inputs
 
 
@@ -169,6 +171,10 @@ def _train_settings(run_id):
         "model_dir": base_model_dir(run.model),
         "tokenized": tokenized_dir(run.model, run.dataset),
         "run_dir": at_root(layout.RUN, run_id=run_id),
+        # The folder of the SFT run a dpo/orpo run continues ("": none).
+        "start_from": (
+            at_root(layout.RUN, run_id=run.start_from) if run.start_from else ""
+        ),
     }
 
 

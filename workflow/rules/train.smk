@@ -29,7 +29,8 @@ rule train:
         " --memory-limit-mb {resources.memory_limit_mb} --threads {threads}"
         " --predicted-oom-mb {resources.predicted_oom_mb}"
         " --processes {params.job[processes]} --strategy {params.strategy}"
-        " --cpu-offload {params.cpu_offload} --nodes {params.job[nodes]} > {log} 2>&1"
+        " --cpu-offload {params.cpu_offload} --nodes {params.job[nodes]}"
+        " --start-from={params.job[start_from]:q} > {log} 2>&1"
 
 
 # A run whose training spans nodes (resources.train.nodes) is the same step, submitted as one

@@ -101,3 +101,42 @@ def instruction_rows(words: list[str], operations: list[str]) -> list[dict]:
                 {"instruction": prompt.format(s=spaced(word)), "input": "", "output": answer(word)}
             )
     return rows
+
+
+def wrong_answer(word: str, op: str) -> str:
+    """A plausible mistake for one question, never the right answer: the word forwards instead
+    of backwards, the other end's letter, a count one off. Seeded by the word and the question
+    alone, so it does not depend on (or disturb) any other random draw."""
+    rng = random.Random(f"{word}/{op}")
+    right = OPERATIONS[op][1](word)
+    if op == "reverse":
+        letters = list(word)
+        candidates = [spaced(word)]  # not reversed at all
+        for i in range(len(letters) - 1):  # or reversed with two neighbours swapped
+            swapped = letters[::-1]
+            swapped[i], swapped[i + 1] = swapped[i + 1], swapped[i]
+            candidates.append(" ".join(swapped))
+    elif op in ("first", "last"):
+        other = word[-1] if op == "first" else word[0]
+        candidates = [other] + [c for c in word if c != right] + list(LETTERS)
+    else:  # count
+        candidates = [str(len(word) + rng.choice((-1, 1))), str(len(word) + 2)]
+    wrong = [c for c in candidates if c != right]
+    if op == "reverse":  # forwards, or one slip: some pairs differ by a single letter pair
+        return rng.choice(wrong)
+    # The most natural mistake: only a repeated letter (or a palindrome) moves past it.
+    return wrong[0]
+
+
+def preference_rows(words: list[str], operations: list[str]) -> list[dict]:
+    """Preference rows (prompt, chosen, rejected): the same questions, the right answer
+    chosen and a plausible wrong one (wrong_answer) rejected, for DPO and ORPO."""
+    return [
+        {
+            "prompt": row["instruction"],
+            "chosen": row["output"],
+            "rejected": wrong_answer(word, op),
+        }
+        for word in words
+        for op, row in zip(operations, instruction_rows([word], operations), strict=True)
+    ]

@@ -2,7 +2,8 @@
 
 The internal example is {"messages": [{"role", "content"}, ...]} whose last message is the
 assistant response (the training target), or {"text": ...} for plain-text data. Preference
-records also keep {"rejected": ...} for a later DPO objective; SFT trains on the chosen reply.
+records also keep {"rejected": ...} for the dpo and orpo objectives; SFT trains on the chosen
+reply.
 """
 
 from __future__ import annotations

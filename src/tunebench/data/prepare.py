@@ -31,7 +31,11 @@ def load_records(spec: DatasetSpec, bad: list[str]) -> tuple[dict[str, Records] 
     skipped = bad if spec.bad_rows == "skip" else None
     if spec.builtin == "wordops":
         words = wordops.make_lexicon(spec.n_words, seed=spec.split_seed)
-        rows = wordops.instruction_rows(words, spec.operations)
+        # format: preference asks for pairs: a wrong answer beside each right one.
+        make_rows = (
+            wordops.preference_rows if spec.format == "preference" else wordops.instruction_rows
+        )
+        rows = make_rows(words, spec.operations)
         return [(f"builtin:wordops:row {i + 1}", r) for i, r in enumerate(rows)], {
             "builtin": "wordops"
         }

@@ -1,8 +1,10 @@
 """Rule tokenize: render prepared examples with the tokenizer's chat template (or the alpaca
 template when it has none) and tokenise them once per dataset x tokenizer.
 
-Output columns: input_ids, completion_mask (1 on response tokens: the loss mask), prompt_length.
-Every run that uses this dataset and tokenizer reads the same files.
+Output columns: input_ids, completion_mask (1 on response tokens: the loss mask), prompt_length;
+for preference data also rejected_ids, the rejected response's tokens (they follow the same
+prompt: input_ids[:prompt_length]). Every run that uses this dataset and tokenizer, and its
+evaluation, reads the same files.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from tunebench.spec import DatasetSpec
 
 # The columns of every tokenised split (the loss mask is 1 on response tokens).
 COLUMNS = ("id", "input_ids", "completion_mask", "prompt_length")
+# Preference data adds the rejected response (after the same prompt).
+REJECTED = "rejected_ids"
 
 
 def tokenize_example(tokenizer, example: dict, spec: DatasetSpec) -> dict:
@@ -24,11 +28,19 @@ def tokenize_example(tokenizer, example: dict, spec: DatasetSpec) -> dict:
     prompt_ids = tokenizer(rendered.prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(rendered.response, add_special_tokens=False)["input_ids"]
     loss_on_prompt = 1 if spec.loss_on == "all" else 0
-    return {
+    tokens = {
         "input_ids": prompt_ids + response_ids,
         "completion_mask": [loss_on_prompt] * len(prompt_ids) + [1] * len(response_ids),
         "prompt_length": len(prompt_ids),
     }
+    if "rejected" in example:  # rendered as the chosen reply is, with the same ending
+        reply = {"role": "assistant", "content": example["rejected"]}
+        rejected = {**example, "messages": [*example["messages"][:-1], reply]}
+        rendered_rejected = render(rejected, tokenizer, spec.template, spec.custom_template)
+        tokens[REJECTED] = tokenizer(rendered_rejected.response, add_special_tokens=False)[
+            "input_ids"
+        ]
+    return tokens
 
 
 def tokenize_dataset(
@@ -43,11 +55,13 @@ def tokenize_dataset(
             tokenize_example(tokenizer, ex, spec) | {"id": ex["id"]}
             for ex in read_jsonl(data_dir / f"{name}.jsonl")
         ]
-        columns = {k: [r[k] for r in rows] for k in COLUMNS}
+        names = COLUMNS + ((REJECTED,) if rows and all(REJECTED in r for r in rows) else ())
+        columns = {k: [r[k] for r in rows] for k in names}
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             Dataset.from_dict(columns).to_parquet(str(tmp))
         lengths[name] = {
             "examples": len(rows),
+            "preference_pairs": len(rows) if REJECTED in columns else 0,
             "max_tokens": max((len(r["input_ids"]) for r in rows), default=0),
             "tokens": sum(len(r["input_ids"]) for r in rows),
         }

@@ -147,6 +147,8 @@ def buffer_bytes(setup: Setup, fp: Footprint) -> float:
 def estimate_memory(setup: Setup, fp: Footprint, constants=calibration.MEMORY) -> MemoryEstimate:
     stored, quant_consts = quantization_bytes(setup, fp.quantized_params)
     weights = fp.frozen_bytes + stored
+    if setup.reference_copy:  # full-fine-tuning DPO's frozen reference model
+        weights += fp.trainable_bytes
     trainable = float(fp.trainable_bytes)
     gradients = float(fp.trainable_bytes)
     states, unified, step_temporary = optimizer_bytes(setup, fp)

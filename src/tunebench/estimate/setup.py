@@ -62,6 +62,9 @@ class Setup:
     backend: str = "hf"  # methods[].backend: unsloth is a documented factor (memory.py)
     stack: str = "hf"  # hf (tunebench) | peft_runner | litgpt | torchtune: see STACKS
     steps: int | None = None  # training.max_steps (for total time and cost)
+    # methods[].objective: dpo with full fine-tuning keeps a frozen reference copy of the
+    # weights (DPOTrainer loads it in the policy's dtype); adapters disable themselves instead.
+    reference_copy: bool = False
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -111,7 +114,10 @@ def from_run(run, device: str = "cuda") -> Setup:
         double_quant=bool(run.double_quant),
         compute_dtype=compute,
         optimizer=t.optimizer,
-        batch_size=t.batch_size,
+        # dpo/orpo run each pair's chosen and rejected sequences in one batch: twice the
+        # sequences (the reference's no-grad forward keeps no activations).
+        batch_size=t.batch_size * (2 if run.objective != "sft" else 1),
+        reference_copy=run.objective == "dpo" and run.method == "full",
         seq_len=t.max_length,
         gradient_accumulation=t.gradient_accumulation,
         gradient_checkpointing=t.gradient_checkpointing,
