@@ -38,6 +38,8 @@ NARROWER = {
     "AVX2": ("default", "SSE41"),
 }
 METRICS = ("exact_match", "test_loss")
+# Scored too where the experiment's data has preference pairs (the default does).
+PREFERENCE = ("preference_accuracy",)
 
 
 def run(experiment: Path, workdir: Path, env: dict) -> tuple[pd.DataFrame, float]:
@@ -94,9 +96,10 @@ def main() -> None:
         (Path(tmp) / "narrow").mkdir()
         native, native_seconds = run(args.experiment.resolve(), Path(tmp) / "native", env)
         narrow, narrow_seconds = run(args.experiment.resolve(), Path(tmp) / "narrow", narrow_env)
-    columns = ["run_id", "model", *METRICS]
+    metrics = [*METRICS, *(m for m in PREFERENCE if m in native and m in narrow)]
+    columns = ["run_id", "model", *metrics]
     side = native[columns].merge(narrow[columns], on=["run_id", "model"], suffixes=("", "_narrow"))
-    for metric in METRICS:
+    for metric in metrics:
         side[f"{metric}_change"] = side[f"{metric}_narrow"] - side[metric]
     stem = FIGURES / f"kernel_paths-{args.experiment.stem}"
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,7 @@ def main() -> None:
         "",
         side.round(3).to_markdown(index=False),
     ]
-    for metric in METRICS:
+    for metric in metrics:
         flipped = flips(native, narrow, metric)
         text += ["", f"## Pairs of one model whose {metric} order flips ({len(flipped)})", ""]
         text += [f"- {line}" for line in flipped] or ["none"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, tiny_experiment
 
 from tunebench import models
@@ -216,7 +217,14 @@ def test_estimate_command(tmp_path):
     out = cli("estimate", "experiments/smoke.yaml", "--gpu", "A100-80GB", "--gpu", "T4", "--json")
     assert out.returncode == 0, out.stderr
     records = json.loads(out.stdout)["runs"]
-    assert len(records) == 6
+    assert len(records) == 7
+    # DPO runs each pair's chosen and rejected sequences: twice the SFT run's activations.
+    sft = next(r for r in records if r["run_id"].startswith("tiny-m-lora-r8-wordops"))
+    dpo = next(r for r in records if "-dpo-" in r["run_id"])
+    assert dpo["memory_gib"]["activations"] == pytest.approx(
+        2 * sft["memory_gib"]["activations"], rel=0.01
+    )
+    assert dpo["memory_gib"]["weights"] == sft["memory_gib"]["weights"]  # LoRA: no second copy
     for r in records:
         terms = r["memory_gib"]
         assert terms["peak_reserved"] > terms["peak_allocated"] > terms["activations"] > 0
@@ -287,3 +295,16 @@ def test_a_run_predicted_not_to_fit_is_a_row_not_a_job(tiny_model, tiny_data, tm
     assert result["status"] == "predicted_oom"
     assert "resources.gpu_memory_gb" in result["reason"] and result["predicted_peak_gb"] > 0
     assert not (tmp_path / "model").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_full_fine_tuning_dpo_counts_its_reference_copy(tmp_path):
+    """DPOTrainer keeps a frozen copy of the starting weights for full fine-tuning."""
+    methods = [{"method": "full", "objective": ["sft", "dpo"]}]
+    datasets = [{"name": "pairs", "builtin": "wordops", "format": "preference"}]
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment(methods=methods, datasets=datasets)))
+    out = cli("estimate", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    sft, dpo = sorted(json.loads(out.stdout)["runs"], key=lambda r: "-dpo-" in r["run_id"])
+    extra = dpo["memory_gib"]["weights"] - sft["memory_gib"]["weights"]
+    assert extra == pytest.approx(sft["memory_gib"]["trainable_parameters"]) and extra > 0

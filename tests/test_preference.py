@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -187,6 +188,63 @@ def test_excluding_the_sft_run_a_dpo_run_needs_is_an_error():
     assert "start_from 'lora': no SFT run of that entry" in error_of(exp)
 
 
+# ---------------------------------------------------------------- every method, two stages
+
+
+@pytest.fixture(scope="module")
+def pairs_data(tmp_path_factory, tiny_model) -> Path:
+    """The built-in pairs, prepared and tokenised for the tiny model."""
+    from tunebench.spec import DatasetSpec
+
+    model, model_dir = tiny_model
+    root = tmp_path_factory.mktemp("pairs")
+    spec = DatasetSpec(**PAIRS)
+    stages.prepare_data(dataset=spec, out=root / "data")
+    stages.tokenize(
+        model=model, dataset=spec, data=root / "data", out=root / "tok", model_dir=model_dir
+    )
+    return root / "tok"
+
+
+QUANTIZED = {"quantization": {"compute_dtype": "float32"}}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"method": "qlora", "ranks": [4], **QUANTIZED},
+        {"method": "dora", "ranks": [4]},
+        {"method": "rslora", "ranks": [4]},
+    ],
+    ids=["qlora", "dora", "rslora"],
+)
+def test_sft_then_dpo_trains_every_adapter_method(entry, tmp_path, tiny_model, pairs_data):
+    """SFT, then DPO continuing its adapter (DPOTrainer's frozen "ref" copy as reference)."""
+    import torch
+
+    from tunebench.spec import Tracking
+    from tunebench.train import train_run
+
+    _, model_dir = tiny_model
+    entry = {**entry, "objective": ["sft", "dpo"], "start_from": entry["method"]}
+    training = {"max_steps": 3, "batch_size": 4, "max_length": 64, "logging_steps": 1}
+    runs = validate_matrix(preference_experiment(methods=[entry], training=training))[1]
+    sft, dpo = sorted(runs, key=lambda r: r.objective != "sft")
+    done = {}
+    for run in (sft, dpo):
+        start = tmp_path / sft.run_id if run is dpo else None
+        done[run.objective] = train_run(
+            run, str(model_dir), pairs_data, tmp_path / run.run_id, Tracking(), start_dir=start
+        )
+    assert done["dpo"]["steps"] == 3 and done["dpo"]["trainable_params"] > 0
+    assert done["dpo"]["trainable_params"] == done["sft"]["trainable_params"]
+    first = done["dpo"]["log_history"][0]
+    # Step 1: the policy is its reference (the SFT adapter), so both rewards are 0, loss ln 2.
+    assert first["rewards/margins"] == pytest.approx(0, abs=1e-5)
+    assert first["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-4)
+    assert (tmp_path / dpo.run_id / "model" / "adapter_model.safetensors").is_file()
+
+
 # ---------------------------------------------------------------- failures are rows
 
 
@@ -247,6 +305,7 @@ def finished(tmp_path_factory):
             {"method": "lora", "label": "orpo", "ranks": [4], "objective": "orpo"},
         ],
         evaluation={"max_new_tokens": 8, "batch_size": 64, "max_examples": 120},
+        report={"metric": "preference_accuracy"},
     )
     path = work / "pairs.yaml"
     path.write_text(yaml.safe_dump(exp))
@@ -277,6 +336,14 @@ def test_every_row_has_preference_accuracy_and_dpo_rows_a_reward_margin(finished
     after_sft, sft = rows[("lora", "dpo")], rows[("lora", "sft")]
     expected = 0.5 * (after_sft.preference_margin - sft.preference_margin)
     assert after_sft.reward_margin == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_the_recommendation_can_rank_by_preference_accuracy(finished):
+    work, table = finished
+    text = (work / "results" / "tiny" / "recommendation.md").read_text()
+    best = table.loc[table["method"] != "base", "preference_accuracy"].max()
+    assert "preference_accuracy" in text and f"{best:.3f}" in text
 
 
 @pytest.mark.slow

@@ -62,6 +62,8 @@ def gpu_memory(table: pd.DataFrame) -> pd.Series:
 def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per configuration of the comparison table (report.comparison_table)."""
     metrics = list(table.attrs.get("metrics", []))
+    # A table of another origin (a test's, an older tunebench's) may lack an axis: empty.
+    table = table.assign(**{key: None for key in KEYS if key not in table})
     values = [
         *metrics,
         *[f"delta_{m}_vs_base" for m in metrics],

@@ -291,11 +291,11 @@ def expand(exp: Experiment) -> list[RunConfig]:
 
 
 # What a run that starts from an SFT run shares with it: it continues that run's weights.
+# (Not dropout: the preference trainers switch dropout off.)
 CONTINUED = (
     "backend",
     "rank",
     "alpha",
-    "dropout",
     "target_modules",
     "quant_type",
     "double_quant",
