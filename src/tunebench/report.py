@@ -131,7 +131,8 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
                 exp,
             )
         )
-    for run in expand(exp):
+    runs = expand(exp)
+    for run in runs:
         train = _read(root / layout.TRAIN_RESULT.format(run_id=run.run_id)) or {
             "run_id": run.run_id,
             "status": "missing",
@@ -156,39 +157,25 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
             for value, key in zip(table[metric], keys, strict=True)
         ]
     if "reward_margin" in table:
-        table["reward_margin"] = _reward_margins(table, exp)
+        table["reward_margin"] = _reward_margins(table, {r.run_id: r.start_from for r in runs})
     _refuse_mismatched_test_sets(table)
     table = table.rename(columns={"cost": f"cost_{exp.cost.currency.lower()}"})
     return table
 
 
-def _reward_margins(table: pd.DataFrame, exp: Experiment) -> list:
+def _reward_margins(table: pd.DataFrame, starts: dict[str, str | None]) -> list:
     """DPO's implicit reward margin on the test pairs, per dpo row: beta x (its preference
-    margin - its reference's), the reference being the SFT run it started from, else the
-    untuned base model (both rows of the same table, scored on the same pairs)."""
-    starts = {run.run_id: run.start_from for run in expand(exp)}
-    margin = dict(zip(table["run_id"], table["preference_margin"], strict=True))
-    base = {
-        (m, d): v
-        for m, d, method, v in zip(
-            table["model"],
-            table["dataset"],
-            table["method"],
-            table["preference_margin"],
-            strict=True,
-        )
-        if method == "base"
-    }
+    margin - its reference's), the reference being the SFT run it started from (`starts`: run
+    id -> that run's id), else the untuned model: rows of one table, scored on the same pairs."""
+    margin = table.set_index("run_id")["preference_margin"]
+    base = table[table["method"] == "base"].set_index(["model", "dataset"])["preference_margin"]
     margins = []
     for row in table.itertuples():
-        reference = (
-            margin.get(starts.get(row.run_id))
-            if starts.get(row.run_id)
-            else base.get((row.model, row.dataset))
-        )
-        usable = row.objective == "dpo" and pd.notna(row.preference_margin)
-        usable = usable and reference is not None and pd.notna(reference)
-        margins.append(row.beta * (row.preference_margin - reference) if usable else None)
+        start = starts.get(row.run_id)
+        reference = margin.get(start) if start else base.get((row.model, row.dataset))
+        known = pd.notna(row.preference_margin) and reference is not None and pd.notna(reference)
+        dpo = row.objective == "dpo" and known
+        margins.append(row.beta * (row.preference_margin - reference) if dpo else None)
     return margins
 
 
