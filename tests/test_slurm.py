@@ -193,11 +193,11 @@ def test_a_two_gpu_job_trains_its_run_in_two_processes(cluster, tmp_path):
 def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
     """resources.train.nodes: 2 on partition `twonodes` (two slurmd daemons): one Slurm job,
     one task per node started by srun, a (fake) GPU per node as gres; the two workers shard the
-    run with FSDP after meeting at the rendezvous on the first node. Cancelled with scancel
-    after its first (sharded) checkpoint, the job resumes from it when the workflow runs
-    again."""
+    run with FSDP after meeting at the rendezvous on the first node. (Cancel and resume are
+    tested on one node above, and FSDP's sharded checkpoints resume in test_distributed.py:
+    this test keeps to what only two nodes show, to stay short.)"""
     exp = tiny_experiment(methods=[{"method": "lora", "ranks": [4], "learning_rate": 5e-3}])
-    exp["training"].update(max_steps=150, save_steps=20)
+    exp["training"].update(max_steps=30)
     exp["resources"] = {
         "partition": "twonodes",
         "train": {"gpus": 2, "nodes": 2, "gpu_model": "fake", "mem_gb": 2, "runtime_minutes": 20},
@@ -211,23 +211,12 @@ def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
 
     (run,) = expand(validate_data(exp))
     run_dir = tmp_path / "results" / "tiny" / "runs" / run.run_id
-    cancelled: list[str] = []
-    watcher = threading.Thread(
-        target=cancel_when_checkpointed,
-        args=(run_dir, run.run_id, cancelled, 20, "train_across_nodes"),
-    )
-    watcher.start()
-    first = tunebench_slurm(tmp_path)
-    watcher.join()
-    assert cancelled and cancelled[0][1] == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert first.returncode != 0 and not (run_dir / "train" / "result.json").exists()
-
     out = tunebench_slurm(tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     trained = json.loads((run_dir / "train" / "result.json").read_text())
     assert trained["status"] == "ok", trained["reason"]
     assert trained["world_size"] == 2 and trained["strategy"] == "fsdp"
-    assert trained["resumed_from_step"] >= 20 and trained["steps"] == 150
+    assert trained["steps"] == 30
     table = pd.read_csv(tmp_path / "results" / "tiny" / "comparison.csv")
     row = table[table["run_id"] == run.run_id].iloc[0]
     assert row["world_size"] == 2 and row["strategy"] == "fsdp"
@@ -242,7 +231,7 @@ def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
         for line in accounting.splitlines()
         if "rule_train_across_nodes_wildcards_" in line and trained["run_id"] in line
     ]
-    assert len(jobs) == 2  # the cancelled one and the one that resumed
+    assert len(jobs) == 1
     assert all(nodes == "2" and "gres/gpu=2" in tres for _, nodes, tres in jobs)
 
 
