@@ -146,7 +146,7 @@ def lora_config(run):
 
 
 def prepare_for_method(run, model, gradient_checkpointing: bool):
-    """Return (model, peft_config or None) for SFTTrainer."""
+    """Return (model, peft_config or None) for the trainer."""
     if run.method == "full":
         return model, None
     if run.method == "qlora":
@@ -168,12 +168,8 @@ def load_starting_point(
     from peft import PeftModel
 
     model = load_base_model(run.model, base_location, dtype, quant, run.training.attention)
-    if run.method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing
-        )
+    # The method's preparation (QLoRA's k-bit one); the adapter is the SFT run's, not a new one.
+    model, _ = prepare_for_method(run, model, gradient_checkpointing)
     return PeftModel.from_pretrained(model, str(start_model_dir), is_trainable=True)
 
 
