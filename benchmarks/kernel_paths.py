@@ -75,6 +75,13 @@ def flips(native: pd.DataFrame, narrow: pd.DataFrame, metric: str) -> list[str]:
     return found
 
 
+def shown(experiment: Path) -> str:
+    """The experiment as the figure names it: relative to the repository (a file outside it by
+    its name alone), so a committed figure carries no machine's checkout path."""
+    path = experiment.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 def main() -> None:
     from tunebench.measure import cpu_isa, machine
 
@@ -105,7 +112,7 @@ def main() -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     side.to_csv(stem.with_suffix(".csv"), index=False)
     text = [
-        f"# Kernel paths: {args.experiment}",
+        f"# Kernel paths: {shown(args.experiment)}",
         "",
         f"machine: {machine()}; native kernels ({isa}), then ATEN_CPU_CAPABILITY={aten}, "
         f"ONEDNN_MAX_CPU_ISA={onednn}, MKL_ENABLE_INSTRUCTIONS={onednn}",
