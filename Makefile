@@ -18,12 +18,12 @@ env: $(VENV)/.installed
 
 # Only what the lock pins, each file checked against its hash (torch included: a CPU build here,
 # so nothing can pull GBs of CUDA wheels); then tunebench itself, and a record of the lock that
-# every result carries (with any drift from it). PyPI lacks torch's CPU build: wheel_source.py
+# every result carries (with any drift from it). PyPI lacks torch's CPU build: envs/wheel_source.py
 # names a local wheel folder that holds it, else PyTorch's CPU index.
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes --no-deps \
-		$$($(PYTHON) src/tunebench/wheel_source.py $(LOCK)) -r $(LOCK)
+		$$($(PYTHON) src/tunebench/envs/wheel_source.py $(LOCK)) -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/tunebench env record hf $(LOCK)
 	touch $@
@@ -80,7 +80,7 @@ $(LLAMA_CPP)/llama_cpp/__init__.py:
 	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
 		-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" $(BIN)/pip install -q --no-deps \
 		--target $(LLAMA_CPP) "$$($(BIN)/python -c \
-		'from tunebench import gguf_convert; print(gguf_convert.source_archive())')"
+		'from tunebench.export import convert; print(convert.source_archive())')"
 
 clean-results:
 	rm -rf results/*/ .snakemake

@@ -31,7 +31,7 @@ FIGURES = Path(__file__).parent / "figures"
 
 def held_out(manifest: dict, tokenizer, limit: int) -> list[list[int]]:
     """The held-out prompts the export's own check used, as token ids."""
-    from tunebench.export import heldout_prompts
+    from tunebench.export.run import heldout_prompts
     from tunebench.matrix import RunConfig
 
     run = RunConfig.model_validate(read_json(manifest["run"]["train_result"])["config"])
@@ -68,7 +68,7 @@ def greedy_llama(llm, ids: list[int], steps: int, eos: int) -> tuple[list[int], 
 def check_file(gguf: Path, model, tokenizer, prompts: list[list[int]], steps: int) -> dict:
     from llama_cpp import Llama
 
-    from tunebench.export import compare
+    from tunebench.export.run import compare
 
     llm = Llama(model_path=str(gguf), n_ctx=1024, logits_all=True, n_threads=2, verbose=False)
     eos = tokenizer.eos_token_id

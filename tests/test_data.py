@@ -163,7 +163,7 @@ def test_a_dataset_with_its_own_splits_keeps_them(tmp_path):
 
 @pytest.mark.parametrize("mode", ["drop", "truncate"])
 def test_too_long_examples_are_dropped_or_truncated(tiny_data, mode):
-    from tunebench.train import fit_length
+    from tunebench.training.train import fit_length
 
     _, _, tokenized = tiny_data
     train = load_split(tokenized, "train")

@@ -13,8 +13,7 @@ import time
 
 import pytest
 from conftest import REPO, tiny_experiment
-from test_robustness import train_command
-from test_training import METHODS, run_for, train
+from helpers import METHODS, run_for, train, train_command
 
 from tunebench.experiment import ExperimentError, validate_data
 
@@ -147,7 +146,7 @@ def test_auto_shards_a_run_whose_whole_copy_would_not_fit_one_gpu(
 
     import torch
 
-    from tunebench import distributed
+    from tunebench.training.launch import choose_strategy
 
     _, model_dir = tiny_model
     run = run_for(METHODS["full"])
@@ -157,9 +156,9 @@ def test_auto_shards_a_run_whose_whole_copy_would_not_fit_one_gpu(
         "get_device_properties",
         lambda _: types.SimpleNamespace(total_memory=int(gpu_gib * 1024**3)),
     )
-    strategy, why = distributed.choose_strategy(run, str(model_dir), processes=2)
+    strategy, why = choose_strategy(run, str(model_dir), processes=2)
     assert strategy == expected and "predicted to need" in why
-    assert distributed.choose_strategy(run, str(model_dir), processes=1)[0] == "ddp"
+    assert choose_strategy(run, str(model_dir), processes=1)[0] == "ddp"
 
 
 def test_a_run_spanning_nodes_needs_slurm(tiny_model, tiny_data, tmp_path, monkeypatch):
@@ -229,7 +228,7 @@ def test_a_distributed_result_bills_every_gpu_and_shows_the_fullest_rank(monkeyp
     hours for all four GPUs (on CPUs: for both machines)."""
     import torch
 
-    from tunebench.distributed import combine_ranks
+    from tunebench.training.distributed import combine_ranks
 
     ranks = [
         {"train_seconds": 3600.0, "peak_memory_gb": peak, "node": node, "model_state_gb": 0.5}

@@ -12,11 +12,13 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_experiment
+from helpers import METHODS, run_for
 from safetensors.torch import load_file
-from test_training import METHODS, run_for
 
-from tunebench import cli, export, modelfile, stages
-from tunebench.gguf_convert import ConversionError, convert, is_gpt2_byte_level
+from tunebench import cli, stages
+from tunebench.export import modelfile
+from tunebench.export import run as export
+from tunebench.export.convert import ConversionError, convert, is_gpt2_byte_level
 from tunebench.io import read_json
 from tunebench.matrix import dataset_key
 from tunebench.spec import Tracking

@@ -20,7 +20,7 @@ from tunebench.spec import GgufSource, ModelSpec
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
     """The tiny built-in model converted to an f32 GGUF by llama.cpp's converter."""
-    from tunebench.gguf_convert import convert
+    from tunebench.export.convert import convert
 
     _, model_dir = tiny_model
     out = tmp_path_factory.mktemp("gguf") / "tiny.f32.gguf"

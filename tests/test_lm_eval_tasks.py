@@ -49,7 +49,7 @@ def test_harness_scores_base_and_adapter(tiny_model, tiny_data, tmp_path):
     base = lm_eval_tasks.run_tasks(settings, str(model_dir))
     assert 0.0 <= base["lm_eval/tunebench_first_letter/acc"] <= 1.0
 
-    from test_training import METHODS, run_for, train
+    from helpers import METHODS, run_for, train
 
     run = run_for(METHODS["lora"], max_steps=3)
     result = train(run, model_dir, tokenized, tmp_path / "run")

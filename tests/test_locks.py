@@ -17,7 +17,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tunebench import envs
+from tunebench.envs import locks
 from tunebench.io import sha256_file
 
 LOCK_DIR = REPO / "containers" / "locks"
@@ -68,14 +68,14 @@ def test_lock_satisfies_pyproject(name):
     wanted = list(project["dependencies"])
     for extra in extras.split(","):
         wanted += project["optional-dependencies"][extra]
-    pins = envs.lock_pins((LOCK_DIR / f"{name}.txt").read_text())
+    pins = locks.lock_pins((LOCK_DIR / f"{name}.txt").read_text())
     environment = {"python_version": python, "sys_platform": "linux", "platform_machine": "x86_64"}
     problems = []
     for line in wanted:
         req = Requirement(line)
         if req.marker and not Marker(str(req.marker)).evaluate(environment):
             continue
-        pinned = pins.get(envs.normalise(req.name))
+        pinned = pins.get(locks.normalise(req.name))
         if pinned is None:
             problems.append(f"{req.name} missing")
         elif not req.specifier.contains(Version(pinned), prereleases=True):
@@ -86,8 +86,8 @@ def test_lock_satisfies_pyproject(name):
 
 
 def test_unsloth_and_hf_stacks_differ_where_unsloth_caps_them():
-    hf = envs.lock_pins((LOCK_DIR / "hf-cpu.txt").read_text())
-    unsloth = envs.lock_pins((LOCK_DIR / "unsloth-cpu.txt").read_text())
+    hf = locks.lock_pins((LOCK_DIR / "hf-cpu.txt").read_text())
+    unsloth = locks.lock_pins((LOCK_DIR / "unsloth-cpu.txt").read_text())
     assert "unsloth" not in hf and "unsloth" in unsloth
     assert Version(unsloth["transformers"]) <= Version("5.17.0") < Version(hf["transformers"])
     assert Version(unsloth["datasets"]) < Version("5")
@@ -117,7 +117,7 @@ def test_locks_are_what_make_lock_writes(tmp_path):
 
 def test_this_environment_is_the_locked_one():
     """`make env` installs the CPU lock and records it; every result carries the record."""
-    current = envs.current()
+    current = locks.current()
     assert current["stack"] == "hf" and current["lock"] == "hf-cpu.txt", current
     assert current["lock_sha256"] == sha256_file(LOCK_DIR / "hf-cpu.txt"), "run `make env`"
     assert current["drift"] == [], current["drift"]
@@ -126,7 +126,7 @@ def test_this_environment_is_the_locked_one():
 def test_drift_names_missing_and_changed_packages():
     pins = {"torch": "2.13.0+cpu", "peft": "0.21.2", "gone": "1.0"}
     installed = {"torch": "2.13.0+cpu", "peft": "0.22.0"}
-    assert envs.drift(pins, installed) == [
+    assert locks.drift(pins, installed) == [
         "gone: locked 1.0, installed none",
         "peft: locked 0.21.2, installed 0.22.0",
     ]
@@ -139,14 +139,14 @@ def test_drift_is_read_again_when_a_package_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [str(site)])
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
     reads = []
-    monkeypatch.setattr(envs, "installed_versions", lambda: reads.append(1) or {"peft": "0.21.2"})
+    monkeypatch.setattr(locks, "installed_versions", lambda: reads.append(1) or {"peft": "0.21.2"})
     entry = {"lock_sha256": "abc", "pins": {"peft": "0.21.2"}}
-    assert envs.current_drift(entry) == [] and envs.current_drift(entry) == []
+    assert locks.current_drift(entry) == [] and locks.current_drift(entry) == []
     assert len(reads) == 1
     time.sleep(0.01)
     (site / "peft-0.22.0.dist-info").mkdir()  # what installing another version does
-    monkeypatch.setattr(envs, "installed_versions", lambda: reads.append(1) or {"peft": "0.22.0"})
-    assert envs.current_drift(entry) == ["peft: locked 0.21.2, installed 0.22.0"]
+    monkeypatch.setattr(locks, "installed_versions", lambda: reads.append(1) or {"peft": "0.22.0"})
+    assert locks.current_drift(entry) == ["peft: locked 0.21.2, installed 0.22.0"]
     assert len(reads) == 2
 
 
@@ -156,13 +156,16 @@ def test_image_reference_prefers_digest_and_override(tmp_path, monkeypatch):
     record.write_text(
         '{"hf": {"cuda": {"image": "registry:5000/tb/tunebench-hf:lock-abc", "digest": null}}}'
     )
-    assert envs.image_reference(tmp_path, "hf") == "docker://registry:5000/tb/tunebench-hf:lock-abc"
+    assert (
+        locks.image_reference(tmp_path, "hf") == "docker://registry:5000/tb/tunebench-hf:lock-abc"
+    )
     record.write_text(
         '{"hf": {"cuda": {"image": "registry:5000/tb/tunebench-hf:lock-abc",'
         ' "digest": "sha256:0123"}}}'
     )
     assert (
-        envs.image_reference(tmp_path, "hf") == "docker://registry:5000/tb/tunebench-hf@sha256:0123"
+        locks.image_reference(tmp_path, "hf")
+        == "docker://registry:5000/tb/tunebench-hf@sha256:0123"
     )
     monkeypatch.setenv("TUNEBENCH_IMAGE_HF", "/shared/images/hf.sif")
-    assert envs.image_reference(tmp_path, "hf") == "/shared/images/hf.sif"
+    assert locks.image_reference(tmp_path, "hf") == "/shared/images/hf.sif"

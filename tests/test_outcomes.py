@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_BUILTIN
-from test_training import METHODS, run_for, train
+from helpers import METHODS, run_for, train
 
 from tunebench import outcomes, stages
 from tunebench.io import read_json, write_json

@@ -223,7 +223,7 @@ def test_sft_then_dpo_trains_every_adapter_method(entry, tmp_path, tiny_model, p
     import torch
 
     from tunebench.spec import Tracking
-    from tunebench.train import train_run
+    from tunebench.training.train import train_run
 
     _, model_dir = tiny_model
     entry = {**entry, "objective": ["sft", "dpo"], "start_from": entry["method"]}
@@ -272,9 +272,9 @@ def test_a_dpo_run_whose_sft_run_failed_is_a_skipped_row(tmp_path, tiny_model, t
 
 
 def test_training_dpo_on_data_without_pairs_fails_naming_the_dataset(tiny_data):
-    from tunebench import preference
     from tunebench.data.tokenize import load_split
     from tunebench.outcomes import StageFailure
+    from tunebench.training import preference
 
     with pytest.raises(StageFailure, match="dataset 'words' has no rejected responses"):
         preference.pairs(load_split(tiny_data[2], "train"), 64, "drop", "words")
@@ -286,7 +286,7 @@ def test_training_dpo_on_data_without_pairs_fails_naming_the_dataset(tiny_data):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """SFT then DPO from it (LoRA), DPO from the base model (full) and ORPO (LoRA): one run."""
-    from test_workflow import tunebench
+    from helpers import tunebench
 
     work = tmp_path_factory.mktemp("preference")
     exp = preference_experiment(

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
-from test_workflow import tunebench
+from helpers import tunebench
 
 from tunebench.io import read_json
 

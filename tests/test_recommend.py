@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import tiny_experiment
 
-from tunebench import configurations, recommend
 from tunebench.experiment import validate_data
+from tunebench.reporting import configurations, recommend
 
 
 def table_of(runs: list[dict], metrics=("exact_match",)) -> pd.DataFrame:

@@ -10,34 +10,35 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import tunebench
+from helpers import tunebench
 
-from tunebench import reproduce, reproduction
+from tunebench import presets
 from tunebench.estimate.architectures import known
 from tunebench.experiment import load_experiment
+from tunebench.reporting import reproduction
 
-PRESETS = reproduce.names()
+PRESETS = presets.names()
 
 
 def test_there_are_five_presets_each_sourced_and_offline_ready():
     assert len(PRESETS) >= 5
     for name in PRESETS:
-        exp = load_experiment(reproduce.preset_path(name))
+        exp = load_experiment(presets.preset_path(name))
         assert exp.reference is not None and exp.reference.mode == "full", name
         assert all(cell.source.strip() for cell in exp.reference.cells), name
         # Offline: the estimator and both smaller modes know every architecture and dataset.
         assert all(model.hub in known() for model in exp.models), name
-        for hub in reproduce._hub_sources(exp):
-            assert (reproduce.FIXTURES / hub.id).is_dir(), (name, hub.id)
+        for hub in presets._hub_sources(exp):
+            assert (presets.FIXTURES / hub.id).is_dir(), (name, hub.id)
 
 
 def test_an_unknown_preset_names_the_known_ones():
-    with pytest.raises(reproduce.PresetError, match="peft-metamathqa"):
-        reproduce.preset_path("no-such-study")
+    with pytest.raises(presets.PresetError, match="peft-metamathqa"):
+        presets.preset_path("no-such-study")
 
 
 def test_list_shows_what_each_preset_needs_and_published():
-    out = tunebench(reproduce.REPO, "reproduce", "--list", timeout=300)
+    out = tunebench(presets.REPO, "reproduce", "--list", timeout=300)
     assert out.returncode == 0, out.stderr
     for name in PRESETS:
         assert name in out.stdout
@@ -49,7 +50,7 @@ def test_list_shows_what_each_preset_needs_and_published():
 
 def test_a_rehearsal_rewrites_the_preset_and_says_what_it_changed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    derived = reproduce.derive(reproduce.preset_path("fms-mistral-7b"), "rehearsal")
+    derived = presets.derive(presets.preset_path("fms-mistral-7b"), "rehearsal")
     settings = yaml.safe_load(derived.read_text())
     assert settings["name"] == "fms-mistral-7b-rehearsal"
     assert settings["reference"]["mode"] == "rehearsal"
@@ -64,7 +65,7 @@ def test_a_rehearsal_rewrites_the_preset_and_says_what_it_changed(tmp_path, monk
     assert "flash_attention_2 -> sdpa" in settings["description"]
     assert (
         load_experiment(derived).reference.cells
-        == load_experiment(reproduce.preset_path("fms-mistral-7b")).reference.cells
+        == load_experiment(presets.preset_path("fms-mistral-7b")).reference.cells
     )
 
 
@@ -75,7 +76,7 @@ def test_every_preset_passes_its_rehearsal(name, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     root = tmp_path / "results" / f"{name}-rehearsal"
     rows = pd.read_csv(root / "reproduction.csv")
-    cells = load_experiment(reproduce.preset_path(name)).reference.cells
+    cells = load_experiment(presets.preset_path(name)).reference.cells
     assert len(rows) == len(cells)
     # A CPU measures no GPU memory; everything else was reproduced and is never comparable.
     gpu_memory = rows["measure"].isin(reproduction.MEMORY_MEASURES)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from conftest import tiny_experiment
 
-from tunebench import configurations, reproduction
 from tunebench.experiment import ExperimentError, validate_data
 from tunebench.matrix import expand
+from tunebench.reporting import configurations, reproduction
 
 REFERENCE = {
     "study": "a study",
@@ -168,7 +168,7 @@ def test_the_reference_block_is_checked():
 
 
 def test_a_matrix_whose_every_run_failed_still_gets_its_plots_folder(tmp_path):
-    from tunebench import report
+    from tunebench.reporting import report
 
     table = results("cpu")
     table["status"] = "failed"

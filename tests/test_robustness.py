@@ -13,32 +13,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_training import METHODS, run_for, train
+from helpers import METHODS, run_for, train, train_command
 
 from tunebench.io import read_json
 
 BIN = Path(sys.executable).parent
-
-
-def train_command(run, model_dir, tokenized, run_dir: Path, *options: str) -> list[str]:
-    """The train stage's command line, as the workflow runs it, for a process to kill."""
-    return [
-        str(BIN / "tunebench"),
-        "stage",
-        "train",
-        "--run",
-        run.model_dump_json(),
-        f"--model-dir={model_dir}",
-        "--tokenized",
-        str(tokenized),
-        "--run-dir",
-        str(run_dir),
-        "--result",
-        str(run_dir / "result.json"),
-        "--tracking",
-        "{}",
-        *options,
-    ]
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
@@ -182,7 +161,7 @@ def test_a_second_run_in_the_same_directory_is_refused(tmp_path):
 
 
 def test_a_checkpoint_cut_off_mid_save_is_not_resumed_from(tmp_path):
-    from tunebench.train import last_complete_checkpoint
+    from tunebench.training.train import last_complete_checkpoint
 
     for step, complete in ((10, True), (20, True), (30, False)):
         folder = tmp_path / f"checkpoint-{step}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import METHODS, run_for, train
+from helpers import METHODS, run_for, train
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tunebench import evaluate

@@ -6,50 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_experiment
+from helpers import METHODS, run_for, train
 
-from tunebench import evaluate, models, stages
+from tunebench import evaluate, models
 from tunebench.data.tokenize import load_split
-from tunebench.experiment import validate_data
 from tunebench.io import read_json
-from tunebench.matrix import expand
 from tunebench.spec import Tracking
-
-METHODS = {
-    "full": {"method": "full", "learning_rate": 3e-3},
-    "lora": {"method": "lora", "ranks": [8], "learning_rate": 1e-2},
-    "dora": {"method": "dora", "ranks": [8], "learning_rate": 1e-2},
-    "rslora": {"method": "rslora", "ranks": [8], "learning_rate": 1e-2},
-    "qlora": {
-        "method": "qlora",
-        "ranks": [8],
-        "learning_rate": 1e-2,
-        "quantization": {"quant_type": "nf4", "compute_dtype": "float32"},
-    },
-}
-
-
-def run_for(method: dict, **training):
-    exp = tiny_experiment(methods=[method])
-    exp["training"].update(training)
-    (run,) = expand(validate_data(exp))
-    return run
-
-
-def train(
-    run, model_dir, tokenized, run_dir: Path, tracking=None, threads: int = 1, **kwargs
-) -> dict:
-    """Run the train stage as the workflow does, in this process."""
-    return stages.train(
-        run=run,
-        tokenized=tokenized,
-        run_dir=run_dir,
-        result=run_dir / "result.json",
-        tracking=tracking or Tracking(),
-        model_dir=model_dir,
-        threads=threads,
-        **kwargs,
-    )
 
 
 def test_examples(tokenized: Path, n: int = 48) -> list[dict]:

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, tiny_experiment
+from helpers import tunebench
 from pydantic import ValidationError
-from test_workflow import tunebench
 
-from tunebench import envs, layout
+from tunebench import layout
+from tunebench.envs import locks
 from tunebench.io import sha256_file
 from tunebench.matrix import expand
 from tunebench.spec import Experiment
@@ -92,7 +93,7 @@ def train_result(work: Path, run_id: str) -> dict:
 def test_unsloth_rows_sit_beside_hf_rows(unsloth_run):
     work, exp, result = unsloth_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (envs.env_dir(UNSLOTH_LOCK) / envs.RECORD).is_file()
+    assert (locks.env_dir(UNSLOTH_LOCK) / locks.RECORD).is_file()
     table = pd.read_csv(work / "results" / "unsloth" / "comparison.csv")
     runs = table[table["method"] != "base"]
     assert sorted(zip(runs["method"], runs["backend"], strict=True)) == [
@@ -144,7 +145,7 @@ def test_without_a_gpu_and_without_the_cpu_fallback_the_run_is_a_failed_row(
     _, _, tokenized = tiny_data
     result_path = tmp_path / "result.json"
     command = [
-        str(envs.env_dir(UNSLOTH_LOCK) / "bin" / "python"),
+        str(locks.env_dir(UNSLOTH_LOCK) / "bin" / "python"),
         "-m",
         "tunebench",
         "stage",

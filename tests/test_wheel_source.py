@@ -9,9 +9,9 @@ import sys
 
 from conftest import REPO
 
-from tunebench.wheel_source import PYTORCH_CPU_INDEX, install_options, torch_pin
+from tunebench.envs.wheel_source import PYTORCH_CPU_INDEX, install_options, torch_pin
 
-SCRIPT = REPO / "src" / "tunebench" / "wheel_source.py"
+SCRIPT = REPO / "src" / "tunebench" / "envs" / "wheel_source.py"
 CPU_LOCK = REPO / "containers" / "locks" / "hf-cpu.txt"
 
 
@@ -50,4 +50,4 @@ def test_the_makefile_installs_with_it(tmp_path):
         capture_output=True,
         text=True,
     ).stdout
-    assert "--require-hashes" in plan and "src/tunebench/wheel_source.py" in plan
+    assert "--require-hashes" in plan and "src/tunebench/envs/wheel_source.py" in plan

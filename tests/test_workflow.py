@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, tiny_experiment
+from helpers import path_without_the_environment, tunebench
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -25,30 +26,6 @@ SECRETS = {
     "WANDB_API_KEY": "0123456789abcdef" * 2 + "fake",
     "MY_DATABASE_PASSWORD": "correct-horse-battery-staple",
 }
-
-
-def path_without_the_environment() -> str:
-    """PATH as a user has it who did not activate .venv (make and pytest add it)."""
-    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
-
-
-def tunebench(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None):
-    """`.venv/bin/tunebench ...` with the environment not activated: every job must still run
-    this environment's tunebench."""
-    env = {
-        **os.environ,
-        "PATH": path_without_the_environment(),
-        "HF_HUB_OFFLINE": "1",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [str(BIN / "tunebench"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def bare_snakemake(cwd: Path, experiment: Path, *args: str) -> subprocess.CompletedProcess:

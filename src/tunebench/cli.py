@@ -137,7 +137,7 @@ def cmd_report(args) -> int:
     """Re-render the table, recommendation, charts and HTML report of a results folder."""
     from pathlib import Path
 
-    from tunebench.report import EXPERIMENT_RECORD, compile_comparison
+    from tunebench.reporting.report import EXPERIMENT_RECORD, compile_comparison
 
     root = Path(args.results)
     if args.experiment:
@@ -180,7 +180,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from tunebench import orchestrate, reproduce
+    from tunebench import orchestrate, presets
 
     if args.list:
         return _list_presets(args.gpu)
@@ -189,8 +189,8 @@ def cmd_reproduce(args) -> int:
         return EXIT_INVALID
     mode = "rehearsal" if args.rehearse else "resources" if args.resources else "full"
     try:
-        experiment = reproduce.derive(reproduce.preset_path(args.preset), mode, args.steps)
-    except reproduce.PresetError as err:
+        experiment = presets.derive(presets.preset_path(args.preset), mode, args.steps)
+    except presets.PresetError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     print(f"{mode}: {experiment}")
@@ -202,15 +202,15 @@ def _list_presets(gpu: str | None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tunebench import reproduce
+    from tunebench import presets
 
     table = Table(title="tunebench reproduce NAME [--resources | --rehearse]")
     for column in ("preset", "published", "needs (hub)", "GPU memory and time (estimate)"):
         table.add_column(column, overflow="fold")
-    for name in reproduce.names():
-        exp = load_experiment(reproduce.preset_path(name))
-        need = reproduce.needs(exp)
-        estimate = reproduce.estimate_needs(exp, gpu or reproduce.estimate_gpu(exp))
+    for name in presets.names():
+        exp = load_experiment(presets.preset_path(name))
+        need = presets.needs(exp)
+        estimate = presets.estimate_needs(exp, gpu or presets.estimate_gpu(exp))
         hours = (
             "hours: set by the data (epochs)"
             if estimate["hours"] is None
@@ -237,7 +237,8 @@ def _list_presets(gpu: str | None) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from tunebench import export, layout
+    from tunebench import layout
+    from tunebench.export import run as export
 
     exp = load_experiment(args.experiment)
     root = layout.results_root(exp.name)
@@ -245,7 +246,7 @@ def cmd_export(args) -> int:
     out = Path(args.out) if args.out else root / layout.EXPORT.format(run_id=args.run)
     try:
         manifest = export.export_run(
-            root / "runs" / args.run, out=out, types=types, check=not args.no_check
+            layout.run_dir(root, args.run), out=out, types=types, check=not args.no_check
         )
     except export.ExportError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-check", action="store_true", help="skip comparing the GGUF files with the model"
     )
     p.set_defaults(func=cmd_export)
-    from tunebench import envs_cli, stages
+    from tunebench import stages
+    from tunebench.envs import cli as envs_cli
 
     stages.add_parsers(sub)
     envs_cli.add_parsers(sub)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# What every step writes in its output folder: its status, measurements and provenance.
+RESULT = "result.json"
 TOKENIZER = "tokenizers/{tokenizer}"
 BASE_MODEL = "base_models/{model}"
 BASE_MODEL_RESULT = "base_models/{model}/result.json"
@@ -47,3 +49,18 @@ PLOTS = "plots"  # the report's charts as PNG
 
 def results_root(experiment_name: str) -> Path:
     return Path("results") / experiment_name
+
+
+def result_in(step_dir: Path) -> Path:
+    """A step's result file in its output folder."""
+    return Path(step_dir) / RESULT
+
+
+def train_result_in(run_dir: Path) -> Path:
+    """A run's training result, in its run folder (TRAIN_RESULT under a results root)."""
+    return Path(run_dir) / "train" / RESULT
+
+
+def run_dir(root: Path, run_id: str) -> Path:
+    """A run's folder under a results root."""
+    return Path(root) / RUN.format(run_id=run_id)

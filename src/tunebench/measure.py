@@ -12,9 +12,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
-from tunebench import envs
+from tunebench.envs import locks
 from tunebench.precision import cpu_isa
 
 PACKAGES = (
@@ -36,6 +34,8 @@ GIB = 1024**3
 
 
 def reset_peak_memory() -> None:
+    import torch  # here, not above: outcomes imports this module in every step's process
+
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
@@ -43,6 +43,8 @@ def reset_peak_memory() -> None:
 def peak_memory() -> dict:
     """CUDA: max reserved/allocated since the last reset. CPU: the process's peak RSS since it
     started (imports included), which is the honest number a CPU user must provision."""
+    import torch
+
     if torch.cuda.is_available():
         return {
             "memory_kind": "cuda_max_reserved",
@@ -54,34 +56,6 @@ def peak_memory() -> dict:
         "memory_kind": "cpu_peak_rss",
         "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
     }
-
-
-class MemoryCeiling:
-    """resources.memory_limit_gb: a step whose process memory (RSS) crosses it stops as an `oom`
-    row, the CPU counterpart of a CUDA out-of-memory. Checked by training and pre-training after
-    every optimizer step and by evaluation after every batch."""
-
-    def __init__(self, limit_gb: float | None):
-        import psutil
-
-        self.limit = limit_gb * GIB if limit_gb else None
-        self.process = psutil.Process()
-
-    @classmethod
-    def from_mb(cls, limit_mb: int) -> MemoryCeiling:
-        return cls(limit_mb / 1024 if limit_mb else None)
-
-    def check(self, where: str) -> None:
-        if self.limit is None:
-            return
-        rss = self.process.memory_info().rss
-        if rss > self.limit:
-            from tunebench.outcomes import MemoryLimitExceeded
-
-            raise MemoryLimitExceeded(
-                f"process memory {rss / GIB:.2f} GB exceeds resources.memory_limit_gb "
-                f"{self.limit / GIB:.2f} at {where}"
-            )
 
 
 def cpu_name() -> str:
@@ -100,6 +74,8 @@ def machine() -> str:
 
 
 def hardware() -> dict:
+    import torch
+
     if torch.cuda.is_available():
         return {
             "accelerator": torch.cuda.get_device_name(0),
@@ -127,6 +103,8 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict:
         except metadata.PackageNotFoundError:
             continue
     versions["python"] = platform.python_version()
+    import torch
+
     if torch.cuda.is_available():
         versions["cuda"] = torch.version.cuda
     return versions
@@ -178,7 +156,7 @@ def provenance() -> dict:
         "git": git_commit(),
         "hardware": hardware(),
         "container_image": container_image(),
-        "environment": envs.current(),
+        "environment": locks.current(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

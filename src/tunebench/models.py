@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from tunebench import distributed
 from tunebench.outcomes import ModelNotFound
 from tunebench.spec import ModelSpec
+from tunebench.training import distributed
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

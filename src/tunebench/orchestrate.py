@@ -114,7 +114,7 @@ def summarise(exp: Experiment, root: Path, code: int) -> int:
 
     from tunebench import slurm
     from tunebench.matrix import expand
-    from tunebench.report import PARTIAL, compile_comparison
+    from tunebench.reporting.report import PARTIAL, compile_comparison
 
     if root.exists():
         slurm.link_logs(root, [run.run_id for run in expand(exp)])
@@ -152,7 +152,7 @@ def summarise(exp: Experiment, root: Path, code: int) -> int:
 
 def summarise_report(root: Path, partial: bool) -> None:
     """Where the report is, and the best configuration under each budget (its first line)."""
-    from tunebench.report import HTML_REPORT, PARTIAL, RECOMMENDATION
+    from tunebench.reporting.report import HTML_REPORT, PARTIAL, RECOMMENDATION
 
     html = root / (f"{PARTIAL}_report.html" if partial else HTML_REPORT)
     if html.is_file():
@@ -175,7 +175,7 @@ def summarise_exports(root: Path) -> bool:
     from tunebench.io import read_json
 
     finished = True
-    for path in sorted((root / "exports").glob("*/*/result.json")):
+    for path in sorted((root / "exports").glob(f"*/*/{layout.RESULT}")):
         result = read_json(path)
         if result["status"] == "ok":
             check = result.get("check", {})

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from tunebench import measure
 from tunebench.io import read_json, sha256_file, write_json
 
 # Every status a result can carry, and what it means (the table's `status` column).
@@ -56,6 +57,32 @@ class MemoryLimitExceeded(StageFailure, MemoryError):
     status = "oom"
 
 
+class MemoryCeiling:
+    """resources.memory_limit_gb: a step whose process memory (RSS) crosses it stops as an `oom`
+    row, the CPU counterpart of a CUDA out-of-memory. Checked by training and pre-training after
+    every optimizer step and by evaluation after every batch."""
+
+    def __init__(self, limit_gb: float | None):
+        import psutil
+
+        self.limit = limit_gb * measure.GIB if limit_gb else None
+        self.process = psutil.Process()
+
+    @classmethod
+    def from_mb(cls, limit_mb: int) -> MemoryCeiling:
+        return cls(limit_mb / 1024 if limit_mb else None)
+
+    def check(self, where: str) -> None:
+        if self.limit is None:
+            return
+        rss = self.process.memory_info().rss
+        if rss > self.limit:
+            raise MemoryLimitExceeded(
+                f"process memory {rss / measure.GIB:.2f} GB exceeds resources.memory_limit_gb "
+                f"{self.limit / measure.GIB:.2f} at {where}"
+            )
+
+
 def status_of(err: BaseException) -> str:
     if isinstance(err, StageFailure):
         return err.status
@@ -96,8 +123,6 @@ def record(
     step measured its own), wall time and provenance. A failed result is also copied to
     `attempts/<time>.json` (default: `attempts/` beside the result), so that a retry, which
     replaces the result, loses nothing."""
-    from tunebench import measure  # imports torch: only when a step actually runs
-
     started = time.time()
     try:
         outcome = {"status": "ok", "reason": "", **work()}

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tunebench import layout
+
 # snakemake-executor-plugin-slurm writes .snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log
 PLUGIN_LOGS = Path(".snakemake") / "slurm_logs"
 RULES = ("train", "evaluate")
@@ -18,7 +20,7 @@ def link_logs(root: Path, run_ids: list[str], workdir: Path | None = None) -> in
     for run_id in run_ids:
         for rule in RULES:
             logs = (workdir / PLUGIN_LOGS / f"rule_{rule}" / run_id).resolve()
-            link = root / "runs" / run_id / "slurm_logs" / rule
+            link = layout.run_dir(root, run_id) / "slurm_logs" / rule
             if logs.is_dir() and not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(logs, target_is_directory=True)

@@ -991,7 +991,7 @@ class Tracking(Strict):
 
 Selector = dict[str, Any]
 
-# What llama.cpp's converter writes (tunebench.gguf_convert.OUTTYPES; kept here so that reading
+# What llama.cpp's converter writes (tunebench.export.convert.OUTTYPES; kept here so that reading
 # an experiment does not import the converter wrapper).
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0")
 

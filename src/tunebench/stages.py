@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from tunebench import layout
 from tunebench.matrix import RunConfig
 from tunebench.spec import DatasetSpec, Evaluation, Experiment, ModelSpec, Tracking
 
@@ -29,7 +30,7 @@ def _start(threads: int, memory_limit_mb: int):
     it checks (resources.memory_limit_gb)."""
     import torch
 
-    from tunebench.measure import MemoryCeiling
+    from tunebench.outcomes import MemoryCeiling
 
     torch.set_num_threads(threads)
     return MemoryCeiling.from_mb(memory_limit_mb)
@@ -67,8 +68,8 @@ def pretrain(
     from tunebench import outcomes
     from tunebench.builtin import wordops
     from tunebench.builtin.pretrain import pretrain as run_pretrain
-    from tunebench.callbacks import MemoryCeilingCallback
     from tunebench.io import atomic_dir
+    from tunebench.training.callbacks import MemoryCeilingCallback
 
     spec = model.builtin
 
@@ -81,7 +82,7 @@ def pretrain(
             return run_pretrain(spec, loaded, lines, tmp, work, spec.seed, callbacks)
 
     identity = {"model": model.name, "kind": "pretrain", "attempt": attempt}
-    result = outcomes.record(out / "result.json", identity, build, attempts=work / "attempts")
+    result = outcomes.record(layout.result_in(out), identity, build, attempts=work / "attempts")
     print(f"pretrain {model.name}: {result['status']} {result['reason']}")
     return result
 
@@ -93,7 +94,7 @@ def import_gguf(model: ModelSpec, out: Path, work: Path, attempt: str = "") -> d
 
     identity = {"model": model.name, "kind": "import_gguf", "attempt": attempt}
     result = outcomes.record(
-        out / "result.json", identity, lambda: run_import(model, out), attempts=work / "attempts"
+        layout.result_in(out), identity, lambda: run_import(model, out), attempts=work / "attempts"
     )
     print(f"import {model.name}: {result['status']} {result['reason']}")
     return result
@@ -124,8 +125,8 @@ def tokenize(
     from tunebench.data.tokenize import tokenize_dataset, write_empty_splits
 
     def work() -> dict:
-        if tokenizer_dir and (tokenizer_dir / "result.json").is_file():  # an imported GGUF
-            outcomes.require_ok(tokenizer_dir / "result.json", f"importing {model.name}")
+        if tokenizer_dir and (layout.result_in(tokenizer_dir)).is_file():  # an imported GGUF
+            outcomes.require_ok(layout.result_in(tokenizer_dir), f"importing {model.name}")
         location = str(tokenizer_dir) if tokenizer_dir else models.model_location(model, model_dir)
         tokenizer = models.load_tokenizer(model, location)
         return tokenize_dataset(tokenizer, dataset, data, out, location)
@@ -142,9 +143,9 @@ def _require_inputs(model: ModelSpec, model_dir: Path | None, tokenized: Path) -
     """The model's location, once the steps before this one are known to have finished."""
     from tunebench import models, outcomes
 
-    if model_dir is not None and (model_dir / "result.json").is_file():
+    if model_dir is not None and (layout.result_in(model_dir)).is_file():
         made = "pre-training" if model.builtin else "importing the GGUF of"
-        outcomes.require_ok(model_dir / "result.json", f"{made} {model.name}")
+        outcomes.require_ok(layout.result_in(model_dir), f"{made} {model.name}")
     outcomes.require_ok(tokenized / "manifest.json", f"tokenising for {model.name}")
     return models.model_location(model, model_dir)
 
@@ -170,18 +171,18 @@ def train(
     predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
     predicted to fit, else it is recorded as `predicted_oom` without training.
     processes, strategy, cpu_offload: how many processes train the run, and how
-    (resources.distributed; see distributed.py); nodes: how many nodes of this Slurm job they
+    (resources.distributed; see training/launch.py); nodes: how many nodes of this Slurm job they
     are spread over (resources.train.nodes); start_from: the folder of the SFT run a dpo/orpo
     run continues (run.start_from), which must have finished."""
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
-            from tunebench import unsloth_backend  # noqa: F401
+            from tunebench.training import unsloth_backend  # noqa: F401
         except Exception as err:  # e.g. no GPU with UNSLOTH_DISABLE_CPU_FALLBACK=1: a failed row
             backend_error = err
     ceiling = _start(threads, memory_limit_mb)
     from tunebench import outcomes
-    from tunebench.train import check_predicted_fit, train_run
+    from tunebench.training.train import check_predicted_fit, train_run
 
     def work() -> dict:
         if backend_error is not None:
@@ -189,16 +190,16 @@ def train(
         location = _require_inputs(run.model, model_dir, tokenized)
         if start_from is not None:
             outcomes.require_ok(
-                start_from / "train" / "result.json",
+                layout.train_result_in(start_from),
                 f"the SFT run {run.start_from} it starts from",
                 status="skipped",
             )
         if predicted_oom_mb:
             check_predicted_fit(run, location, predicted_oom_mb / 1024)
         if processes > 1 or nodes > 1:
-            from tunebench import distributed
+            from tunebench.training import launch
 
-            measured = distributed.launch(
+            measured = launch.launch(
                 run,
                 location,
                 tokenized,
@@ -326,7 +327,7 @@ def export(
     """Export one run to GGUF (export.runs); a run that did not finish, or a failed check, is
     a recorded failure of this step, and nothing else is written."""
     from tunebench import outcomes
-    from tunebench.export import RunNotExportable, export_run
+    from tunebench.export.run import RunNotExportable, export_run
 
     def build() -> dict:
         try:
@@ -336,7 +337,7 @@ def export(
         return {"export": manifest["run"]["run_id"], "check": manifest["check"]}
 
     identity = {"run_id": run_dir.name, "kind": "export", "attempt": attempt}
-    result = outcomes.record(out / "result.json", identity, build, attempts=work / "attempts")
+    result = outcomes.record(layout.result_in(out), identity, build, attempts=work / "attempts")
     print(f"export {run_dir.name}: {result['status']} {result['reason']}")
     return result
 
@@ -351,8 +352,8 @@ def export_best(
 ) -> dict:
     """Export the dataset's best finished run by export.best_by (ties: fewer trainable
     parameters, then run id), recording which it was and the values it was chosen from."""
-    from tunebench import layout, outcomes
-    from tunebench.export import export_run
+    from tunebench import outcomes
+    from tunebench.export.run import export_run
     from tunebench.io import read_json
     from tunebench.matrix import expand
 
@@ -383,23 +384,23 @@ def export_best(
         }
 
     identity = {"dataset": dataset, "kind": "export_best", "attempt": attempt}
-    result = outcomes.record(out / "result.json", identity, build, attempts=work / "attempts")
+    result = outcomes.record(layout.result_in(out), identity, build, attempts=work / "attempts")
     print(f"export best of {dataset}: {result['status']} {result.get('export', result['reason'])}")
     return result
 
 
 def compile_report(experiment: Experiment, results: Path, out: Path) -> None:
     """The comparison table and plot, rebuilt from every result file."""
-    from tunebench.report import compile_comparison
+    from tunebench.reporting.report import compile_comparison
 
     compile_comparison(experiment, results, out)
 
 
 def train_node(launch: Path) -> None:
     """One node's training processes of a run that spans nodes (srun starts one per node)."""
-    from tunebench import distributed
+    from tunebench.training.launch import launch_node
 
-    distributed.launch_node(launch)
+    launch_node(launch)
 
 
 STAGES = (

@@ -11,21 +11,21 @@ from pathlib import Path
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from tunebench import envs
+from tunebench.envs import locks
 
 PROJECT = Path(workflow.basedir).parent
-SOURCE = Path(envs.__file__).resolve().parents[1]
+SOURCE = Path(locks.__file__).resolve().parents[2]
 IN_CONTAINERS = (
     DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
 )
 # The Unsloth env follows this env's torch build: hf-cpu -> unsloth-cpu, hf-cuda -> unsloth-cuda.
-VARIANT = envs.current_variant()
-UNSLOTH_LOCK = envs.lock_file(PROJECT, "unsloth", VARIANT)
-UNSLOTH_ENV = envs.env_dir(UNSLOTH_LOCK) if UNSLOTH_LOCK.is_file() else None
+VARIANT = locks.current_variant()
+UNSLOTH_LOCK = locks.lock_file(PROJECT, "unsloth", VARIANT)
+UNSLOTH_ENV = locks.env_dir(UNSLOTH_LOCK) if UNSLOTH_LOCK.is_file() else None
 
 
 def image(backend):
-    return envs.image_reference(PROJECT, backend)
+    return locks.image_reference(PROJECT, backend)
 
 
 def run_image(wildcards):
@@ -66,7 +66,7 @@ def train_inputs(wildcards):
     """A run's model and data; for Unsloth training on the host, also the Unsloth env."""
     inputs = run_inputs(wildcards)
     if run_of(wildcards).backend == "unsloth" and not IN_CONTAINERS:
-        inputs["environment"] = str(UNSLOTH_ENV / envs.RECORD)
+        inputs["environment"] = str(UNSLOTH_ENV / locks.RECORD)
     return inputs
 
 

@@ -34,7 +34,7 @@ rule train:
 
 
 # A run whose training spans nodes (resources.train.nodes) is the same step, submitted as one
-# Slurm task per node; the step starts the tasks itself with srun (distributed.py).
+# Slurm task per node; the step starts the tasks itself with srun (training/launch.py).
 use rule train as train_across_nodes with:
     wildcard_constraints:
         run_id=SPANNING_NODES_PATTERN,

@@ -7,7 +7,7 @@ rule unsloth_env:
     input:
         lock=ancient(str(UNSLOTH_LOCK)),
     output:
-        str(UNSLOTH_ENV / envs.RECORD) if UNSLOTH_ENV else "unsloth-env-unavailable",
+        str(UNSLOTH_ENV / locks.RECORD) if UNSLOTH_ENV else "unsloth-env-unavailable",
     log:
         log_path("unsloth_env", VARIANT),
     threads: 1

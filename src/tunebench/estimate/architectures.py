@@ -37,8 +37,13 @@ def known() -> dict[str, dict]:
     return table
 
 
+def config_from_fields(model_type: str, **fields):
+    """A transformers configuration built from its fields (no file, no download)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **fields)
+
+
 def config(hub_id: str):
     """The transformers configuration of a known hub model (KeyError if not in the table)."""
-    from tunebench.estimate.setup import config_from_fields
-
     return config_from_fields(**known()[hub_id]["fields"])

@@ -24,8 +24,8 @@ from tunebench.estimate.setup import (
     Setup,
 )
 from tunebench.estimate.trace import Footprint
+from tunebench.measure import GIB
 
-GIB = 1024**3
 # bitsandbytes 4-bit: 64 weights per block, one float32 absmax each; double quantisation stores
 # the absmax in 8 bits with one float32 constant per 256 blocks (QLoRA paper, section 3).
 BLOCK = 64

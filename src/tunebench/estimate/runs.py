@@ -13,7 +13,7 @@ from pathlib import Path
 from tunebench.estimate import EstimateError, estimate, verdict
 from tunebench.estimate.gpus import Gpu, find
 from tunebench.estimate.memory import GIB
-from tunebench.estimate.setup import from_run, model_config
+from tunebench.estimate.setup import from_run, spec_config
 from tunebench.estimate.speed import flops_per_token, mfu
 from tunebench.measure import price_per_hour
 
@@ -73,12 +73,29 @@ def estimate_run(run, config, gpus: list[Gpu], prices: dict[str, float] | None =
     return record
 
 
+def config_at(run, model_location: str):
+    """The configuration of the base model a run starts from, read where the step found it
+    (a folder, or the hub's config.json): its weights are not read."""
+    from transformers import AutoConfig
+
+    from tunebench import models
+
+    return AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
+
+
+def estimate_at(run, model_location: str, gpus: list[Gpu] | None = None) -> dict:
+    """estimate_run for a run whose base model a step has found at `model_location` (the train
+    stage's prediction beside measurement and its predicted_oom check, the launcher's auto
+    strategy)."""
+    return estimate_run(run, config_at(run, model_location), gpus or [])
+
+
 def made_model_dir(exp, model) -> Path | None:
     """The folder the workflow made for a GGUF model (its config.json), if it exists yet."""
     from tunebench import layout
     from tunebench.matrix import model_key
 
-    folder = layout.results_root(exp.name) / "imported_models" / model_key(model)
+    folder = layout.results_root(exp.name) / layout.IMPORTED_MODEL.format(model=model_key(model))
     return folder if (folder / "config.json").is_file() else None
 
 
@@ -89,7 +106,7 @@ def estimate_experiment(exp, runs, gpus: list[Gpu]) -> list[dict]:
     for run in runs:
         try:
             if run.model.name not in configs:
-                configs[run.model.name] = model_config(run.model, made_model_dir(exp, run.model))
+                configs[run.model.name] = spec_config(run.model, made_model_dir(exp, run.model))
             config, source = configs[run.model.name]
             record = estimate_run(run, config, gpus, exp.cost.price_per_hour)
             records.append(record | {"config_source": source})

@@ -129,14 +129,7 @@ def from_run(run, device: str = "cuda") -> Setup:
     )
 
 
-def config_from_fields(model_type: str, **fields):
-    """A transformers configuration built from its fields (no file, no download)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(model_type, **fields)
-
-
-def model_config(spec, made_dir: Path | None = None) -> tuple[object, str]:
+def spec_config(spec, made_dir: Path | None = None) -> tuple[object, str]:
     """The configuration of an experiment's model (spec.ModelSpec) without its weights, and
     where it came from: a built-in model's sizes, the folder the workflow made (GGUF import),
     a folder's config.json, the hub's config.json alone (a few KB), the table of known hub

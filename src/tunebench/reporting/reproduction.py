@@ -17,8 +17,8 @@ import math
 
 import pandas as pd
 
-from tunebench.configurations import CUDA_MEMORY
 from tunebench.matrix import expand, referenced_runs
+from tunebench.reporting.configurations import CUDA_MEMORY
 from tunebench.spec import LOWER_IS_BETTER, RESOURCE_MEASURES, Experiment
 
 REHEARSAL = "rehearsal: not comparable"

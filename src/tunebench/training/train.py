@@ -18,13 +18,19 @@ import torch
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from tunebench import distributed, measure, models, precision
-from tunebench.callbacks import LossGuard, MemoryCeilingCallback, TrainingClock, training_clock
+from tunebench import measure, models, precision
 from tunebench.data.tokenize import REJECTED, load_split
 from tunebench.matrix import RunConfig
-from tunebench.outcomes import StageFailure
+from tunebench.outcomes import MemoryCeiling, StageFailure
+from tunebench.training import distributed
+from tunebench.training.callbacks import (
+    LossGuard,
+    MemoryCeilingCallback,
+    TrainingClock,
+    training_clock,
+)
 
-log = logging.getLogger("tunebench.train")
+log = logging.getLogger("tunebench.training.train")
 
 # Trainer writes trainer_state.json last: a checkpoint without it was cut off by a kill.
 CHECKPOINT_COMPLETE = "trainer_state.json"
@@ -165,19 +171,12 @@ def check_settings(run: RunConfig) -> None:
         )
 
 
-def model_config(run: RunConfig, model_location: str):
-    """The base model's configuration, for the estimator (the weights are not read)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
-
-
 def check_predicted_fit(run: RunConfig, model_location: str, limit_gb: float) -> None:
     """resources.predicted_oom: skip: a run predicted not to fit in `limit_gb` of GPU memory
     is a `predicted_oom` row, and no GPU time is spent on it."""
-    from tunebench.estimate.runs import estimate_run
+    from tunebench.estimate.runs import estimate_at
 
-    predicted = estimate_run(run, model_config(run, model_location), [])
+    predicted = estimate_at(run, model_location)
     if predicted["predicted_peak_gb"] > limit_gb:
         raise StageFailure(
             f"predicted peak GPU memory {predicted['predicted_peak_gb']:.1f} GiB exceeds "
@@ -195,15 +194,14 @@ def predicted_vs_measured(run: RunConfig, model_location: str, measured: dict) -
     shows how good the estimate was. An estimate that cannot be made is noted, never fatal."""
     try:
         from tunebench.estimate.gpus import find
-        from tunebench.estimate.runs import estimate_run, measured_against
+        from tunebench.estimate.runs import estimate_at, measured_against
 
-        config = model_config(run, model_location)
         gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         gpus = []
         if gpu_name:
             with contextlib.suppress(KeyError):  # a GPU the table lacks: memory only
                 gpus = [find(gpu_name)]
-        return measured_against(estimate_run(run, config, gpus), measured, gpu_name)
+        return measured_against(estimate_at(run, model_location, gpus), measured, gpu_name)
     except Exception as err:  # noqa: BLE001 - the run finished; its prediction is extra
         log.warning("no estimate for %s: %s", run.run_id, err)
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
@@ -215,7 +213,7 @@ def train_run(
     tokenized_dir: Path,
     run_dir: Path,
     tracking,
-    ceiling: measure.MemoryCeiling | None = None,
+    ceiling: MemoryCeiling | None = None,
     sharding: dict | None = None,
     start_dir: Path | None = None,
 ) -> dict:
@@ -232,7 +230,7 @@ def train_run(
         train_set, long_train = fit_length(load_split(tokenized_dir, "train"), limit, too_long)
         val_set, long_val = fit_length(load_split(tokenized_dir, "validation"), limit, too_long)
     else:  # validation pairs are scored by evaluation; the objective's own loss is logged
-        from tunebench import preference
+        from tunebench.training import preference
 
         name = run.dataset.name
         train_set, long_train = preference.pairs(
@@ -257,7 +255,7 @@ def train_run(
             precision.cpu_isa(),
         )
     if run.backend == "unsloth":
-        from tunebench import unsloth_backend
+        from tunebench.training import unsloth_backend
 
         model = unsloth_backend.load_model(run, model_location, dtype, models.hub_kwargs(run.model))
         peft_config = None

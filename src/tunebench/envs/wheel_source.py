@@ -5,7 +5,7 @@ from a local wheel folder where one holds it (this project's machines keep it in
 else from PyTorch's own CPU index. Every file is still checked against the lock's hashes.
 
 Standard library only: the Makefile runs this file before any environment exists
-(`python3 src/tunebench/wheel_source.py LOCK [--installer pip|uv]`).
+(`python3 src/tunebench/envs/wheel_source.py LOCK [--installer pip|uv]`).
 """
 
 from __future__ import annotations

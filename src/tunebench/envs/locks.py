@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tunebench.envs.wheel_source import install_options
 from tunebench.io import atomic_path, sha256_file
-from tunebench.wheel_source import install_options
 
 RECORD = "tunebench-env.json"
 STACKS = ("hf", "unsloth")
@@ -194,7 +194,7 @@ def ensure(stack: str, lock: Path, python: str | None = None) -> Path:
         subprocess.run(
             [str(building / "bin" / "python"), "-c", _RECORD_SNIPPET, stack, str(lock)],
             check=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
         shutil.rmtree(folder, ignore_errors=True)
         building.rename(folder)
@@ -212,7 +212,8 @@ def installer(python: Path, lock: Path) -> list[str]:
 
 
 _RECORD_SNIPPET = (
-    "import sys; from tunebench.envs import record_lock; record_lock(sys.argv[1], sys.argv[2])"
+    "import sys; from tunebench.envs.locks import record_lock; "
+    "record_lock(sys.argv[1], sys.argv[2])"
 )
 
 

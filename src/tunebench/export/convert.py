@@ -5,7 +5,7 @@ The converter writes f32, f16, bf16, q8_0, tq1_0 and tq2_0. k-quants (Q4_K_M, ..
 llama.cpp's compiled `llama-quantize`, which this does not build: quantise an exported f16 file
 with it to get one.
 
-Run as `python -m tunebench.gguf_convert TOOL_DIR MODEL_DIR OUTFILE:TYPE ...`, it is the
+Run as `python -m tunebench.export.convert TOOL_DIR MODEL_DIR OUTFILE:TYPE ...`, it is the
 converter with one addition (see `_accept_gpt2_byte_level`): the converter names a BPE
 tokenizer's pre-tokenizer from a hash of the token ids of a fixed text, so a tokenizer trained
 here (the built-in models') has a hash it has never seen, although its pre-tokenizer is exactly
@@ -128,7 +128,7 @@ def convert(
             f"{', '.join(OUTTYPES)}); {NOT_OFFERED}"
         )
     info = ensure_converter()
-    command = [sys.executable, "-m", "tunebench.gguf_convert", str(tool_dir()), str(model_dir)]
+    command = [sys.executable, "-m", "tunebench.export.convert", str(tool_dir()), str(model_dir)]
     command += [f"{path}:{kind}" for kind, path in outputs.items()]
     if model_name:
         command += ["--model-name", model_name]

@@ -9,8 +9,7 @@ import time
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from tunebench.measure import MemoryCeiling
-from tunebench.outcomes import StageFailure
+from tunebench.outcomes import MemoryCeiling, StageFailure
 
 
 class NonFiniteLoss(StageFailure):

@@ -15,7 +15,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from tunebench import charts, recommend
+from tunebench.reporting import charts, recommend
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 CAPTIONS = {
@@ -101,7 +101,7 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
 
 
 def _reproduction(rows, exp) -> dict:
-    from tunebench import reproduction
+    from tunebench.reporting import reproduction
 
     rho = reproduction.ranking_agreement(rows)
     return {

@@ -291,7 +291,7 @@ def _build_model(model, folder: Path, texts: list[str], tiny: bool) -> str:
     from transformers import AutoModelForCausalLM
 
     from tunebench.builtin.tokenizer import train_tokenizer
-    from tunebench.estimate.setup import config_from_fields
+    from tunebench.estimate.architectures import config_from_fields
 
     fields = dict(_architecture(model))
     tokenizer = train_tokenizer(texts, TINY_VOCAB, folder)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from tunebench import gguf_convert, gguf_import, layout, models
+from tunebench import gguf_import, layout, models
+from tunebench.export import convert
+from tunebench.export.convert import NOT_OFFERED, ConversionError
 from tunebench.fetch import FetchError
-from tunebench.gguf_convert import NOT_OFFERED, ConversionError
 from tunebench.io import atomic_dir, read_json, read_jsonl, sha256_file, write_json
 from tunebench.measure import package_versions
 from tunebench.outcomes import ModelNotFound
@@ -73,13 +74,13 @@ def export_run(
     types = list(dict.fromkeys(types))
     if not types:
         raise ExportError("no GGUF types asked for")
-    unknown = [t for t in types if t not in gguf_convert.OUTTYPES]
+    unknown = [t for t in types if t not in convert.OUTTYPES]
     if unknown:
         raise ExportError(
             f"GGUF type(s) {', '.join(unknown)}: llama.cpp's converter writes "
-            f"{', '.join(gguf_convert.OUTTYPES)}; {NOT_OFFERED}"
+            f"{', '.join(convert.OUTTYPES)}; {NOT_OFFERED}"
         )
-    result_path = run_dir / "train" / "result.json"
+    result_path = layout.train_result_in(run_dir)
     result = _finished_train_result(run_dir, result_path)
     run = RunConfig.model_validate(result["config"])
     run_id = result.get("run_id") or run.run_id
@@ -103,7 +104,7 @@ def export_run(
             model.save_pretrained(merged_dir)
             tokenizer.save_pretrained(merged_dir)
             files = {t: tmp / f"{run_id}.{t}.gguf" for t in types}
-            converter = gguf_convert.convert(
+            converter = convert.convert(
                 merged_dir, files, model_name=run_id, log=tmp / "convert.log"
             )
             ggufs = [
@@ -368,7 +369,7 @@ def _text_sha256(text: str | None) -> str | None:
 def write_modelfile(folder: Path, run_id: str, ggufs: list[dict], tokenizer) -> dict:
     """The Modelfile beside the GGUF files: FROM the q8_0 file if there is one, else the
     first; the chat template in Go-template form; stop at EOS and the end-of-turn tokens."""
-    from tunebench import modelfile
+    from tunebench.export import modelfile
 
     chosen = next((g for g in ggufs if g["type"] == "q8_0"), ggufs[0])
     # A runtime that adds BOS (the GGUF says so) must not get a second one from the template.

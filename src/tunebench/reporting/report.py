@@ -137,7 +137,8 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
             "run_id": run.run_id,
             "status": "missing",
             # A job killed by the scheduler writes nothing: its Slurm state says why.
-            "reason": slurm.failure_reason(root / "runs" / run.run_id) or "no training result",
+            "reason": slurm.failure_reason(layout.run_dir(root, run.run_id))
+            or "no training result",
         }
         evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
         rows.append(_row(run.axes(), train, evaluation, exp))
@@ -218,7 +219,7 @@ def write_outputs(
 ) -> None:
     """The table (CSV, Markdown, HTML), the table by configuration, the recommendation, the
     charts as PNG, and the HTML report; a partial table (stem PARTIAL) gets the same."""
-    from tunebench import configurations, html_report, recommend
+    from tunebench.reporting import configurations, html_report, recommend
 
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = stem == PARTIAL
@@ -231,7 +232,7 @@ def write_outputs(
     advice = recommend.markdown(answers, exp)
     reproduced = None
     if exp.reference is not None:
-        from tunebench import reproduction
+        from tunebench.reporting import reproduction
 
         reproduced = reproduction.compare(table, configs, exp)
         if not partial:
@@ -249,7 +250,7 @@ def write_outputs(
         text += _display(seed_summary(configs)).to_markdown(index=False)
     text += "\n\n" + advice.replace("# Recommendation", "## Recommendation", 1)
     if reproduced is not None:
-        from tunebench import reproduction
+        from tunebench.reporting import reproduction
 
         text += "\n" + reproduction.markdown(reproduced, exp).replace("# ", "## ", 1)
     text += "\n" + "\n".join(f"![{p.stem}]({PLOTS}/{p.name})" for p in plots) + "\n"
@@ -285,7 +286,7 @@ def seed_summary(configs: pd.DataFrame) -> pd.DataFrame:
 def write_plots(table, configs, exp, root: Path, folder: Path, prefix: str = "") -> list[Path]:
     """Each chart of the report as a PNG (the Pareto chart once per measure). The folder is
     made even when nothing can be drawn (every run failed): it is the rule's declared output."""
-    from tunebench import charts, recommend
+    from tunebench.reporting import charts, recommend
 
     folder.mkdir(parents=True, exist_ok=True)
     metric, higher = recommend.ranking_metric(exp)

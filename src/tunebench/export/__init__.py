@@ -1,0 +1,1 @@
+"""Exporting a finished run: merged, converted to GGUF, with an Ollama Modelfile, checked."""
