@@ -51,8 +51,8 @@ format: env
 
 # The JSON schema and the reference of every key, both generated from src/tunebench/spec.py.
 schema: env
-	$(BIN)/tunebench schema --output workflow/schemas/experiment.schema.json
-	$(BIN)/tunebench schema --markdown --output docs/experiment.md
+	$(BIN)/tunebench schema --out workflow/schemas/experiment.schema.json
+	$(BIN)/tunebench schema --markdown --out docs/experiment.md
 
 # Regenerate the four locks from pyproject.toml (UPGRADE=1 moves every pin to the newest allowed),
 # and the lock hashes the image records in containers/images.json will carry.

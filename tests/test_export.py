@@ -85,7 +85,7 @@ def _export(method, run_dir, workdir, monkeypatch, capsys) -> tuple[dict, Path]:
     out = workdir / "results" / "tiny" / "exports" / "runs" / run_dir.name
     if method == "full":  # through the command line, from the project folder
         monkeypatch.chdir(workdir)
-        code = cli.main(["export", "--experiment", "experiment.yaml", "--run", run_dir.name])
+        code = cli.main(["export", "experiment.yaml", "--run", run_dir.name])
         printed = capsys.readouterr().out
         assert code == 0, printed
         assert f"exported run {run_dir.name}" in printed and "check: passed" in printed
@@ -202,9 +202,9 @@ def test_a_failed_run_is_refused_and_nothing_is_written(workdir, trained, monkey
     assert (sorted(exports.iterdir()) if exports.exists() else []) == before
 
     monkeypatch.chdir(workdir)
-    assert cli.main(["export", "--experiment", "experiment.yaml", "--run", run_dir.name]) == 1
+    assert cli.main(["export", "experiment.yaml", "--run", run_dir.name]) == 1
     assert run_dir.name in capsys.readouterr().err
-    assert cli.main(["export", "--experiment", "experiment.yaml", "--run", "no-such-run"]) == 1
+    assert cli.main(["export", "experiment.yaml", "--run", "no-such-run"]) == 1
     assert "no such run" in capsys.readouterr().err
 
 

@@ -1,5 +1,6 @@
-"""`tunebench validate|plan|run|export|schema|env|stage`: parse the command line, call the
-library."""
+"""The `tunebench` command: parse the command line, call the library. Exit codes: 0 done, 1 a
+run, step or export failed (or Snakemake did), 2 invalid input (an experiment file, an argument,
+a GPU name)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,34 @@ from tunebench.experiment import ExperimentError, load_experiment
 
 DEFAULT_EXPERIMENT = "experiments/smoke.yaml"
 EXIT_INVALID = 2
+DESCRIPTION = """\
+Fine-tuning methods compared by measurement. One experiment file names models, methods (full,
+LoRA, QLoRA, DoRA, rsLoRA; SFT, DPO, ORPO), their axes and datasets; tunebench expands it into a
+matrix of runs that Snakemake prepares, trains, evaluates (the untuned base model too) and
+compiles into one table of quality, memory, time and cost, with a report that recommends a
+configuration under your budgets.
+
+typical use:
+  tunebench validate EXPERIMENT.yaml   check the file, count the runs
+  tunebench estimate EXPERIMENT.yaml   predicted GPU memory, time and cost of every run
+  tunebench run EXPERIMENT.yaml        run the matrix here (--profile slurm: on a cluster)
+  tunebench status EXPERIMENT.yaml     how far a running matrix is, from any shell
+  tunebench report results/NAME        re-render the table, recommendation and report
+  tunebench reproduce --list           published comparisons to reproduce with one command
+
+exit codes: 0 done; 1 a run, step or export failed; 2 invalid input (file, argument, GPU).
+docs: docs/ in the repository (the site: mkdocs serve)."""
+
+
+def check_gpu_names(names: list[str] | None) -> None:
+    """An unknown --gpu is invalid input, the same message and exit code for every command."""
+    from tunebench.estimate.gpus import find
+
+    for name in names or []:
+        try:
+            find(name)
+        except KeyError as err:
+            raise ExperimentError(f"--gpu: {err.args[0]}") from err
 
 
 def cmd_validate(args) -> int:
@@ -30,6 +59,7 @@ def cmd_plan(args) -> int:
 
     from tunebench.matrix import SHOWN_AXES, expand
 
+    check_gpu_names(args.gpu)
     exp = load_experiment(args.experiment)
     runs = expand(exp)
     table = Table(title=f"{exp.name}: {len(runs)} runs")
@@ -71,13 +101,10 @@ def cmd_estimate(args) -> int:
     from tunebench.estimate.runs import estimate_experiment, experiment_gpus
     from tunebench.matrix import expand
 
+    check_gpu_names(args.gpu)
     exp = load_experiment(args.experiment)
     runs = expand(exp)
-    try:
-        gpus = experiment_gpus(exp, args.gpu)
-    except KeyError as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
-        return EXIT_INVALID
+    gpus = experiment_gpus(exp, args.gpu)
     records = estimate_experiment(exp, runs, gpus)
     if args.json:
         print(json.dumps({"experiment": exp.name, "runs": records}, indent=1))
@@ -140,7 +167,12 @@ def cmd_report(args) -> int:
     from tunebench.reporting.report import EXPERIMENT_RECORD, compile_comparison
 
     root = Path(args.results)
-    if args.experiment:
+    if root.is_file():  # an experiment file: its results folder
+        from tunebench import layout
+
+        exp = load_experiment(root)
+        root = layout.results_root(exp.name)
+    elif args.experiment:
         exp = load_experiment(args.experiment)
     elif (root / EXPERIMENT_RECORD).is_file():
         from tunebench.experiment import validate_data
@@ -164,8 +196,8 @@ def cmd_schema(args) -> int:
     from tunebench import reference
 
     text = reference.markdown() if args.markdown else reference.json_schema()
-    if args.output:
-        with open(args.output, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             f.write(text)
     else:
         print(text, end="")
@@ -204,6 +236,7 @@ def _list_presets(gpu: str | None) -> int:
 
     from tunebench import presets
 
+    check_gpu_names([gpu] if gpu else None)
     table = Table(title="tunebench reproduce NAME [--resources | --rehearse]")
     for column in ("preset", "published", "needs (hub)", "GPU memory and time (estimate)"):
         table.add_column(column, overflow="fold")
@@ -238,43 +271,79 @@ def cmd_export(args) -> int:
     from pathlib import Path
 
     from tunebench import layout
-    from tunebench.export import run as export
+    from tunebench.export.run import ExportError, describe_export, export_run
 
     exp = load_experiment(args.experiment)
     root = layout.results_root(exp.name)
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     out = Path(args.out) if args.out else root / layout.EXPORT.format(run_id=args.run)
     try:
-        manifest = export.export_run(
+        manifest = export_run(
             layout.run_dir(root, args.run), out=out, types=types, check=not args.no_check
         )
-    except export.ExportError as err:
+    except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(export.describe_export(manifest, out))
+    print(describe_export(manifest, out))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tunebench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="check an experiment file; print the number of runs")
-    p.add_argument("experiment")
-    p.set_defaults(func=cmd_validate)
-    p = sub.add_parser(
-        "plan", help="list the runs an experiment expands to, with predicted memory and time"
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their lines; every option with a default shows it (argparse's
+    ArgumentDefaultsHelpFormatter also prints "(default: None)" for options that have none)."""
+
+    def _get_help_string(self, action):
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        return f"{action.help} (default: %(default)s)" if shown else action.help
+
+
+# Commands that start Snakemake, the only ones that take arguments after `--`.
+PASSES_TO_SNAKEMAKE = ("run", "reproduce")
+
+
+def add_experiment(p, **kwargs) -> None:
+    p.add_argument("experiment", help="the experiment file (YAML)", **kwargs)
+
+
+def add_profile(p) -> None:
+    p.add_argument(
+        "--profile",
+        help="run the jobs through a Snakemake profile: one under workflow/profiles/ by name "
+        "(slurm) or a folder; default: on this machine",
     )
-    p.add_argument("experiment")
-    p.add_argument("--gpu", action="append", help="the GPU to predict for (see estimate)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunebench", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tunebench {version()}")
+    # Internal commands (stage, env record) have no help line, so they stay out of this list.
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+
+    def command(name: str, help: str, **kwargs):
+        return sub.add_parser(
+            name, help=help, description=help, formatter_class=HelpFormatter, **kwargs
+        )
+
+    p = command("validate", "check an experiment file; print the number of runs")
+    add_experiment(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = command("plan", "list the runs an experiment expands to, with predicted memory and time")
+    add_experiment(p)
+    p.add_argument(
+        "--gpu", action="append", help="the GPU to predict for (as for estimate); repeatable"
+    )
     p.add_argument(
         "--no-estimate", action="store_true", help="list runs only (no torch import, faster)"
     )
     p.set_defaults(func=cmd_plan)
-    p = sub.add_parser(
-        "estimate",
-        help="predict every run's peak GPU memory, step time, hours and cost before running",
+
+    p = command(
+        "estimate", "predict every run's peak GPU memory, step time, hours and cost before running"
     )
-    p.add_argument("experiment")
+    add_experiment(p)
     p.add_argument(
         "--gpu",
         action="append",
@@ -283,39 +352,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_estimate)
-    p = sub.add_parser(
-        "report",
-        help="re-render a results folder's table, recommendation, charts and HTML report "
-        "(partial folders too; nothing is retrained)",
+
+    p = command(
+        "run",
+        "run an experiment's matrix through Snakemake: prepare, train, evaluate, compare",
+        epilog="arguments after -- go to snakemake, e.g. tunebench run EXP -- --dry-run",
     )
-    p.add_argument("results", help="e.g. results/smoke")
-    p.add_argument("--experiment", help="the experiment file (default: RESULTS/experiment.json)")
-    p.add_argument("--out", help="where to write (default: RESULTS)")
+    add_experiment(p, nargs="?", default=DEFAULT_EXPERIMENT)
+    add_profile(p)
+    p.set_defaults(func=cmd_run)
+
+    p = command(
+        "report",
+        "re-render a results folder's table, recommendation, charts and HTML report "
+        "(unfinished folders too; nothing is retrained)",
+    )
+    p.add_argument("results", help="a results folder (results/NAME) or its experiment file")
+    p.add_argument(
+        "--experiment",
+        help="the experiment file, for a folder without experiment.json (written when the "
+        "workflow compiles its table); default: RESULTS/experiment.json",
+    )
+    p.add_argument("--out", help="where to write; default: the results folder")
     p.add_argument(
         "--partial", action="store_true", help="name the outputs comparison_partial* (unfinished)"
     )
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("schema", help="print (or write) the experiment JSON schema")
-    p.add_argument("--output")
-    p.add_argument(
-        "--markdown", action="store_true", help="the reference of every key, as Markdown"
-    )
-    p.set_defaults(func=cmd_schema)
-    p = sub.add_parser(
-        "run",
-        help="run an experiment through Snakemake",
-        epilog="arguments after -- go to snakemake, e.g. -- --dry-run",
-    )
-    p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
-    p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
-    p.set_defaults(func=cmd_run)
-    p = sub.add_parser(
+
+    p = command(
         "reproduce",
-        help="run a published comparison (a preset under experiments/reproduce/) and put the "
+        "run a published comparison (a preset under experiments/reproduce/) and put the "
         "published numbers beside the reproduced ones",
-        epilog="arguments after -- go to snakemake, e.g. -- --dry-run",
+        epilog="arguments after -- go to snakemake, e.g. tunebench reproduce NAME -- --dry-run",
     )
-    p.add_argument("preset", nargs="?", help="a preset's name (see --list) or file")
+    p.add_argument("preset", nargs="?", help="a preset's name (see --list) or its file")
     p.add_argument(
         "--list", action="store_true", help="the presets, what they need and what they published"
     )
@@ -330,33 +400,56 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a tiny model of the same family on the fixtures: the whole pipeline on a CPU",
     )
-    p.add_argument(
-        "--steps", type=int, default=100, help="optimizer steps in --resources mode (default 100)"
-    )
-    p.add_argument("--gpu", help="--list: the GPU to estimate for (default: the published one)")
-    p.add_argument("--profile", help="a profile under workflow/profiles/ (e.g. slurm) or a folder")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps in --resources mode")
+    p.add_argument("--gpu", help="with --list: the GPU to estimate for; default: the published one")
+    add_profile(p)
     p.set_defaults(func=cmd_reproduce)
-    p = sub.add_parser(
-        "export",
-        help="merge a finished run, convert it to GGUF (+ Ollama Modelfile) and check it",
-    )
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+
+    p = command("export", "merge a finished run, convert it to GGUF (+ Ollama Modelfile), check it")
+    add_experiment(p)
     p.add_argument("--run", required=True, help="the run id (tunebench plan lists them)")
     p.add_argument("--types", default="f16,q8_0", help="GGUF types, comma-separated")
-    p.add_argument("--out", help="default: results/<experiment>/exports/<run id>")
+    p.add_argument("--out", help="where to write; default: results/NAME/exports/runs/RUN")
     p.add_argument(
         "--no-check", action="store_true", help="skip comparing the GGUF files with the model"
     )
     p.set_defaults(func=cmd_export)
+
+    p = command("schema", "print (or write) the experiment file's JSON schema")
+    p.add_argument("--out", help="write to this file; default: print")
+    p.add_argument(
+        "--markdown", action="store_true", help="the reference of every key, as Markdown"
+    )
+    p.set_defaults(func=cmd_schema)
+
     from tunebench import stages
     from tunebench.envs import cli as envs_cli
 
     stages.add_parsers(sub)
-    envs_cli.add_parsers(sub)
+    envs_cli.add_parsers(sub, HelpFormatter)
+    return parser
 
+
+def version() -> str:
+    from importlib.metadata import version
+
+    return version("tunebench")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tunebench import noise
+
+    noise.quiet_known_noise()
+    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if extra and args.command not in PASSES_TO_SNAKEMAKE:
+        # Dropping them silently would run something other than what was asked.
+        parser.error(
+            f"{args.command} does not take arguments after -- (only run and reproduce pass "
+            f"them to snakemake): {' '.join(extra)}"
+        )
     args.snakemake = extra
     try:
         return args.func(args) or 0

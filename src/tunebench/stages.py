@@ -15,7 +15,6 @@ import logging
 import os
 import types
 import typing
-import warnings
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -446,9 +445,9 @@ def _converter(annotation):
 
 
 def add_parsers(subparsers) -> None:
-    stage = subparsers.add_parser(
-        "stage", help="run one workflow step (used by the Snakemake rules)"
-    )
+    # No help line: an internal command (the Snakemake rules' door), kept out of the user's
+    # list of commands.
+    stage = subparsers.add_parser("stage", description="run one workflow step")
     names = stage.add_subparsers(dest="stage", required=True)
     for func in STAGES:
         p = names.add_parser(func.__name__.replace("_", "-"), help=func.__doc__.splitlines()[0])
@@ -471,7 +470,6 @@ def _quiet_libraries() -> None:
     protect_output_streams()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 

@@ -1,7 +1,8 @@
-"""`tunebench env ...`: record, show and create the pinned environments (see envs.py)."""
+"""`tunebench env ...`: record, show and create the pinned environments (see locks.py)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -29,19 +30,32 @@ def cmd_create(args) -> int:
     return 0
 
 
-def add_parsers(sub) -> None:
-    env = sub.add_parser("env", help="the pinned Python environments (containers/locks/)")
-    env_sub = env.add_subparsers(dest="env_command", required=True)
-    p = env_sub.add_parser("record", help="record the lock this environment was installed from")
-    p.add_argument("stack", choices=locks.STACKS)
-    p.add_argument("lock")
+def add_parsers(sub, formatter=argparse.HelpFormatter) -> None:
+    env = sub.add_parser(
+        "env",
+        help="the pinned Python environments (containers/locks/): show, create",
+        description="the pinned Python environments (containers/locks/)",
+        formatter_class=formatter,
+    )
+    env_sub = env.add_subparsers(dest="env_command", required=True, metavar="{show,create}")
+    # No help line: `make env` records the lock it installed, a user does not.
+    p = env_sub.add_parser("record", description="record the lock this environment came from")
+    p.add_argument("stack", choices=locks.STACKS, help="the stack the lock is for")
+    p.add_argument("lock", help="the lock file it was installed from")
     p.set_defaults(func=cmd_record)
     p = env_sub.add_parser("show", help="this environment's lock and its drift from it")
     p.set_defaults(func=cmd_show)
     p = env_sub.add_parser(
-        "create", help="create a stack's environment in its own folder (cached by lock hash)"
+        "create",
+        help="create a stack's environment in its own folder (cached by lock hash)",
+        formatter_class=formatter,
     )
-    p.add_argument("stack", choices=locks.STACKS)
-    p.add_argument("--variant", choices=("cpu", "cuda"), default=locks.default_variant())
-    p.add_argument("--lock", help="another lock file than containers/locks/<stack>-<variant>.txt")
+    p.add_argument("stack", choices=locks.STACKS, help="the stack to create")
+    p.add_argument(
+        "--variant",
+        choices=("cpu", "cuda"),
+        default=locks.default_variant(),
+        help="torch's CPU or CUDA build",
+    )
+    p.add_argument("--lock", help="another lock file than containers/locks/STACK-VARIANT.txt")
     p.set_defaults(func=cmd_create)

@@ -73,6 +73,17 @@ def fit_length(dataset, max_length: int, too_long: str):
     return kept.remove_columns(unused), over
 
 
+def checkpointing(on: bool) -> dict:
+    """training.gradient_checkpointing under the name the installed transformers takes: the HF
+    lock's (5.23) calls it activation_checkpointing and warns on every run given the old name
+    (TrainingArguments.__post_init__); the Unsloth stack's (5.17) knows only the old one."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    new = "activation_checkpointing"
+    return {new if new in fields else "gradient_checkpointing": on}
+
+
 def trainer_arguments(
     run: RunConfig, out_dir: Path, report_to: str, sharding: dict | None = None
 ) -> dict:
@@ -106,7 +117,7 @@ def trainer_arguments(
         max_grad_norm=t.max_grad_norm,
         optim=t.optimizer,
         # Unsloth sets up its own checkpointing when it loads the model.
-        gradient_checkpointing=t.gradient_checkpointing and run.backend == "hf",
+        **checkpointing(t.gradient_checkpointing and run.backend == "hf"),
         torch_compile=t.torch_compile,
         bf16=dtype == torch.bfloat16 and run.method != "qlora",
         fp16=dtype == torch.float16 and run.method != "qlora",
