@@ -81,9 +81,10 @@ def test_4bit_layer_passes_gradients_after_eval_with_the_workaround():
 
 
 def test_qlora_still_learns_after_an_evaluation_pass(tiny_model, tiny_data):
-    """The bitsandbytes CPU repacking bug (NOTES.md) stops gradients after the first eval-mode
-    forward. Evaluate first, then train: the held-out loss must still drop and gradients must
-    reach the first layer's adapter through the 4-bit layers above it."""
+    """The bitsandbytes CPU repacking bug (models.py: on CPUs with AVX512-BF16 the first
+    eval-mode forward repacks a Linear4bit's weight for inference) stops gradients after it.
+    Evaluate first, then train: the held-out loss must still drop and gradients must reach the
+    first layer's adapter through the 4-bit layers above it."""
     from peft import get_peft_model
 
     spec, model_dir = tiny_model
