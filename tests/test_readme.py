@@ -1,4 +1,5 @@
-"""The README's dataset examples are real: every row parses as the format it illustrates."""
+"""The dataset format examples in the docs are real: every row parses as the format it
+illustrates (docs/datasets.md, "Formats")."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from conftest import REPO
 
 from tunebench.data.formats import FORMATS, detect_format, normalise
 
-EXAMPLE = re.compile(r"^`(\w+)`[^\n]*:\n```json\n(.*?)```", re.M | re.S)
+PAGE = REPO / "docs" / "datasets.md"
+EXAMPLE = re.compile(r"^`(\w+)`[^\n]*:\n\n?```json\n(.*?)```", re.M | re.S)
 
 
-def readme_examples() -> dict[str, list[dict]]:
-    text = (REPO / "README.md").read_text()
+def page_examples() -> dict[str, list[dict]]:
+    text = PAGE.read_text()
     return {
         fmt: [json.loads(line) for line in block.splitlines() if line.strip()]
         for fmt, block in EXAMPLE.findall(text)
@@ -22,13 +24,14 @@ def readme_examples() -> dict[str, list[dict]]:
 
 
 def test_every_format_has_a_three_row_example():
-    assert set(readme_examples()) == set(FORMATS)
-    assert all(len(rows) == 3 for rows in readme_examples().values())
+    assert set(page_examples()) == set(FORMATS)
+    assert all(len(rows) == 3 for rows in page_examples().values())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_readme_rows_parse_as_their_format(fmt):
-    for i, row in enumerate(readme_examples()[fmt], 1):
-        assert detect_format(row, None, f"README {fmt} row {i}") == fmt
-        example = normalise(row, fmt, None, f"README {fmt} row {i}")
+def test_page_rows_parse_as_their_format(fmt):
+    for i, row in enumerate(page_examples()[fmt], 1):
+        where = f"{PAGE.name} {fmt} row {i}"
+        assert detect_format(row, None, where) == fmt
+        example = normalise(row, fmt, None, where)
         assert example.get("messages") or example.get("text")
