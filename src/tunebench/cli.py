@@ -422,10 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_schema)
 
-    from tunebench import stages
+    from tunebench import stages, status
     from tunebench.envs import cli as envs_cli
 
     stages.add_parsers(sub)
+    status.add_parsers(sub, HelpFormatter)
     envs_cli.add_parsers(sub, HelpFormatter)
     return parser
 

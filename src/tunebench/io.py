@@ -15,12 +15,30 @@ from typing import Any
 from tunebench.redact import redact_data, secret_values
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it: os.umask can only be read by setting it,
+    which would race with other threads creating files meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it into place only if the block succeeds.
+
+    The file gets the mode an ordinary open() would give it (0666 less the umask): mkstemp's
+    0600 would keep a shared project folder's results from the rest of the group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -32,10 +50,12 @@ def atomic_path(path: str | Path):
 
 @contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary directory; it replaces `path` only if the block succeeds."""
+    """Yield a temporary directory; it replaces `path` only if the block succeeds. Like
+    atomic_path, it gets mkdir's mode (0777 less the umask), not mkdtemp's 0700."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
         if path.exists():

@@ -30,6 +30,8 @@ TOKENIZED_SPLITS = tuple(
 )
 RUN = "runs/{run_id}"
 TRAIN_RESULT = "runs/{run_id}/train/result.json"
+# Rewritten by the training job while it runs (step, loss, rate, ETA): tunebench status reads it.
+TRAIN_PROGRESS = "runs/{run_id}/train/progress.json"
 EVAL_RESULT = "runs/{run_id}/eval/result.json"
 EVAL_SAMPLES = "runs/{run_id}/eval/samples.jsonl"
 EXPORT = "exports/runs/{run_id}"
@@ -59,6 +61,11 @@ def result_in(step_dir: Path) -> Path:
 def train_result_in(run_dir: Path) -> Path:
     """A run's training result, in its run folder (TRAIN_RESULT under a results root)."""
     return Path(run_dir) / "train" / RESULT
+
+
+def train_progress_in(run_dir: Path) -> Path:
+    """A run's progress file while it trains, in its run folder (TRAIN_PROGRESS under a root)."""
+    return Path(run_dir) / "train" / "progress.json"
 
 
 def run_dir(root: Path, run_id: str) -> Path:

@@ -1,18 +1,23 @@
-"""`tunebench run`: start Snakemake on an experiment, then say what came of it.
+"""`tunebench run`: start Snakemake on an experiment, follow it, then say what came of it.
 
 Everything the workflow itself decides (keep going after a failure, retry steps that failed last
 time, rerun triggers) lives in the workflow and its default profile, so a bare
 `snakemake --configfile EXPERIMENT` behaves the same. This adds only what needs the outcome: a
-refusal when another run holds the directory, a partial table when jobs were killed, and a
-summary that names the rows that did not finish, or the first failing job's log.
+refusal when another run holds the directory, a view of the runs' progress while it runs
+(status.py), a partial table when jobs were killed, and a summary that names the rows that did
+not finish, or the first failing job's log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from tunebench import layout
@@ -22,6 +27,10 @@ from tunebench.spec import Experiment
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 PROFILES = REPO / "workflow" / "profiles"
+# Without a terminal, the progress view is a few plain lines this often (seconds; 0: never).
+PROGRESS_EVERY = "TUNEBENCH_PROGRESS_EVERY"
+PROGRESS_EVERY_DEFAULT = 30.0
+LIVE_REFRESH_SECONDS = 2.0
 
 
 def profile_args(profile: str | None) -> list[str]:
@@ -101,10 +110,51 @@ def run(exp: Experiment, experiment: str, profile: str | None, extra: list[str])
         print(f"warning: {warning}", file=sys.stderr)
     command = snakemake_command(experiment, profile, extra)
     print("+ " + " ".join(command), flush=True)
-    code = subprocess.call(command)
     if "--dry-run" in extra or "-n" in extra or "--unlock" in extra:
-        return code
+        return subprocess.call(command)
+    code = run_followed(command, exp, experiment)
     return summarise(exp, layout.results_root(exp.name), code)
+
+
+def progress_every() -> float:
+    """Seconds between the plain progress lines, from PROGRESS_EVERY (0 turns them off)."""
+    try:
+        return max(float(os.environ.get(PROGRESS_EVERY, PROGRESS_EVERY_DEFAULT)), 0.0)
+    except ValueError:
+        return PROGRESS_EVERY_DEFAULT
+
+
+def run_followed(command: list[str], exp: Experiment, experiment: str) -> int:
+    """Run Snakemake as a child process while a view follows the results folder: on a terminal
+    a live view at the bottom with Snakemake's output scrolling above it (all of it also in
+    Snakemake's log under .snakemake/log/); without one, Snakemake writes where it always did
+    and a few plain lines say how far the runs are every PROGRESS_EVERY seconds."""
+    from rich.console import Console
+
+    from tunebench import status
+
+    source = status.Source.of_experiment(exp)
+    # The estimator's relative cost of the runs, for the ETA: ready after a few seconds.
+    threading.Thread(target=source.predict, args=(experiment,), daemon=True).start()
+    console = Console()
+    live = console.is_terminal and not console.is_dumb_terminal and sys.stderr.isatty()
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if live else {}
+    process = subprocess.Popen(command, text=True, errors="replace", bufsize=1, **piped)
+    # A batch job's driver that is cancelled (SIGTERM) lets Snakemake cancel its jobs too.
+    forward = signal.signal(signal.SIGTERM, lambda signum, _: process.send_signal(signum))
+    try:
+        if live:
+            return status.follow_live(process, source, console, LIVE_REFRESH_SECONDS)
+        return status.follow_plain(process, source, progress_every())
+    except KeyboardInterrupt:
+        # Snakemake got the same Ctrl-C: let it stop its jobs and release its lock.
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, forward)
+        if process.poll() is None:  # a second Ctrl-C while waiting
+            process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
 
 
 def summarise(exp: Experiment, root: Path, code: int) -> int:

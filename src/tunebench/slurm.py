@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from tunebench import layout
@@ -11,6 +13,9 @@ from tunebench import layout
 # snakemake-executor-plugin-slurm writes .snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log
 PLUGIN_LOGS = Path(".snakemake") / "slurm_logs"
 RULES = ("train", "evaluate")
+TRAIN_RULES = ("train", "train_across_nodes")  # a run spanning nodes trains in the second
+# The plugin's line in Snakemake's log when it submits a job (a queued job has no log file yet).
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+)\S* \(log: (\S+?)\)\.?$", re.M)
 
 
 def link_logs(root: Path, run_ids: list[str], workdir: Path | None = None) -> int:
@@ -43,6 +48,47 @@ def job_state(job_id: str) -> str | None:
         return None
     states = out.stdout.split()
     return " ".join(states[:3]) if out.returncode == 0 and states else None
+
+
+def _rule_and_wildcards(log: Path) -> tuple[str, str]:
+    return log.parent.parent.name.removeprefix("rule_"), log.parent.name
+
+
+def submitted_jobs(workdir: Path) -> dict[tuple[str, str], str]:
+    """(rule, wildcards) -> the newest Slurm job id of that job: from the plugin's log files
+    (any invocation), then from the newest Snakemake log's submissions, which name the jobs
+    still queued too. A run's wildcards are its run id."""
+    logs = sorted((workdir / PLUGIN_LOGS).glob("rule_*/*/*.log"), key=lambda p: p.stat().st_mtime)
+    jobs = {_rule_and_wildcards(log): log.stem for log in logs}
+    snakemake_logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    if snakemake_logs:
+        text = snakemake_logs[-1].read_text(errors="replace")
+        for job, log in SUBMITTED.findall(text):
+            jobs[_rule_and_wildcards(Path(log))] = job
+    return jobs
+
+
+def job_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """sacct's state of each job, in one call ("RUNNING", "PENDING", "CANCELLED", ...; a
+    requeued job: its latest). Empty without sacct."""
+    job_ids = sorted(set(job_ids))
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        job, _, state = line.partition("|")
+        if state.strip():
+            states[job.strip()] = state.strip().split(" by ", 1)[0]
+    return states
 
 
 def failure_reason(run_folder: Path, rule: str = "train") -> str | None:

@@ -1,10 +1,15 @@
 """Trainer callbacks shared by fine-tuning (train.py) and pre-training (builtin/pretrain.py):
-stop on a non-finite loss, enforce the memory ceiling, and keep a clock that survives resume."""
+stop on a non-finite loss, enforce the memory ceiling, keep a clock that survives resume, and
+keep a small progress file that `tunebench run` and `tunebench status` read."""
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -82,3 +87,71 @@ class TrainingClock(TrainerCallback, ExportableState):
 def training_clock(trainer) -> TrainingClock:
     """The clock the trainer holds now (resume replaces the instance it was given)."""
     return next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingClock))
+
+
+class ProgressFile(TrainerCallback):
+    """Rewrite a small JSON file (layout.TRAIN_PROGRESS) at the start, after the first step, at
+    most every `every_seconds` after that, and at the end: where a run is, how fast it goes and
+    when it will end, for whoever watches the results folder from another shell or host.
+
+    Rates are over this segment of the run (since it started or resumed): the file is for a
+    person watching, the result file keeps the whole run's figures. Only the first process
+    writes when several train one run; a killed run leaves its last state, and its pid/host
+    let a reader tell it is gone."""
+
+    def __init__(self, path: Path, run_id: str, every_seconds: float = 5.0):
+        self.path, self.run_id, self.every_seconds = Path(path), run_id, every_seconds
+        self.started = self.start_step = self.start_tokens = None
+        self.last_write = -math.inf
+        self.loss = self.loss_step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+        self.start_step, self.start_tokens = state.global_step, state.num_input_tokens_seen
+        self.write(state, "training")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if (logs or {}).get("loss") is not None:
+            self.loss, self.loss_step = float(logs["loss"]), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        first = state.global_step == (self.start_step or 0) + 1
+        if first or time.monotonic() - self.last_write >= self.every_seconds:
+            self.write(state, "training")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.write(state, "finished")
+
+    def record(self, state, status: str) -> dict:
+        elapsed = time.monotonic() - self.started if self.started is not None else 0.0
+        steps = state.global_step - (self.start_step or 0)
+        per_step = elapsed / steps if steps > 0 else None
+        tokens = (state.num_input_tokens_seen or 0) - (self.start_tokens or 0)
+        left = max(state.max_steps - state.global_step, 0) if state.max_steps else None
+        return {
+            "run_id": self.run_id,
+            "status": status,
+            "step": state.global_step,
+            "max_steps": state.max_steps or None,
+            "resumed_from_step": self.start_step or None,
+            "loss": self.loss,
+            "loss_step": self.loss_step,
+            "tokens_per_second": tokens / elapsed if tokens > 0 and elapsed > 0 else None,
+            "seconds_per_step": per_step,
+            "elapsed_seconds": elapsed,
+            "eta_seconds": left * per_step if per_step is not None and left is not None else None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def write(self, state, status: str) -> None:
+        if not state.is_world_process_zero:
+            return
+        from tunebench.io import write_json
+
+        try:
+            write_json(self.path, self.record(state, status))
+        except OSError:  # a full or flaky disk must not fail the training it reports on
+            return
+        self.last_write = time.monotonic()

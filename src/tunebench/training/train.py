@@ -18,7 +18,7 @@ import torch
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from tunebench import measure, models, precision
+from tunebench import layout, measure, models, precision
 from tunebench.data.tokenize import REJECTED, load_split
 from tunebench.matrix import RunConfig
 from tunebench.outcomes import MemoryCeiling, StageFailure
@@ -26,6 +26,7 @@ from tunebench.training import distributed
 from tunebench.training.callbacks import (
     LossGuard,
     MemoryCeilingCallback,
+    ProgressFile,
     TrainingClock,
     training_clock,
 )
@@ -288,7 +289,8 @@ def train_run(
             run, model, run.training.gradient_checkpointing
         )
     guard = LossGuard()
-    callbacks = [guard, TrainingClock()]
+    progress = ProgressFile(layout.train_progress_in(run_dir), run.run_id)  # tunebench status
+    callbacks = [guard, TrainingClock(), progress]
     if ceiling is not None:
         callbacks.append(MemoryCeilingCallback(ceiling))
     report_to = _tracking(tracking, run_dir)
