@@ -4,7 +4,8 @@ and a static PNG beside the Markdown (vl-convert renders it, no browser needed).
 - pareto: quality against GPU memory, cost or training time, one point per configuration with
   its interval, the Pareto front drawn, and the configurations that did not finish in a band of
   their own below the plot (not dropped);
-- rank_sweep: quality against adapter rank on a log axis, full fine-tuning as a reference line;
+- rank_sweep: quality against adapter rank on a log axis, a line per method (preference-tuned
+  runs a line of their own), full fine-tuning as a reference line;
 - loss_curves: training loss per configuration, the band spanning its seeds, and the final
   validation loss;
 - memory_check: predicted against measured peak GPU memory (runs on a GPU), else the predicted
@@ -13,6 +14,7 @@ and a static PNG beside the Markdown (vl-convert renders it, no browser needed).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -25,6 +27,7 @@ MEASURES = {
     "hours": "training (accelerator-hours)",
 }
 WIDTH, HEIGHT = 520, 300
+TITLE_END = ": Pareto front dashed; runs that did not finish in red below"
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool) -> pd.DataFrame:
@@ -87,13 +90,14 @@ def pareto(configs: pd.DataFrame, metric: str, higher: bool, measure: str | None
             ),
         )
         keep = alt.datum.measure == choice
+        # An axis title cannot follow a parameter: the measure's name is drawn in its place.
+        label = alt.expr(_chosen_label(measures))
+        said = f"{json.dumps(metric + ' against ')} + {label.expr} + {json.dumps(TITLE_END)}"
+        title = alt.Title(alt.expr(said))
     else:
         choice, keep = None, alt.datum.measure == measure
-    x = alt.X(
-        "x:Q",
-        title=MEASURES[measure] if measure else "the chosen measure",
-        scale=alt.Scale(zero=False),
-    )
+        label, title = None, f"{metric} against {MEASURES[measure]}{TITLE_END}"
+    x = alt.X("x:Q", title=MEASURES[measure] if measure else None, scale=alt.Scale(zero=False))
     y = alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False))
     base = alt.Chart(points).transform_filter(keep)
     dots = base.mark_point(filled=True, size=80).encode(
@@ -130,30 +134,47 @@ def pareto(configs: pd.DataFrame, metric: str, higher: bool, measure: str | None
                 x, alt.Y("band:Q"), text="status:N"
             )
         )
-    chart = alt.layer(*layers).properties(
-        width=WIDTH,
-        height=HEIGHT,
-        title=f"{metric} against {MEASURES[measure] if measure else 'the chosen measure'}: "
-        "Pareto front dashed; runs that did not finish in red below",
-    )
+    if label is not None:
+        below = alt.Chart(pd.DataFrame({"at": [0]}))  # one mark, placed in pixels
+        layers.append(
+            below.mark_text(text=label, x=WIDTH / 2, y=HEIGHT + 30, fontSize=11, fontWeight="bold")
+        )
+    chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title=title)
     return chart.add_params(choice) if choice is not None else chart
+
+
+def _chosen_label(measures: list[str]) -> str:
+    """A Vega expression: the name of the measure the `measure` parameter holds."""
+    cases = [f"measure === {json.dumps(m)} ? {json.dumps(MEASURES[m])} : " for m in measures]
+    return "(" + "".join(cases) + "'')"
+
+
+def series(configs: pd.DataFrame) -> pd.Series:
+    """What a configuration's line is: its method for supervised fine-tuning; a
+    preference-tuned one (dpo, orpo) has its own, e.g. "lora + dpo", not a second point on
+    the SFT line of its rank."""
+    objective = configs["objective"] if "objective" in configs else pd.Series(index=configs.index)
+    preference = objective.notna() & ~objective.isin(["sft", ""])
+    return configs["method"].where(~preference, configs["method"] + " + " + objective.astype(str))
 
 
 def rank_sweep(configs: pd.DataFrame, metric: str):
     if metric not in configs:
         return None
     done = configs[(configs["status"] == "ok") & configs[metric].notna()]
+    done = done.assign(series=series(done))
     adapters = done[done["rank"].notna()]
     if adapters.empty:
         return None
     x = alt.X("rank:Q", scale=alt.Scale(type="log", base=2), title="adapter rank (log scale)")
     y = alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False))
-    sweep = alt.Chart(adapters).encode(x, y, color="method:N")
+    color = alt.Color("series:N", title="method (objective)")
+    sweep = alt.Chart(adapters).encode(x, y, color=color, tooltip=["configuration", f"{metric}:Q"])
     layers = [
         sweep.mark_line(point=True),
         sweep.mark_rule().encode(alt.Y(f"{metric}_low:Q"), alt.Y2(f"{metric}_high:Q")),
     ]
-    full = done[done["method"] == "full"]
+    full = done[done["series"] == "full"]  # full fine-tuning by SFT: the reference line
     if len(full):
         layers.append(
             alt.Chart(full)
@@ -163,7 +184,7 @@ def rank_sweep(configs: pd.DataFrame, metric: str):
     return alt.layer(*layers).properties(
         width=WIDTH,
         height=HEIGHT,
-        title=f"{metric} by rank; dashed: full fine-tuning",
+        title=f"{metric} by rank; dashed: full fine-tuning; preference-tuned runs apart",
     )
 
 

@@ -22,7 +22,8 @@ CAPTIONS = {
     "pareto": "Each point is a configuration (mean over seeds, bar: interval); the dashed line "
     "is the Pareto front, the configurations no other beats on both axes; red crosses below are "
     "runs that did not finish. Switch the x axis with the buttons.",
-    "rank": "Quality by adapter rank on a log axis; the dashed line is full fine-tuning.",
+    "rank": "Quality by adapter rank on a log axis, a line per method; preference-tuned "
+    "configurations (DPO, ORPO) have a line of their own; the dashed line is full fine-tuning.",
     "loss": "Training loss as logged, the band spanning the seeds of a configuration; the "
     "diamonds are the validation loss at the end of training.",
     "memory": "The estimator's predicted peak GPU memory against the measured one (on a GPU); "
@@ -31,13 +32,14 @@ CAPTIONS = {
 
 
 def _table_html(frame: pd.DataFrame) -> str:
+    """A sortable, filterable table. Its cells are text, missing values empty: itables would
+    show "NaN" and "None" (DataTables still sorts numeric text as numbers)."""
     from itables import to_html_datatable
 
-    shown = frame.copy()
-    for col in shown.select_dtypes("float").columns:
-        shown[col] = shown[col].map(lambda v: round(v, 4) if pd.notna(v) else None)
+    from tunebench.reporting.report import display_strings
+
     return to_html_datatable(
-        shown,
+        display_strings(frame),
         connected=False,
         showIndex=False,
         maxBytes=0,

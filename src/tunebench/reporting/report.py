@@ -192,19 +192,33 @@ def _refuse_mismatched_test_sets(table: pd.DataFrame) -> None:
 
 
 MARKDOWN_NOTES = """
-Columns: `exact_match` is the share of held-out test prompts whose greedy generation equals the
-reference; `delta_exact_match_vs_base` is the gain over the untuned base model on the same test
-set; `test_loss`/`test_perplexity` are over response tokens only; `peak_memory_gb` is labelled by
-`memory_kind` (`cuda_max_reserved` on a GPU, `cpu_peak_rss` = the process's peak resident memory on
-a CPU, imports included: the two are not comparable); `train_seconds` is the wall time of
-`trainer.train()`; `cost` is accelerator-hours x the experiment's price table.
+Columns: one row per configuration, its seeds together. `status` is `ok` when every seed
+finished (`ok 2/3` when some did not), else the status of its first seed that did not. The
+metric is the report's (`report.metric`, else the first dataset's first metric): the mean over
+seeds and its interval over seeds (none with one seed); `gain vs base` is the mean gain over the
+untuned base model on the same test set. `GPU memory GB` is the largest seed's peak, measured
+where the run trained on a GPU, else predicted by `tunebench estimate` (a CPU run's memory is its
+process RSS, not comparable); `training` is the wall time of `trainer.train()`; `cost` is
+accelerator-hours x the experiment's price table. Every column of every run (each metric and its
+gain, losses, tokens/s, parameters, the estimate against the measurement, ...) is in
+`comparison.csv`, `comparison.html` and `report.html`; by configuration, with standard deviations,
+in `comparison_by_config.csv`.
 """
 
 
-def _display(frame: pd.DataFrame) -> pd.DataFrame:
+def _shown_number(value: float) -> str:
+    """4 significant digits; whole units from 10,000 on (tokens/s, parameters), not 1.822e+04."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+
+
+def display_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as text: numbers to 4 significant digits, missing values empty (not "nan",
+    "NaN" or "None")."""
     shown = frame.copy()
     for col in shown.select_dtypes("float").columns:
-        shown[col] = shown[col].map(lambda v: f"{v:.4g}" if pd.notna(v) else "")
+        shown[col] = shown[col].map(_shown_number)
     return shown.astype(object).where(shown.notna(), "")
 
 
@@ -219,7 +233,7 @@ def write_outputs(
 ) -> None:
     """The table (CSV, Markdown, HTML), the table by configuration, the recommendation, the
     charts as PNG, and the HTML report; a partial table (stem PARTIAL) gets the same."""
-    from tunebench.reporting import configurations, html_report, recommend
+    from tunebench.reporting import configurations, decision_table, html_report, recommend
 
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = stem == PARTIAL
@@ -243,11 +257,11 @@ def write_outputs(
     plots = write_plots(
         table, configs, exp, out_dir, out_dir / PLOTS, prefix="" if not partial else f"{PARTIAL}_"
     )
-    shown = _display(table.drop(columns=["test_sha256"]))
-    text = f"# {exp.name}: comparison\n\n{exp.description}\n\n" + shown.to_markdown(index=False)
-    if configs["seeds"].max() > 1:
-        text += "\n\n## By configuration: mean, standard deviation and interval over seeds\n\n"
-        text += _display(seed_summary(configs)).to_markdown(index=False)
+    metric, _ = recommend.ranking_metric(exp)
+    text = f"# {exp.name}: comparison\n\n" + (f"{exp.description}\n\n" if exp.description else "")
+    text += decision_table.comparison_tables(configs, metric, exp.cost.currency)
+    if (table["status"] != "ok").any():
+        text += "\n\n## Runs that did not finish\n\n" + decision_table.unfinished(table)
     text += "\n\n" + advice.replace("# Recommendation", "## Recommendation", 1)
     if reproduced is not None:
         from tunebench.reporting import reproduction
@@ -255,7 +269,8 @@ def write_outputs(
         text += "\n" + reproduction.markdown(reproduced, exp).replace("# ", "## ", 1)
     text += "\n" + "\n".join(f"![{p.stem}]({PLOTS}/{p.name})" for p in plots) + "\n"
     with atomic_path(out_dir / f"{stem}.md") as tmp:
-        tmp.write_text(text + "\n" + MARKDOWN_NOTES)
+        tmp.write_text(decision_table.wrap(text + "\n" + MARKDOWN_NOTES))
+    shown = display_strings(table.drop(columns=["test_sha256"]))
     with atomic_path(out_dir / f"{stem}.html") as tmp:
         tmp.write_text(f"<h1>{exp.name}</h1>\n" + shown.to_html(index=False, na_rep=""))
     report_name = f"{PARTIAL}_report.html" if partial else HTML_REPORT
@@ -270,17 +285,6 @@ def write_outputs(
             tmp.write_text(exp.model_dump_json(indent=1))
         for stale in out_dir.glob(f"{PARTIAL}*"):  # the finished table replaces it
             stale.unlink()
-
-
-def seed_summary(configs: pd.DataFrame) -> pd.DataFrame:
-    """The configurations' metrics with their spread, for the Markdown table."""
-    stats = [
-        f"{m}{suffix}"
-        for m in configs.attrs.get("metrics", [])
-        for suffix in ("", "_sd", "_low", "_high")
-        if f"{m}{suffix}" in configs
-    ]
-    return configs[["configuration", "dataset", "finished", *stats]]
 
 
 def write_plots(table, configs, exp, root: Path, folder: Path, prefix: str = "") -> list[Path]:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from tunebench.matrix import expand, referenced_runs
 from tunebench.reporting.configurations import CUDA_MEMORY
+from tunebench.reporting.decision_table import markdown_table
 from tunebench.spec import LOWER_IS_BETTER, RESOURCE_MEASURES, Experiment
 
 REHEARSAL = "rehearsal: not comparable"
@@ -155,7 +156,7 @@ def markdown(rows: pd.DataFrame, exp: Experiment) -> str:
             else ""
         ),
         "",
-        rows.drop(columns=["source"]).to_markdown(index=False, floatfmt=".4g"),
+        markdown_table(rows.drop(columns=["source"]), floatfmt=".4g"),
         "",
         "Ranking agreement of the quality cells (Spearman): "
         + ("n/a (fewer than 3 cells)" if math.isnan(rho) else f"{rho:.2f}")
