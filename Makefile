@@ -11,6 +11,8 @@ EXPERIMENT ?= experiments/smoke.yaml
 # The HF stack's hash-locked CPU variant (containers/locks/); on a GPU host without containers:
 # make env LOCK=containers/locks/hf-cuda.txt PYTHON=python3.12 (the CUDA locks target 3.12).
 LOCK ?= containers/locks/hf-cpu.txt
+# The Python a lock was resolved for (containers/lock.sh): the CUDA locks 3.12, the others 3.11.
+LOCK_PYTHON = $(if $(findstring cuda,$(notdir $(LOCK))),3.12,3.11)
 
 .PHONY: env run test test-fast lint format schema lock test-container llamacpp-check clean-results
 
@@ -21,6 +23,16 @@ env: $(VENV)/.installed
 # every result carries (with any drift from it). PyPI lacks torch's CPU build: envs/wheel_source.py
 # names a local wheel folder that holds it, else PyTorch's CPU index.
 $(VENV)/.installed: $(LOCK) pyproject.toml
+	@# Fail at once, naming the version found, rather than deep inside pip (the lock's wheels
+	@# are for one Python version). An existing .venv is checked, else $(PYTHON).
+	@py=$(PYTHON); [ -x $(BIN)/python ] && py=$(BIN)/python; \
+	found=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	if [ "$$found" != "$(LOCK_PYTHON)" ]; then \
+		echo "error: $(LOCK) needs Python $(LOCK_PYTHON); $$py is Python $${found:-(not found)}." \
+			"Install Python $(LOCK_PYTHON) and run: make $(MAKECMDGOALS) PYTHON=python$(LOCK_PYTHON)" \
+			"(and remove $(VENV) if it was made with another version)" >&2; \
+		exit 2; \
+	fi
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes --no-deps \
 		$$($(PYTHON) src/tunebench/envs/wheel_source.py $(LOCK)) -r $(LOCK)

@@ -351,7 +351,7 @@ def test_dpo_trains_its_objective(finished):
     """On its training pairs each DPO run ends preferring the chosen answers more than its
     reference does (TRL's logged reward margin > 0, loss below its starting ln 2). Whether that
     carries over to held-out pairs is what the table measures; this tiny model is too weak for
-    a test to assert it (the smoke experiment's figures are in the README)."""
+    a test to assert it (the smoke experiment's figures are in docs/preference.md)."""
     import math
 
     work, table = finished

@@ -183,5 +183,5 @@ def builtin_model_advice(exp: Experiment) -> list[str]:
     return [
         f"models {', '.join(builtin)} are built-in tiny models that know only their own corpus: "
         f"on datasets {', '.join(own)} the loss falls but generations stay garbage. For your "
-        "own data use a real model (README, 'Your own data on a CPU')."
+        "own data use a real model (docs/real-model.md, 'Your own data on a CPU')."
     ]

@@ -107,8 +107,9 @@ def markdown() -> str:
     lines = [
         "# The experiment file: every key",
         "",
-        "Generated from `src/tunebench/spec.py` by `make schema` (do not edit). The README has a",
-        "commented example; `tunebench schema` prints the JSON schema. Unknown keys are errors.",
+        "Generated from `src/tunebench/spec.py` by `make schema` (do not edit).",
+        "[The experiment file, commented](experiment-file.md) has an example of every section;",
+        "`tunebench schema` prints the JSON schema. Unknown keys are errors.",
         'An "axis" takes one value or a list; each value is one run of the matrix.',
     ]
     for name, node, paths in sections():

@@ -541,8 +541,8 @@ class DatasetSpec(Strict):
     )
     format: Literal[("auto", *FORMATS)] = Field(
         "auto",
-        description="the rows' format; auto detects it from each row's fields (see README, "
-        "Datasets)",
+        description="the rows' format; auto detects it from each row's fields (see "
+        "docs/datasets.md, Formats)",
     )
     columns: dict[str, str] = Field(
         {},
