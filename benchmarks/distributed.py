@@ -97,7 +97,7 @@ def losses(result: dict) -> list[float]:
 
 
 def main() -> None:
-    from tunebench.measure import machine
+    from tunebench.measure import measured_on
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=8)
@@ -136,7 +136,7 @@ def main() -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     table.to_csv(FIGURES / "distributed.csv", index=False)
     header = (
-        f"# One run in one and two processes, on {machine()}\n\n"
+        f"# One run in one and two processes, measured {measured_on()}\n\n"
         f"SmolLM2-135M-Instruct, contacts task, batch 4 (the global batch), max_length 128, "
         f"float32, {args.steps} steps; `python benchmarks/distributed.py --steps {args.steps}`. "
         "Loss differences are against the one-process run of the same method, step by step. "

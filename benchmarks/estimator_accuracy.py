@@ -466,13 +466,13 @@ def main() -> int:
     parser.add_argument("--fit", action="store_true", help="print constants fitted on all rows")
     parser.add_argument("--out", default=str(FIGURES))
     args = parser.parse_args()
-    from tunebench.measure import machine
+    from tunebench.measure import measured_on
 
     rows = published_rows() + h200_rows()
     predict_all(rows)
     constants = held_out(rows)
     table, summary = summarise(rows, constants)
-    text = report(table, summary, constants, machine())
+    text = report(table, summary, constants, measured_on())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "estimator_accuracy.md").write_text(text)

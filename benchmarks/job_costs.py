@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench.measure import machine
+from tunebench.measure import measured_on
 
 
 def collect(root: Path) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def main() -> None:
     out = args.out or Path("benchmarks/figures") / f"{args.results.name}-jobs.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        f"# Job costs: {args.results}\n\nmachine: {machine()}\n\n"
+        f"# Job costs: {args.results}\n\nmeasured {measured_on()}\n\n"
         + per_rule.round(1).to_markdown()
         + "\n\n"
         + jobs[["rule", "job", "s", "max_rss", "cpu_time"]].round(1).to_markdown(index=False)

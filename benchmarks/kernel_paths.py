@@ -83,7 +83,7 @@ def shown(experiment: Path) -> str:
 
 
 def main() -> None:
-    from tunebench.measure import cpu_isa, machine
+    from tunebench.measure import cpu_isa, measured_on
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("experiment", type=Path, nargs="?", default=REPO / "experiments/smoke.yaml")
@@ -114,7 +114,7 @@ def main() -> None:
     text = [
         f"# Kernel paths: {shown(args.experiment)}",
         "",
-        f"machine: {machine()}; native kernels ({isa}), then ATEN_CPU_CAPABILITY={aten}, "
+        f"measured {measured_on()}; native kernels ({isa}), then ATEN_CPU_CAPABILITY={aten}, "
         f"ONEDNN_MAX_CPU_ISA={onednn}, MKL_ENABLE_INSTRUCTIONS={onednn}",
         f"wall time: {native_seconds:.0f} s native, {narrow_seconds:.0f} s narrower",
         "",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tunebench.io import read_json
-from tunebench.measure import machine
+from tunebench.measure import measured_on
 
 FIGURES = Path(__file__).parent / "figures"
 
@@ -125,7 +125,7 @@ def main() -> None:
         for entry in manifest["gguf"]
     ]
     figures = {
-        "machine": machine(),
+        "measured": measured_on(),
         "export": str(args.export),
         "run_id": manifest["run"]["run_id"],
         "llama_cpp_python": llama_cpp.__version__,
@@ -139,7 +139,7 @@ def main() -> None:
     lines = [
         f"# llama.cpp vs the merged model: {figures['run_id']}",
         "",
-        f"Machine: {figures['machine']}; llama-cpp-python {figures['llama_cpp_python']}.",
+        f"Measured {figures['measured']}; llama-cpp-python {figures['llama_cpp_python']}.",
         "",
         "| file | prompts | same tokens | next-token agreement | max logit diff | identical "
         "generations |",

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tunebench.measure import machine
+from tunebench.measure import measured_on
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "benchmarks" / "figures"
@@ -292,7 +292,7 @@ def main() -> None:
     frame.to_csv(args.out.with_suffix(".csv"), index=False)
     args.out.with_suffix(".md").write_text(
         "# Harness overhead: `tunebench stage train` vs a plain TRL script\n\n"
-        f"machine: {machine()}; one thread per "
+        f"measured {measured_on()}; one thread per "
         f"job; {args.repeats} repeats, alternating; tiny-m LoRA r8, {args.steps} steps\n\n"
         + summary.round(3).to_markdown()
         + f"\n\nper-step time, harness / plain: **{ratio:.3f}**\n"

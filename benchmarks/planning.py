@@ -242,11 +242,11 @@ def main() -> None:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out.with_suffix(".csv"), index=False)
-    from tunebench.measure import machine
+    from tunebench.measure import measured_on
 
     args.out.with_suffix(".md").write_text(
         f"# Planning cost: `snakemake --dry-run`, tunebench vs a bare Snakefile\n\n"
-        f"machine: {machine()}, {len(rows) // len(args.runs) // 3} repeats "
+        f"measured {measured_on()}, {len(rows) // len(args.runs) // 3} repeats "
         f"each, alternating\n\n"
         + summary.round(2).to_markdown()
         + "\n\nRatios of the medians. bare: the same rules, jobs and files (inputs, outputs, logs,"

@@ -185,10 +185,10 @@ def test_a_run_spanning_nodes_needs_slurm(tiny_model, tiny_data, tmp_path, monke
 SEVENTY_B = REPO / "experiments" / "examples" / "llama-2-70b-full-two-nodes.yaml"
 
 
-def test_the_readme_70b_recipe_is_one_training_job_over_two_nodes(tmp_path):
-    """The docs' 70B example (docs/slurm.md): one copy of the run fits no 80 GB GPU (so it must shard), and
-    the workflow plans its training as the job that spans nodes, with the Slurm requests that
-    put 8 GPUs and one task on each node."""
+def test_the_70b_recipe_is_one_training_job_over_two_nodes(tmp_path):
+    """The 70B example of docs/slurm.md: one copy of the run fits no 80 GB GPU (so it must
+    shard), and the workflow plans its training as the job that spans nodes, with the Slurm
+    requests that put 8 GPUs and one task on each node."""
     import json
 
     from tunebench.experiment import load_experiment

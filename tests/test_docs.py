@@ -203,23 +203,12 @@ def test_the_check_catches_a_changed_figure(tmp_path):
 
 
 def test_figure_files_state_machine_and_date():
-    """Each file says where it was measured; the ones written by hand (not by a benchmark
-    script) also say when."""
-    # Written by benchmark scripts that do not stamp a date yet; the pages give it. Drop a name
-    # once its script writes the date.
-    undated = {
-        "distributed.md",
-        "estimator_accuracy.md",
-        "kernel_paths-smoke.md",
-        "overhead.md",
-        "planning.md",
-        "smoke-jobs.md",
-    } | {p.name for p in FIGURES.glob("llamacpp_agreement_*.md")}
+    """Each file says where and when it was measured (benchmark scripts stamp both:
+    tunebench.measure.measured_on)."""
     for path in sorted(FIGURES.glob("*.md")):
         text = path.read_text()
         assert re.search(r"(?i)machine|\bon vm\b|H200", text), f"{path.name}: no machine"
-        if path.name not in undated:
-            assert re.search(r"\b20\d\d-\d\d-\d\d\b", text), f"{path.name}: no date"
+        assert re.search(r"\b20\d\d-\d\d-\d\d\b", text), f"{path.name}: no date"
 
 
 def test_figures_page_includes_every_figure_file():

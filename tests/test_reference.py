@@ -1,6 +1,7 @@
 """The experiment format documents itself: every key has a description, the JSON schema and
 docs/experiment.md are generated from spec.py and current, and what users write (the README's
-small example, every shipped experiment; docs/experiment-file.md's is checked in test_docs) passes the schema the workflow checks it with."""
+small example, every shipped experiment) passes the schema the workflow checks it with
+(docs/experiment-file.md's commented example is checked in test_docs)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ def test_the_readme_example_is_a_valid_experiment():
     jsonschema.validate(example, SCHEMA)
     exp = validate_data(example, "README example")
     assert {m.method for m in exp.methods} == {"full", "lora", "qlora"}
-
 
 
 @pytest.mark.parametrize(

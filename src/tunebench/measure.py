@@ -73,6 +73,13 @@ def machine() -> str:
     return f"{platform.node()}, {cpu_name()} ({cpu_isa()}), {os.cpu_count()} cores"
 
 
+def measured_on() -> str:
+    """When and where a benchmark figure was measured: today's date, then this machine."""
+    import datetime
+
+    return f"{datetime.date.today().isoformat()} on {machine()}"
+
+
 def hardware() -> dict:
     import torch
 
