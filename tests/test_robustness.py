@@ -121,28 +121,59 @@ def test_secrets_in_messages_are_redacted(tiny_model, tiny_data, tmp_path, monke
     assert secret not in text and "models/***" in text
 
 
-def test_a_second_run_in_the_same_directory_is_refused(tmp_path):
-    """Snakemake's lock: the second `tunebench run` exits non-zero with a clear message."""
+@pytest.mark.slow
+def test_a_workflow_caught_mid_training_shows_its_progress_and_refuses_a_second_run(tmp_path):
+    """While a run trains: `tunebench status` from another shell shows it at its step,
+    `tunebench run` without a terminal prints plain progress lines, and a second `tunebench
+    run` in the same directory exits non-zero with a clear message (Snakemake's lock)."""
+    import json
+    import re
+
     import yaml
     from conftest import tiny_experiment
 
-    exp = tiny_experiment()
-    exp["models"][0]["builtin"]["pretrain_steps"] = 5000  # keeps the first run busy
+    from tunebench.experiment import validate_data
+    from tunebench.matrix import expand
+
+    exp = tiny_experiment(methods=[METHODS["lora"]])
+    exp["training"]["max_steps"] = 100_000  # keeps the first run busy training
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    first = subprocess.Popen(
-        [str(BIN / "tunebench"), "run", "exp.yaml", "--", "--cores", "1"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    (run,) = expand(validate_data(exp))
+    progress = tmp_path / "results" / "tiny" / "runs" / run.run_id / "train" / "progress.json"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TUNEBENCH_PROGRESS_EVERY": "1"}
+    with open(tmp_path / "run.log", "w") as log:
+        first = subprocess.Popen(
+            [str(BIN / "tunebench"), "run", "exp.yaml", "--", "--cores", "1"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        deadline = time.time() + 60
-        locks = tmp_path / ".snakemake" / "locks"
-        while not (locks.is_dir() and any(locks.iterdir())) and time.time() < deadline:
-            time.sleep(0.2)
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None:
+            if progress.is_file() and json.loads(progress.read_text())["step"] > 0:
+                break
+            time.sleep(0.5)
+        output = (tmp_path / "run.log").read_text()
+        assert progress.is_file(), output[-3000:]
+
+        shown = subprocess.run(
+            [str(BIN / "tunebench"), "status", "exp.yaml"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        assert "tiny: 0 of 1 runs done, 1 running" in shown.stdout, shown.stdout
+        assert re.search(r"Snakemake: \d+ of \d+ steps", shown.stdout), shown.stdout
+        row = next(line for line in shown.stdout.splitlines() if run.run_id in line)
+        step = int(re.search(r"training\s+(\d+)/100000\b", row).group(1))
+        assert step > 0 and step <= json.loads(progress.read_text())["step"]
+
         second = subprocess.run(
             [str(BIN / "tunebench"), "run", "exp.yaml"],
             cwd=tmp_path,
@@ -154,6 +185,13 @@ def test_a_second_run_in_the_same_directory_is_refused(tmp_path):
         assert second.returncode != 0
         assert "another tunebench run" in second.stdout + second.stderr
         assert first.poll() is None, "the first run must go on"
+        # Without a terminal, the run's own output has plain progress lines among Snakemake's.
+        deadline = time.time() + 30
+        pattern = rf"{run.run_id}: training step \d+/100000, loss"
+        while not re.search(pattern, output) and time.time() < deadline:
+            time.sleep(0.5)
+            output = (tmp_path / "run.log").read_text()
+        assert re.search(pattern, output), output[-3000:]
     finally:
         # Snakemake waits for its running job on SIGTERM; the job here is long: kill it all.
         os.killpg(first.pid, signal.SIGKILL)

@@ -94,6 +94,11 @@ def test_the_table_has_a_row_per_run_and_baseline(finished):
     work, _, _, result = finished
     table = pd.read_csv(work / "results" / "tiny" / "comparison.csv")
     assert (work / "results" / "tiny" / "comparison.md").is_file(), result.stderr[-3000:]
+    markdown = (work / "results" / "tiny" / "comparison.md").read_text()
+    assert max(len(line) for line in markdown.splitlines()) <= 160
+    assert not re.search(
+        r">\s*(NaN|None)\s*<", (work / "results" / "tiny" / "comparison.html").read_text()
+    )
     plots = work / "results" / "tiny" / "plots"
     for name in ("pareto_gpu_memory_gb", "pareto_hours", "rank_sweep", "loss_curves"):
         assert (plots / f"{name}.png").stat().st_size > 10_000, name
@@ -298,7 +303,9 @@ def test_user_files_from_disk_with_metrics_and_seeds(tmp_path):
     )
     assert (tuned["exact_match_low"] <= tuned["exact_match_high"]).all()
     text = (tmp_path / "results" / "tiny" / "comparison.md").read_text()
-    assert "mean, standard deviation and interval over seeds" in text
+    # A decision table per dataset: the metric's mean with its interval over the two seeds.
+    assert "### Dataset reverse" in text and "### Dataset count" in text
+    assert re.search(r"\|\s+-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\] \|", text), text
     # Recommended on the first dataset only, from two seeds each.
     advice = (tmp_path / "results" / "tiny" / "recommendation.md").read_text()
     assert "dataset 'reverse'" in advice and "2 seeds" in advice, advice

@@ -19,9 +19,11 @@ def _number(value, fmt: str = "{:.3f}") -> str:
 
 
 def _status(row: pd.Series) -> str:
-    if row["status"] != "ok":
+    """ok; a failed configuration's status; where some seeds finished, how many, and why the
+    others did not (the metric is then over the finished ones)."""
+    if row["status"] == "ok" or not row["finished"]:
         return str(row["status"])
-    return "ok" if row["finished"] == row["seeds"] else f"ok {row['finished']}/{row['seeds']}"
+    return f"ok {row['finished']}/{row['seeds']}, {row['status']}"
 
 
 def _with_interval(row: pd.Series, metric: str) -> str:
@@ -67,7 +69,8 @@ def decision_rows(configs: pd.DataFrame, metric: str, currency: str) -> pd.DataF
 
 def markdown_table(rows: pd.DataFrame, width: int = WIDTH, **options) -> str:
     """A pipe table (`options`: to_markdown's) no wider than `width`: configuration names too
-    long are shortened (…)."""
+    long lose the middle of their model's name (…), keeping the method, rank and the like
+    that tell its rows apart."""
     names = rows["configuration"].astype(str)
     while True:
         text = rows.assign(configuration=names).to_markdown(index=False, **options)
@@ -76,7 +79,9 @@ def markdown_table(rows: pd.DataFrame, width: int = WIDTH, **options) -> str:
         if excess <= 0 or longest <= 12:
             return text
         room = max(longest - excess, 12)
-        names = names.where(names.str.len() <= room, names.str[: room - 1] + "…")
+        head = 10
+        shortened = names.str[:head] + "…" + names.str[-(room - head - 1) :]
+        names = names.where(names.str.len() <= room, shortened)
 
 
 def comparison_tables(configs: pd.DataFrame, metric: str, currency: str) -> str:
@@ -115,5 +120,13 @@ def wrap(markdown: str, width: int = WIDTH) -> str:
             out.append(line)
             continue
         indent = "  " if line.startswith(("- ", "* ")) else ""
-        out.append(textwrap.fill(line, width, subsequent_indent=indent, break_long_words=False))
+        out.append(
+            textwrap.fill(
+                line,
+                width,
+                subsequent_indent=indent,
+                break_long_words=False,
+                break_on_hyphens=False,  # names (models, run ids) stay whole
+            )
+        )
     return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")

@@ -31,12 +31,26 @@ CAPTIONS = {
 }
 
 
+def _shown_number(value: float) -> str:
+    """4 significant digits; whole units from 10,000 on (tokens/s, parameters), not 1.822e+04."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+
+
+def display_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as text: numbers to 4 significant digits, missing values empty (not "nan",
+    "NaN" or "None")."""
+    shown = frame.copy()
+    for col in shown.select_dtypes("float").columns:
+        shown[col] = shown[col].map(_shown_number)
+    return shown.astype(object).where(shown.notna(), "")
+
+
 def _table_html(frame: pd.DataFrame) -> str:
     """A sortable, filterable table. Its cells are text, missing values empty: itables would
     show "NaN" and "None" (DataTables still sorts numeric text as numbers)."""
     from itables import to_html_datatable
-
-    from tunebench.reporting.report import display_strings
 
     return to_html_datatable(
         display_strings(frame),

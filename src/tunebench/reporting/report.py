@@ -206,22 +206,6 @@ in `comparison_by_config.csv`.
 """
 
 
-def _shown_number(value: float) -> str:
-    """4 significant digits; whole units from 10,000 on (tokens/s, parameters), not 1.822e+04."""
-    if pd.isna(value):
-        return ""
-    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
-
-
-def display_strings(frame: pd.DataFrame) -> pd.DataFrame:
-    """The table as text: numbers to 4 significant digits, missing values empty (not "nan",
-    "NaN" or "None")."""
-    shown = frame.copy()
-    for col in shown.select_dtypes("float").columns:
-        shown[col] = shown[col].map(_shown_number)
-    return shown.astype(object).where(shown.notna(), "")
-
-
 PARTIAL = "comparison_partial"  # a table of an unfinished workflow; never the workflow target
 EXPERIMENT_RECORD = "experiment.json"  # the experiment the results were compiled with
 RECOMMENDATION, HTML_REPORT, PLOTS = layout.RECOMMENDATION, layout.HTML_REPORT, layout.PLOTS
@@ -270,7 +254,7 @@ def write_outputs(
     text += "\n" + "\n".join(f"![{p.stem}]({PLOTS}/{p.name})" for p in plots) + "\n"
     with atomic_path(out_dir / f"{stem}.md") as tmp:
         tmp.write_text(decision_table.wrap(text + "\n" + MARKDOWN_NOTES))
-    shown = display_strings(table.drop(columns=["test_sha256"]))
+    shown = html_report.display_strings(table.drop(columns=["test_sha256"]))
     with atomic_path(out_dir / f"{stem}.html") as tmp:
         tmp.write_text(f"<h1>{exp.name}</h1>\n" + shown.to_html(index=False, na_rep=""))
     report_name = f"{PARTIAL}_report.html" if partial else HTML_REPORT
