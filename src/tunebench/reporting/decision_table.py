@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pandas as pd
 
 from tunebench.reporting.recommend import duration
@@ -16,6 +17,16 @@ WIDTH = 160  # characters: every line of comparison.md fits
 
 def _number(value, fmt: str = "{:.3f}") -> str:
     return "" if value is None or pd.isna(value) else fmt.format(value)
+
+
+def _cost(value) -> str:
+    """3 significant digits without an exponent (0.0000697, not 6.97e-05); whole units from
+    100 on."""
+    if value is None or pd.isna(value):
+        return ""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return np.format_float_positional(value, precision=3, unique=False, fractional=False, trim="-")
 
 
 def _status(row: pd.Series) -> str:
@@ -62,7 +73,7 @@ def decision_rows(configs: pd.DataFrame, metric: str, currency: str) -> pd.DataF
             "training": [
                 "" if pd.isna(s) else duration(s / 3600) for s in configs["train_seconds"]
             ],
-            f"cost {currency}": [_number(v, "{:.3g}") for v in configs["cost"]],
+            f"cost {currency}": [_cost(v) for v in configs["cost"]],
         }
     )
 

@@ -193,7 +193,8 @@ def _refuse_mismatched_test_sets(table: pd.DataFrame) -> None:
 
 MARKDOWN_NOTES = """
 Columns: one row per configuration, its seeds together. `status` is `ok` when every seed
-finished (`ok 2/3` when some did not), else the status of its first seed that did not. The
+finished, `ok 2/3, oom` when some did not (its figures are over those that did), else the status
+of its first seed. The
 metric is the report's (`report.metric`, else the first dataset's first metric): the mean over
 seeds and its interval over seeds (none with one seed); `gain vs base` is the mean gain over the
 untuned base model on the same test set. `GPU memory GB` is the largest seed's peak, measured

@@ -99,7 +99,7 @@ class ProgressFile(TrainerCallback):
     writes when several train one run; a killed run leaves its last state, and its pid/host
     let a reader tell it is gone."""
 
-    def __init__(self, path: Path, run_id: str, every_seconds: float = 5.0):
+    def __init__(self, path: Path, run_id: str, every_seconds: float = 2.0):
         self.path, self.run_id, self.every_seconds = Path(path), run_id, every_seconds
         self.started = self.start_step = self.start_tokens = None
         self.last_write = -math.inf
