@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,15 +93,30 @@ def sacct(fields: str) -> str:
 
 
 def cancel_when_checkpointed(
-    run_dir: Path, run_id: str, cancelled: list, step: int = 25, rule: str = "train"
+    run_dir: Path,
+    run_id: str,
+    cancelled: list,
+    step: int = 25,
+    rule: str = "train",
+    shown: list | None = None,
 ) -> None:
-    """scancel the run's training job as soon as its first checkpoint is complete."""
+    """scancel the run's training job as soon as its first checkpoint is complete; before,
+    `tunebench status` from another shell (as on a login node) into `shown`."""
     checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.time() + 600
     while time.time() < deadline and not checkpoint.is_file():
         time.sleep(0.1)
     job = job_of(f"rule_{rule}_wildcards_{run_id}")
     if job and checkpoint.is_file():
+        if shown is not None:
+            status = subprocess.run(
+                [str(BIN / "tunebench"), "status", "exp.yaml", "--no-estimate"],
+                cwd=run_dir.parents[3],  # the workflow's directory: results/<name>/runs/<run>
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            shown.append(status.stdout + status.stderr)
         out = subprocess.run(["scancel", job], capture_output=True, text=True)
         cancelled.append((job, out.returncode, out.stderr.strip()))
 
@@ -126,9 +142,11 @@ def test_the_matrix_runs_on_slurm_and_a_cancelled_job_resumes(cluster, tmp_path)
     runs = {r.method: r.run_id for r in expand(validate_data(exp))}
     root = tmp_path / "results" / "tiny"
     cancelled: list[str] = []
+    shown: list[str] = []
     watcher = threading.Thread(
         target=cancel_when_checkpointed,
         args=(root / "runs" / runs["lora"], runs["lora"], cancelled),
+        kwargs={"shown": shown},
     )
     watcher.start()
     first = tunebench_slurm(tmp_path)
@@ -136,6 +154,9 @@ def test_the_matrix_runs_on_slurm_and_a_cancelled_job_resumes(cluster, tmp_path)
     assert cancelled, first.stdout[-3000:] + first.stderr[-3000:]
     job, code, message = cancelled[0]
     assert code == 0, message
+    # Caught mid-training, from another shell: the run at its step, with its Slurm job.
+    row = next((line for line in shown[0].splitlines() if runs["lora"] in line), "")
+    assert re.search(rf"training\s+\d+/400\b.*\b{job} RUNNING\b", row), shown[0]
     assert first.returncode != 0
     assert not (root / "comparison.csv").exists()
     table = pd.read_csv(root / "comparison_partial.csv")

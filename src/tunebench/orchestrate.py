@@ -144,7 +144,10 @@ def run_followed(command: list[str], exp: Experiment, experiment: str) -> int:
     forward = signal.signal(signal.SIGTERM, lambda signum, _: process.send_signal(signum))
     try:
         if live:
-            return status.follow_live(process, source, console, LIVE_REFRESH_SECONDS)
+            # A few files per run each time: a large matrix on a shared file system is read
+            # less often.
+            every = max(LIVE_REFRESH_SECONDS, len(source.run_ids) / 100)
+            return status.follow_live(process, source, console, every)
         return status.follow_plain(process, source, progress_every())
     except KeyboardInterrupt:
         # Snakemake got the same Ctrl-C: let it stop its jobs and release its lock.

@@ -239,19 +239,23 @@ def cmd_status(args) -> int:
     if experiment is not None and running and not args.no_estimate:
         source.predict(experiment)
     console = Console()
-    if not console.is_terminal:  # a log or a pipe: lines as long as a wide terminal's
+    terminal = console.is_terminal
+    if not terminal:  # a log or a pipe: lines as long as a wide terminal's
         console = Console(width=160)
     if not args.watch:
         console.print(render(source.snapshot(), args.all))
         return 0
-    with Live(render(source.snapshot(), args.all), console=console, auto_refresh=False) as live:
-        try:
+    try:
+        if not terminal:  # a log: the view again every so often, one after the other
+            while True:
+                console.print(render(source.snapshot(), args.all), "")
+                time.sleep(args.watch)
+        with Live(render(source.snapshot(), args.all), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(args.watch)
                 live.update(render(source.snapshot(), args.all), refresh=True)
-        except KeyboardInterrupt:
-            pass
-    return 0
+    except KeyboardInterrupt:
+        return 0
 
 
 def add_parsers(sub, formatter=argparse.HelpFormatter) -> None:
