@@ -121,3 +121,17 @@ def test_trainer_settings_raise_no_deprecation_warning(tmp_path):
         config = sft_config(run, tmp_path, "none")
     assert config.gradient_checkpointing is True
     assert not [w for w in caught if "checkpointing" in str(w.message)], caught
+
+
+@pytest.mark.slow
+def test_a_run_stopped_where_asked_is_a_success_that_says_what_it_built(tmp_path):
+    import yaml
+    from conftest import tiny_experiment
+    from helpers import tunebench
+
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tiny_experiment()))
+    done = tunebench(tmp_path, "run", "exp.yaml", "--", "--until", "prepare_data", "--cores", "1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped where asked (--until prepare_data --cores 1): 1 of 1 dat")
+    assert "0 of 2 runs trained" in last and "no comparison table;" not in done.stderr
