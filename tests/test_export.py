@@ -166,7 +166,7 @@ def test_export_round_trip(method, trained, workdir, tiny_model, monkeypatch, ca
     # The converter as pinned, and the versions.
     converter = manifest["converter"]
     assert converter["package"] == "llama-cpp-python" and converter["version"] == "0.3.36"
-    assert converter["sdist_sha256"] == export.gguf_convert.SDIST_SHA256
+    assert converter["sdist_sha256"] == export.convert.SDIST_SHA256
     assert len(converter["llama_cpp_commit"]) == 40 and converter["llama_cpp_version"]
     assert "llama-quantize" in manifest["not_offered"]
     # The built-in tokenizer's hash is unknown to the converter: named "gpt-2" by the wrapper.
