@@ -220,7 +220,9 @@ def test_figures_page_includes_every_figure_file():
 def test_no_tracked_file_names_a_path_outside_the_repository():
     """The project stands alone: no page, comment or preset points at a file outside it (a
     container's own /work, as a mount target, is inside the image)."""
-    outside = re.compile(r"NOTES\.md|shared/reference|\.\./shared|(?<!:)/work/")
+    # Spelled in pieces so that this file does not name them itself.
+    notes, shared = "NOTES" + r"\.md", "sha" + "red"
+    outside = re.compile(rf"{notes}|{shared}/reference|\.\./{shared}|(?<!:)/work/")
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split("\0")
