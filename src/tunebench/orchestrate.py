@@ -132,11 +132,13 @@ def summarise_stopped_early(exp: Experiment, root: Path, extra: list[str]) -> in
     from tunebench.io import read_json
     from tunebench.matrix import dataset_key, expand
 
+    run_ids = [run.run_id for run in expand(exp)]
+
     def finished(pattern: str) -> int:
-        paths = [root / pattern.format(run_id=run.run_id) for run in expand(exp)]
+        paths = [root / pattern.format(run_id=run_id) for run_id in run_ids]
         return sum(p.is_file() and read_json(p).get("status") == "ok" for p in paths)
 
-    runs = len(expand(exp))
+    runs = len(run_ids)
     datasets = sum(
         (root / layout.DATA_MANIFEST.format(dataset=dataset_key(d))).is_file() for d in exp.datasets
     )
