@@ -1070,6 +1070,13 @@ class Report(Strict):
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = Field(
         0.95, description="level of the intervals over seeds (t distribution)"
     )
+    p_best_threshold: Annotated[float, Field(gt=0.5, le=1)] = Field(
+        0.9,
+        description="P(best) a configuration must reach for a budget to be decided: the share "
+        "of paired bootstrap resamples of the test items (and of each configuration's seeds) "
+        "in which it has the best mean of the report's metric among the configurations that "
+        "fit; below it the recommendation says 'not decided'",
+    )
 
 
 # What a published number can be compared with: a dataset metric or loss (quality), or a

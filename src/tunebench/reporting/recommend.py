@@ -6,6 +6,9 @@ For each budget, from the configurations (configurations.py) that finished and f
 - every configuration statistically tied with the best: its interval overlaps the best's. With
   one seed there is no interval, and the answer says so instead of calling anything tied;
 - the cheapest configuration whose mean is within `report.margin` of the best's;
+- given the results folder: P(best) of every configuration that fits, from a paired bootstrap
+  over the test items and seeds (confidence.py); "not decided" when none reaches
+  `report.p_best_threshold`; the smallest difference a test set of its size can detect;
 - the configurations that do not fit, each with the reason: measured out of memory, predicted
   not to fit, failed, or over the budget's memory, cost or hours.
 A budget nothing fits says so.
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
+from tunebench.reporting import confidence
 from tunebench.spec import LOWER_IS_BETTER, Budget, Experiment
 
 UNFINISHED = {
@@ -42,6 +47,7 @@ class Choice:
     cost: float
     hours: float
     gain_vs_base: float  # NaN where the metric has no baseline (losses)
+    p_best: float = math.nan  # among the configurations that fit the budget; NaN: not computed
 
 
 @dataclass
@@ -55,6 +61,13 @@ class Answer:
     one_seed: bool = False  # no interval: ties cannot be judged
     cheapest_within_margin: Choice | None = None
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (configuration, why)
+    # P(best) of every configuration that fits, highest first; empty when not computed.
+    p_best: list[tuple[str, float]] = field(default_factory=list)
+    decided: bool | None = None  # whether one reached report.p_best_threshold; None: not known
+    no_p_best: str = ""  # why P(best) was not computed ("" when it was, or was not asked for)
+    test_items: int = 0
+    seeds_resampled: bool = False  # some configuration that fits had several seeds
+    detectable: float = math.nan  # the minimum detectable difference at the best's level
 
 
 def ranking_dataset(exp: Experiment):
@@ -109,11 +122,56 @@ def _cost_key(row: pd.Series) -> tuple:
     )
 
 
-def recommend(configs: pd.DataFrame, exp: Experiment) -> list[Answer]:
+def _p_best(answer: Answer, fitting: list, exp: Experiment, scored) -> dict | None:
+    """P(best) of each configuration that fits (by its row's index), or None with the reason
+    in the answer; the verdict, the test set's size and its detectable difference."""
+    if answer.metric not in confidence.PER_ITEM:
+        answer.no_p_best = f"{answer.metric} is not scored per test item"
+        return None
+    mats = {}
+    for row in fitting:
+        got = scored(row)
+        if isinstance(got, str):
+            answer.no_p_best = f"{row['configuration']}: {got}"
+            return None
+        mats[row.name] = got
+    if len({ids for ids, _ in mats.values()}) > 1:
+        answer.no_p_best = "the configurations were scored on different test items"
+        return None
+    probability = confidence.p_best(
+        {key: values for key, (_, values) in mats.items()}, answer.higher_is_better
+    )
+    names = {row.name: row["configuration"] for row in fitting}
+    answer.p_best = sorted(
+        ((names[k], p) for k, p in probability.items()), key=lambda item: -item[1]
+    )
+    answer.decided = answer.p_best[0][1] >= exp.report.p_best_threshold
+    answer.test_items = next(iter(mats.values()))[1].shape[1]
+    answer.seeds_resampled = any(values.shape[0] > 1 for _, values in mats.values())
+    answer.detectable = confidence.minimum_detectable_difference(
+        mats[fitting[0].name][1], exp.report.confidence
+    )
+    return probability
+
+
+def recommend(configs: pd.DataFrame, exp: Experiment, root: Path | None = None) -> list[Answer]:
+    """The answer under each budget. With `root` (the results folder: its samples files hold
+    the per-item test scores) each answer also says how sure it is."""
     metric, higher = ranking_metric(exp)
     currency = exp.cost.currency
     dataset = ranking_dataset(exp).name
     candidates = configs[(configs["method"] != "base") & (configs["dataset"] == dataset)]
+    read: dict = {}
+
+    def scored(row: pd.Series):
+        """A configuration's (item ids, seeds x items), or why not; read once for all budgets."""
+        if row.name not in read:
+            try:
+                read[row.name] = confidence.configuration_scores(root, row["run_ids"], metric)
+            except confidence.NoItemScores as why:
+                read[row.name] = str(why)
+        return read[row.name]
+
     answers = []
     for budget in exp.report.budgets:
         answer = Answer(budget, metric, higher)
@@ -148,7 +206,15 @@ def recommend(configs: pd.DataFrame, exp: Experiment) -> list[Answer]:
                 for r in ranked
                 if (best[metric] - r[metric] if higher else r[metric] - best[metric]) <= margin
             ]
-            answer.cheapest_within_margin = _choice(min(close, key=_cost_key), metric)
+            cheapest = min(close, key=_cost_key)
+            answer.cheapest_within_margin = _choice(cheapest, metric)
+            # ranked[0] first: the detectable difference is taken at the best's level.
+            probability = _p_best(answer, ranked, exp, scored) if root is not None else None
+            if probability is not None:
+                answer.best.p_best = probability[best.name]
+                if answer.runner_up is not None:
+                    answer.runner_up.p_best = probability[ranked[1].name]
+                answer.cheapest_within_margin.p_best = probability[cheapest.name]
         answers.append(answer)
     return answers
 
@@ -186,7 +252,66 @@ def describe(c: Choice, metric: str, currency: str) -> str:
     )
     cost = "" if math.isnan(c.cost) else f", cost {c.cost:.4g} {currency}"
     hours = "" if math.isnan(c.hours) else f", {duration(c.hours)} of training"
-    return f"**{c.configuration}**: {metric} {c.mean:.3f}{interval}{gain}; {memory}{cost}{hours}"
+    sure = "" if math.isnan(c.p_best) else f", P(best) {share(c.p_best)}"
+    return (
+        f"**{c.configuration}**: {metric} {c.mean:.3f}{interval}{sure}{gain}; {memory}{cost}{hours}"
+    )
+
+
+def share(p: float) -> str:
+    """A P(best) as shown: a resample share that is not exactly 0 or 1 is never rounded to it."""
+    if p in (0.0, 1.0):
+        return f"{p:.0f}"
+    return "<0.01" if p < 0.01 else ">0.99" if p > 0.99 else f"{p:.2f}"
+
+
+def how_sure(a: Answer, exp: Experiment) -> list[str]:
+    """The verdict and the detectable difference of one budget's answer, as Markdown items."""
+    if a.no_p_best:
+        return [f"- P(best): not computed: {a.no_p_best}"]
+    if not a.p_best:
+        return []
+    threshold = exp.report.p_best_threshold
+    basis = f"{confidence.RESAMPLES:,} paired bootstrap resamples of the {a.test_items} test items"
+    if a.seeds_resampled:
+        basis += " and of each configuration's seeds"
+    shown = [f"{name} {share(p)}" for name, p in a.p_best if p > 0]
+    never = len(a.p_best) - len(shown)
+    each = ", ".join(shown) + (f"; 0 for the other {never}" if never else "")
+    leader, top = a.p_best[0]
+    if len(a.p_best) == 1:
+        lines = [f"- Decided: {leader} is the only configuration that fits (P(best) 1)"]
+    elif a.decided:
+        lines = [
+            f"- Decided: {leader} has P(best) {share(top)} >= {threshold:g} "
+            f"(report.p_best_threshold), the share of {basis} in which it has the best mean "
+            f"of the {len(a.p_best)} configurations that fit. P(best) of each: {each}"
+        ]
+    else:
+        lines = [
+            f"- **Not decided**: no configuration reaches P(best) {threshold:g} "
+            f"(report.p_best_threshold) over {basis}. P(best) of each: {each}"
+        ]
+    if len(a.p_best) > 1 and not a.seeds_resampled:
+        lines[-1] += (
+            ". One seed each: P(best) counts the test items' noise, not a rerun's (add seeds "
+            "to training.seeds)"
+        )
+    if not math.isnan(a.detectable) and a.best is not None:
+        gap = ""
+        if a.runner_up is not None:
+            diff = abs(a.best.mean - a.runner_up.mean)
+            gap = f". The gap to the runner-up is {diff:.3f}"
+            if diff < a.detectable and a.decided:
+                gap += ", told apart here because both were scored on the same items"
+        lines.append(
+            f"- Minimum detectable difference with {a.test_items} test items: {a.detectable:.3f} "
+            f"in {a.metric} at the best's level ({a.best.mean:.3f}): between two configurations "
+            f"scored independently on this many items, a smaller true difference is missed more "
+            f"than {1 - confidence.POWER:.0%} of the time by a two-sided "
+            f"{1 - exp.report.confidence:.0%} test{gap}"
+        )
+    return lines
 
 
 def markdown(answers: list[Answer], exp: Experiment) -> str:
@@ -214,6 +339,7 @@ def markdown(answers: list[Answer], exp: Experiment) -> str:
             lines.append(f"- Best: {describe(a.best, metric, currency)}")
             if a.runner_up:
                 lines.append(f"- Runner-up: {describe(a.runner_up, metric, currency)}")
+            lines += how_sure(a, exp)
             if a.one_seed:
                 lines.append(
                     "- Tied with the best: one seed: no interval, so no tie can be "
