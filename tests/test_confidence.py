@@ -128,6 +128,9 @@ def test_the_minimum_detectable_difference_is_the_binomial_closed_form():
     plain = Z * math.sqrt(2 * 0.95 * 0.05 / 10_000)
     assert confidence.minimum_detectable_difference(many) == pytest.approx(plain, rel=0.01)
     assert plain < 0.01
+    # Where 0.95 and 0.96 become separable (docs/report.md): about 7,500 items.
+    near = [scores(list(range(n * 95 // 100)), n) for n in (7000, 8000)]
+    assert [confidence.minimum_detectable_difference(s) < 0.01 for s in near] == [False, True]
     # A perfect score on 20 items does not claim every difference is detectable.
     assert 0.05 < confidence.minimum_detectable_difference(np.ones((1, 20))) < 0.3
     # A continuous score uses its own variance; seeds average their variances.
