@@ -128,9 +128,12 @@ def estimate_needs(exp: Experiment, gpu_name: str) -> dict:
 # ---------------------------------------------------------------- derived experiments
 
 
-def derive(preset: Path, mode: str, steps: int = RESOURCES_STEPS) -> Path:
+def derive(preset: Path, mode: str, steps: int = RESOURCES_STEPS, tiny: bool = False) -> Path:
     """Write the `mode` version of a preset (and the models it needs) under
-    results/<name>-<mode>/ and return the experiment file to run."""
+    results/<name>-<mode>/ and return the experiment file to run. Any experiment file works in
+    resources mode (its hub models by their known architecture). `tiny`: resources mode at a
+    CPU's size (a tiny model of each family, short rows): the plumbing, as benchmarks/gpu_check.py
+    --dry tests it."""
     if mode == "full":
         return preset
     settings = copy.deepcopy(read_yaml(preset))
@@ -141,11 +144,13 @@ def derive(preset: Path, mode: str, steps: int = RESOURCES_STEPS) -> Path:
     if mode == "rehearsal":
         changes = _rehearse(settings, exp, made)
     else:
-        changes = _resources(settings, exp, made, steps)
+        changes = _resources(settings, exp, made, steps, tiny)
     settings["name"] = name
-    settings["reference"]["mode"] = mode
+    if "reference" in settings:
+        settings["reference"]["mode"] = mode
+    kind = "preset" if exp.reference is not None else "experiment"
     settings["description"] = (
-        f"{mode} of preset {exp.name} ({preset}). Changed: " + "; ".join(changes) + "."
+        f"{mode} of {kind} {exp.name} ({preset}). Changed: " + "; ".join(changes) + "."
     )
     settings.pop("export", None)
     validate_data(settings, f"{mode} of {preset}")  # a broken rewrite fails here, not mid-run
@@ -204,19 +209,41 @@ def _rehearse(settings: dict, exp: Experiment, made: Path) -> list[str]:
     return changes
 
 
-def _resources(settings: dict, exp: Experiment, made: Path, steps: int) -> list[str]:
+def _resources(settings: dict, exp: Experiment, made: Path, steps: int, tiny: bool) -> list[str]:
     changes = []
     training = settings["training"]
     published_steps = training.get("max_steps")
     training["max_steps"] = min(steps, published_steps or steps)
     training.pop("epochs", None)
     changes.append(f"training.max_steps {published_steps or 'epochs'} -> {training['max_steps']}")
-    texts = _fixture_texts(exp)
+    if tiny:
+        for key, cap in (("max_length", 64), ("batch_size", 2), ("gradient_accumulation", 1)):
+            if training.get(key, 1) > cap:
+                changes.append(f"training.{key} {training[key]} -> {cap} (tiny)")
+                training[key] = cap
+        for key, gpu_value, cpu_value, why in CPU_SETTINGS:
+            if training.get(key) == gpu_value:
+                training[key] = cpu_value
+                changes.append(f"training.{key} {gpu_value} -> {cpu_value} ({why})")
+        training["precision"] = "auto"
+        for method in settings["methods"]:
+            if "quantization" in method:
+                method["quantization"]["compute_dtype"] = "float32"
+    elif training.get("attention") == "flash_attention_2" and not _has_flash_attn():
+        training["attention"] = "sdpa"
+        changes.append(
+            "training.attention flash_attention_2 -> sdpa (the flash_attn package is not "
+            "installed here)"
+        )
+    # An experiment without hub fixtures (its data is the user's own): the built-in corpus
+    # trains the stand-in tokenizer; the rows only need to be max_length tokens long.
+    texts = _fixture_texts(exp) or _builtin_texts()
     for i, model in enumerate(exp.models):
         folder = made / model.name
-        family = _build_model(model, folder, texts, tiny=False)
+        family = _build_model(model, folder, texts, tiny=tiny)
         settings["models"][i] = {"name": model.name, "path": str(folder)}
-        changes.append(f"model {model.name}: its {family} architecture with random weights")
+        size = "a tiny model of" if tiny else "its"
+        changes.append(f"model {model.name}: {size} {family} architecture with random weights")
     rows = training["max_steps"] * training.get("batch_size", 1)
     rows *= training.get("gradient_accumulation", 1)
     # Every stand-in's tokenizer is trained on the same fixtures: any one measures the rows.
@@ -238,6 +265,18 @@ def _resources(settings: dict, exp: Experiment, made: Path, steps: int) -> list[
     settings["evaluation"] = {"max_examples": 1, "max_new_tokens": 1}
     settings.pop("report", None)
     return changes
+
+
+def _has_flash_attn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _builtin_texts() -> list[str]:
+    from tunebench.builtin import wordops
+
+    return wordops.corpus_lines(wordops.make_lexicon(200, seed=0), seed=0)
 
 
 def _fixture_texts(exp: Experiment) -> list[str]:
@@ -308,10 +347,16 @@ def _build_model(model, folder: Path, texts: list[str], tiny: bool) -> str:
             fields["num_key_value_heads"] = 2 if grouped else TINY_SIZES["num_attention_heads"]
     config = config_from_fields(**fields, **ids)
     torch.manual_seed(0)
-    built = AutoModelForCausalLM.from_config(
-        config, dtype=torch.float32 if tiny else torch.bfloat16
-    )
+    # Random initialisation of billions of weights takes minutes on a CPU, seconds on a GPU.
+    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    with torch.device(device):
+        built = AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32 if tiny else torch.bfloat16
+        )
     built.save_pretrained(folder)
+    del built
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return fields["model_type"]
 
 
