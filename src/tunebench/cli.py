@@ -432,9 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version() -> str:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return version("tunebench")
+    try:
+        return version("tunebench")
+    except PackageNotFoundError:  # run from a checkout on PYTHONPATH (benchmarks/gpu_check.py)
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
