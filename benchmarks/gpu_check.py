@@ -83,7 +83,8 @@ class Check:
     # ------------------------------------------------------------ running commands
 
     def seconds_left(self, step: str) -> float:
-        return max(0.0, min(STEP_LIMITS[step], self.deadline - time.monotonic()))
+        limit = dict(STEP_LIMITS, **self.args.limits).get(step)
+        return max(0.0, min(limit, self.deadline - time.monotonic()))
 
     def run(self, step: str, command: list[str], limit: float) -> tuple[int | None, str]:
         """Run `command` in the work folder with the check's environment, killed (with every
@@ -92,9 +93,12 @@ class Check:
         with log.open("a") as sink:
             sink.write(f"+ {shlex.join(command)}\n")
             sink.flush()
+            # A folder per step: a step killed at its limit leaves Snakemake's lock behind.
+            cwd = self.work / step
+            cwd.mkdir(exist_ok=True)
             process = subprocess.Popen(
                 command,
-                cwd=self.work,
+                cwd=cwd,
                 env=self.env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -137,8 +141,7 @@ class Check:
         (self.out / "gpu_check.json").write_text(json.dumps(self.outcomes, indent=1) + "\n")
         with tarfile.open(self.out / "gpu_logs.tar.gz", "w:gz") as tar:
             tar.add(self.logs, arcname="logs")
-            results = self.work / "results"
-            for path in sorted(results.rglob("*")) if results.is_dir() else []:
+            for path in sorted(self.work.glob("*/results/**/*")):
                 keep = path.suffix in (".json", ".md", ".csv", ".log", ".yaml")
                 if path.is_file() and keep and path.stat().st_size < 2**20:
                     tar.add(path, arcname=str(path.relative_to(self.work)))
@@ -337,7 +340,7 @@ def default(check: Check) -> None:
         experiment.write_text(yaml.safe_dump(settings, sort_keys=False))
     name = yaml.safe_load(experiment.read_text())["name"]
     code, log = check.run("default", check.tunebench("run", str(experiment)), limit)
-    results = check.work / "results" / name
+    results = check.work / "default" / "results" / name
     table = results / "comparison.csv"
     body = [f"`tunebench run {experiment.name}`: exit code {code}.", ""]
     rows = []
@@ -444,9 +447,10 @@ def preset(check: Check) -> None:
             *tail(check.logs.joinpath("preset.log").read_text()),
         ]
     else:
+        until = ["--until", "train"] if check.args.preset_train_only else []
         code, log = check.run(
             "preset",
-            check.tunebench("run", str(derived), "--", "--cores", "1"),
+            check.tunebench("run", str(derived), "--", "--cores", "1", *until),
             limit - (time.monotonic() - started),
         )
         rows = train_rows(derived.parent)
@@ -514,7 +518,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods-steps", type=int, default=20)
     parser.add_argument("--preset", default="fms-mistral-7b")
     parser.add_argument("--preset-steps", type=int, default=10)
+    parser.add_argument(
+        "--preset-train-only",
+        action="store_true",
+        help="train the preset's runs, no evaluation or table (memory and speed only)",
+    )
     parser.add_argument("--only", help="comma-separated steps (default: all)")
+    parser.add_argument(
+        "--limits",
+        type=lambda text: {k: float(v) for k, v in (i.split("=") for i in text.split(","))},
+        default={},
+        help="seconds per step, e.g. methods=130,preset=200 (default: STEP_LIMITS)",
+    )
     parser.add_argument("--commit", help="the checkout's commit, where there is no .git")
     parser.add_argument("--dry", action="store_true", help="every step on a CPU at a CPU's size")
     args = parser.parse_args(argv)

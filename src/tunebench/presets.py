@@ -391,6 +391,9 @@ def _full_length_rows(
     corpus = " ".join(texts)
     per_corpus = max(1, len(tokenizer(corpus)["input_ids"]))
     text = " ".join([corpus] * (max_length // per_corpus + 2))
+    # A few tokens over max_length, not the whole corpus: tokenising 100k-token rows took
+    # minutes (the H200 check, 2026-12-04) and too_long: truncate cuts them anyway.
+    text = tokenizer.decode(tokenizer(text)["input_ids"][: max_length + 16])
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for split, count in (("train", rows), ("test", 2)):
