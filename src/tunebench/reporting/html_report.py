@@ -101,6 +101,9 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
         answers=answers,
         limits=lambda b: recommend.limits(b, currency),
         describe=describe,
+        how_sure=lambda a: [
+            line.removeprefix("- ").replace("**", "") for line in recommend.how_sure(a, exp)
+        ],
         charts=[c | {"spec": c["chart"].to_json(indent=None)} for c in made],
         vega_bundle=vl_convert.javascript_bundle(),
         vegalite_version=vl_convert.get_vegalite_versions()[-1],

@@ -214,10 +214,15 @@ REPRODUCTION, REPRODUCTION_CSV = "reproduction.md", "reproduction.csv"  # with `
 
 
 def write_outputs(
-    table: pd.DataFrame, exp: Experiment, out_dir: Path, stem: str = "comparison"
+    table: pd.DataFrame,
+    exp: Experiment,
+    out_dir: Path,
+    stem: str = "comparison",
+    root: Path | None = None,
 ) -> None:
     """The table (CSV, Markdown, HTML), the table by configuration, the recommendation, the
-    charts as PNG, and the HTML report; a partial table (stem PARTIAL) gets the same."""
+    charts as PNG, and the HTML report; a partial table (stem PARTIAL) gets the same. With
+    `root`, the results folder, the recommendation says how sure it is (P(best))."""
     from tunebench.reporting import configurations, decision_table, html_report, recommend
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +232,7 @@ def write_outputs(
     configs = configurations.configurations(table, exp.report.confidence)
     with atomic_path(out_dir / f"{stem}_by_config.csv") as tmp:
         configs.drop(columns=["run_ids"]).to_csv(tmp, index=False)
-    answers = recommend.recommend(configs, exp)
+    answers = recommend.recommend(configs, exp, root)
     advice = recommend.markdown(answers, exp)
     reproduced = None
     if exp.reference is not None:
@@ -299,5 +304,5 @@ def compile_comparison(
     exp: Experiment, root: Path, out_dir: Path, partial: bool = False
 ) -> pd.DataFrame:
     table = comparison_table(exp, root)
-    write_outputs(table, exp, out_dir, PARTIAL if partial else "comparison")
+    write_outputs(table, exp, out_dir, PARTIAL if partial else "comparison", root)
     return table
