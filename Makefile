@@ -14,7 +14,8 @@ LOCK ?= containers/locks/hf-cpu.txt
 # The Python a lock was resolved for (containers/lock.sh): the CUDA locks 3.12, the others 3.11.
 LOCK_PYTHON = $(if $(findstring cuda,$(notdir $(LOCK))),3.12,3.11)
 
-.PHONY: env run test test-fast lint format schema lock test-container llamacpp-check clean-results
+.PHONY: env run test test-fast lint format schema lock test-container llamacpp-check gpu-wheels \
+	gpu-check clean-results
 
 env: $(VENV)/.installed
 
@@ -93,6 +94,15 @@ $(LLAMA_CPP)/llama_cpp/__init__.py:
 		-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" $(BIN)/pip install -q --no-deps \
 		--target $(LLAMA_CPP) "$$($(BIN)/python -c \
 		'from tunebench.export import convert; print(convert.source_archive())')"
+
+# The GPU check (docs/gpu.md): stage here, with network, the packages a GPU machine without
+# network lacks (chunks of at most 48 MiB), then run the check there with its own python3.
+gpu-wheels: env
+	$(BIN)/python benchmarks/gpu_wheels.py --out .gpu-wheels
+
+OUT ?= gpu-check
+gpu-check:
+	python3 benchmarks/gpu_check.py --wheels .gpu-wheels --out $(OUT)
 
 clean-results:
 	rm -rf results/*/ .snakemake

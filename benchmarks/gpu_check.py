@@ -52,11 +52,11 @@ METHODS = ROOT / "experiments" / "examples" / "llama-3.2-1b-methods.yaml"
 # Seconds each step may take at most (the overall budget may leave it less).
 STEP_LIMITS = {"environment": 60, "default": 150, "methods": 150, "preset": 240, "unsloth": 120}
 # What the workflow imports, recorded with every figure.
-PACKAGES = (
-    "torch transformers trl peft accelerate bitsandbytes datasets snakemake pydantic "
-    "huggingface-hub tokenizers safetensors pyarrow pandas numpy liger-kernel vl-convert-python "
-    "unsloth"
-).split()
+PACKAGES = [
+    *("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets"),
+    *("snakemake", "pydantic", "huggingface-hub", "tokenizers", "safetensors", "pyarrow"),
+    *("pandas", "numpy", "liger-kernel", "vl-convert-python", "unsloth"),
+]
 # The default experiment at a CPU's size, for --dry: the same runs, a few steps each.
 DRY_SMOKE = {"max_steps": 3, "pretrain_steps": 5, "n_words": 60, "max_new_tokens": 4}
 
@@ -79,6 +79,7 @@ class Check:
         if args.commit:
             self.env["TUNEBENCH_GIT_COMMIT"] = args.commit
         self.header = ""
+        self.argv: list[str] = []
 
     # ------------------------------------------------------------ running commands
 
@@ -102,7 +103,8 @@ class Check:
                 env=self.env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: a timeout kills Snakemake's jobs too
+                # Its own process group: a timeout kills Snakemake's jobs too.
+                start_new_session=True,
             )
             try:
                 code = process.wait(timeout=max(limit, 1))
@@ -135,6 +137,9 @@ class Check:
             f"# GPU check: {title}\n\n{self.header}{dry}\nStep `{step}`: **{status}** "
             f"in {seconds:.0f} s.\n\n{body.rstrip()}\n"
         )
+        # Paths relative to the checkout and the work folder: the file is checked in.
+        for prefix, short in ((f"{self.work}/", ""), (f"{ROOT}/", "")):
+            text = text.replace(prefix, short)
         (self.out / f"gpu_{step}.md").write_text(text)
 
     def finish(self) -> None:
@@ -199,7 +204,8 @@ if torch.cuda.is_available():
     except OSError as err:
         out["nvidia_smi"] = str(err)
 imports = {}
-for module in ("tunebench.cli", "trl", "peft", "bitsandbytes", "snakemake", "datasets", "vl_convert"):
+for module in ("tunebench.cli", "trl", "peft", "bitsandbytes", "snakemake", "datasets",
+               "vl_convert"):
     try:
         __import__(module)
         imports[module] = "ok"
@@ -238,7 +244,8 @@ def environment(check: Check) -> dict:
         )
         + f", Python {probe.get('python', '?')}, "
         + ", ".join(f"{k} {v}" for k, v in versions.items() if k in PACKAGES[:6])
-        + f"; benchmarks/gpu_check.py at commit {commit[:12]}.\n"
+        + f"; benchmarks/gpu_check.py at commit {commit[:12]}.\n\n"
+        + f"Command: `{shlex.join(['benchmarks/gpu_check.py', *map(short, check.argv)])}`.\n"
     )
     failed = [m for m, v in probe.get("imports", {}).items() if v != "ok"]
     status = "ok" if probe and not failed else "failed"
@@ -260,6 +267,18 @@ def environment(check: Check) -> dict:
 
 
 # ---------------------------------------------------------------- helpers for the steps
+
+
+def short(arg: str) -> str:
+    """A path as the checked-in files may name it: inside the checkout relative to it, else
+    its last part alone (this machine's folders mean nothing elsewhere)."""
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return path.name
 
 
 def read_json(path: Path) -> dict:
@@ -321,6 +340,31 @@ def outcome(code: int | None, limit: float, rows: list[dict], expected: int | No
     return "ok"
 
 
+def unfinished(results: Path) -> list[str]:
+    """Runs that started training but wrote no result (a step stopped at its limit): where each
+    stopped, from the progress file its trainer kept."""
+    lines = []
+    for path in sorted(results.glob("runs/*/train/progress.json")):
+        if (path.parent / "result.json").is_file():
+            continue
+        p = read_json(path)
+        state = (
+            "trained every step, then stopped while saving"
+            if p.get("status") == "finished"
+            else "stopped while training"
+        )
+        lines.append(
+            f"| {p.get('run_id')} | {p.get('step')} of {p.get('max_steps')} | "
+            f"{fmt(p.get('seconds_per_step'), '{:.3f}')} | "
+            f"{fmt(p.get('tokens_per_second'), '{:.0f}')} | {state} |"
+        )
+    if not lines:
+        return []
+    header = ["", "## Runs without a result (stopped at the step's limit)", ""]
+    header += ["| run | steps | step s | tokens/s | where |", "| --- | --- | --- | --- | --- |"]
+    return header + lines
+
+
 def tail(log: str, lines: int = 40) -> list[str]:
     return ["", "## End of the log", "", "```", *log.splitlines()[-lines:], "```"]
 
@@ -332,8 +376,8 @@ def default(check: Check) -> None:
     import yaml
 
     started, limit = time.monotonic(), check.seconds_left("default")
-    experiment = SMOKE
-    if check.args.dry:
+    experiment = Path(check.args.default_experiment).resolve()
+    if check.args.dry and experiment == SMOKE:
         settings = yaml.safe_load(SMOKE.read_text())
         settings = dry_smoke(settings)
         experiment = check.work / "smoke-dry.yaml"
@@ -422,8 +466,9 @@ def methods(check: Check) -> None:
             "included).",
             "",
             *measured_table(rows),
+            *unfinished(derived.parent),
         ]
-        if status != "ok":
+        if status == "failed":
             body += tail(log)
     check.write("methods", "every method of llama-3.2-1b-methods, predicted against measured",
                 status, "\n".join(body), time.monotonic() - started)  # fmt: skip
@@ -466,7 +511,8 @@ def preset(check: Check) -> None:
         else:
             body += ["No reproduction table (the workflow did not reach compile).", ""]
         body += ["## Every run's training result", "", *measured_table(rows)]
-        if status != "ok":
+        body += unfinished(derived.parent)
+        if status == "failed":
             body += tail(log)
     check.write("preset", f"preset {check.args.preset} in resources mode", status,
                 "\n".join(body), time.monotonic() - started)  # fmt: skip
@@ -515,9 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", default="/tmp/tunebench-gpu-site", help="install them here")
     parser.add_argument("--work", default="/tmp/tunebench-gpu-check", help="results go here")
     parser.add_argument("--budget-seconds", type=float, default=480, help="all steps together")
-    parser.add_argument("--methods-steps", type=int, default=20)
+    parser.add_argument("--methods-steps", type=int, default=10)
+    parser.add_argument(
+        "--default-experiment", default=str(SMOKE), help="the experiment of the default step"
+    )
     parser.add_argument("--preset", default="fms-mistral-7b")
-    parser.add_argument("--preset-steps", type=int, default=10)
+    parser.add_argument("--preset-steps", type=int, default=5)
     parser.add_argument(
         "--preset-train-only",
         action="store_true",
@@ -537,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         args.methods_steps = min(args.methods_steps, 2)
         args.preset_steps = min(args.preset_steps, 2)
     check = Check(args)
+    check.argv = sys.argv[1:] if argv is None else argv
     environment(check)
     sys.path[:0] = [p for p in check.env["PYTHONPATH"].split(os.pathsep) if p]
     wanted = args.only.split(",") if args.only else list(STEPS)
