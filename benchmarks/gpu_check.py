@@ -355,13 +355,17 @@ def unfinished(results: Path) -> list[str]:
         )
         lines.append(
             f"| {p.get('run_id')} | {p.get('step')} of {p.get('max_steps')} | "
+            f"{fmt(p.get('peak_memory_allocated_gb'))} | "
             f"{fmt(p.get('seconds_per_step'), '{:.3f}')} | "
             f"{fmt(p.get('tokens_per_second'), '{:.0f}')} | {state} |"
         )
     if not lines:
         return []
     header = ["", "## Runs without a result (stopped at the step's limit)", ""]
-    header += ["| run | steps | step s | tokens/s | where |", "| --- | --- | --- | --- | --- |"]
+    header += [
+        "| run | steps | allocated GiB so far | step s | tokens/s | where |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     return header + lines
 
 
@@ -539,9 +543,10 @@ def unsloth(check: Check) -> None:
     if "FOUND True" not in log:
         body = (
             "Not run: Unsloth is not installed on this machine, and benchmarks/gpu_wheels.py "
-            "does not stage it (its own environment, unsloth + unsloth_zoo + xformers with TRL "
-            "1.15 and datasets < 5, does not fit one call's carry limit beside the HF stack's "
-            "packages). Its comparison on a GPU is still to be measured."
+            "does not stage it: its own environment (unsloth, unsloth_zoo, xformers, diffusers, "
+            "TRL 1.15, datasets 4.8: 45 MB of wheels, 28 MB of them unsloth's, 2026-12-04) "
+            "conflicts with the HF stack's versions and does not fit one call beside its "
+            "packages. Its comparison on a GPU is still to be measured."
         )
         check.write("unsloth", "the Unsloth backend against the HF one", "skipped", body,
                     time.monotonic() - started)  # fmt: skip

@@ -34,6 +34,8 @@ def test_the_train_step_leaves_a_progress_file_rank_zero_writes(tiny_model, tiny
     assert written["loss"] == pytest.approx(result["train_loss_last"])
     assert written["tokens_per_second"] > 0 and written["seconds_per_step"] > 0
     assert written["eta_seconds"] == 0
+    # The peak so far, kept where a job killed while saving still leaves it.
+    assert written["memory_kind"] == result["memory_kind"] and written["peak_memory_gb"] > 0
     assert written["pid"] == os.getpid() and written["host"] == socket.gethostname()
     assert datetime.now(UTC) - datetime.fromisoformat(written["updated_at"]) < timedelta(hours=1)
 

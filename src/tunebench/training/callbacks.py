@@ -140,10 +140,19 @@ class ProgressFile(TrainerCallback):
             "seconds_per_step": per_step,
             "elapsed_seconds": elapsed,
             "eta_seconds": left * per_step if per_step is not None and left is not None else None,
+            # The peak so far: a job killed after training (while saving a large model) still
+            # leaves its memory here (the H200 check lost a 7B full run's that way).
+            **self.peak_memory(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+    @staticmethod
+    def peak_memory() -> dict:
+        from tunebench import measure
+
+        return measure.peak_memory()
 
     def write(self, state, status: str) -> None:
         if not state.is_world_process_zero:
