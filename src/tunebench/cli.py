@@ -92,6 +92,15 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_preflight(args) -> int:
+    from tunebench import preflight
+
+    if args.steps < 1:
+        print("error: --steps must be at least 1", file=sys.stderr)
+        return EXIT_INVALID
+    return preflight.run(args.experiment, args.steps, args.profile)
+
+
 def cmd_estimate(args) -> int:
     import json
 
@@ -352,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_estimate)
+
+    p = command(
+        "preflight",
+        "train every distinct shape a few steps on its longest batches, here: measured memory "
+        "and speed beside the estimate",
+    )
+    add_experiment(p)
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per shape")
+    add_profile(p)
+    p.set_defaults(func=cmd_preflight)
 
     p = command(
         "run",
