@@ -446,36 +446,50 @@ def derive(check: Check, step: str, source: Path, steps: int, limit: float) -> P
 
 
 def methods(check: Check) -> None:
+    """`tunebench preflight` of the example (on a GPU: Llama 3.2 1B's architecture with random
+    weights, as the hub cannot be reached; --dry: of its resources-mode version at a CPU's
+    size, a tiny model of the same family)."""
     started, limit = time.monotonic(), check.seconds_left("methods")
-    derived = derive(check, "methods", METHODS, check.args.methods_steps, limit)
-    body, rows, code = [], [], 1
-    if derived is None:
+    source = METHODS
+    if check.args.dry:
+        source = derive(check, "methods", METHODS, check.args.methods_steps, limit)
+    body, rows = [], []
+    if source is None:
         status = "failed"
         body += [
-            "Deriving the resources-mode experiment failed.",
+            "Deriving the experiment at a CPU's size failed.",
             *tail(check.logs.joinpath("methods.log").read_text()),
         ]
     else:
-        # One job at a time: each run's step time is its own, not shared with another job's.
-        command = check.tunebench("run", str(derived), "--", "--cores", "1", "--until", "train")
+        command = check.tunebench(
+            "preflight", str(source), "--steps", str(check.args.methods_steps)
+        )
         code, log = check.run("methods", command, limit - (time.monotonic() - started))
-        rows = train_rows(derived.parent)
+        name = f"{yaml_name(source)}-preflight"
+        results = check.work / "methods" / "results"
+        report = read_json(results / yaml_name(source) / "preflight" / "preflight.json")
+        rows = report.get("shapes") or train_rows(results / name)
         status = outcome(code, limit, rows, None)
         body += [
-            f"{METHODS.relative_to(ROOT)} in resources mode ({derived.name}: "
-            f"{description(derived)}), {check.args.methods_steps} optimizer steps per run, "
-            "trained one job at a time. Predicted: tunebench estimate from the configuration "
-            "alone. Measured: torch's peak reserved and allocated CUDA memory over training; "
-            "step time is training time over steps (the first step, with its warm-up, "
-            "included).",
+            f"`tunebench preflight {short(str(source))} --steps {check.args.methods_steps}`: "
+            f"{'; '.join(report.get('changes', []))}. Every shape trained one job at a time. "
+            "Predicted: tunebench estimate from the configuration alone. Measured: torch's peak "
+            "reserved and allocated CUDA memory over training; step time is training time over "
+            "steps (the first step, with its warm-up, included).",
             "",
             *measured_table(rows),
-            *unfinished(derived.parent),
+            *unfinished(results / name),
         ]
         if status == "failed":
             body += tail(log)
     check.write("methods", "every method of llama-3.2-1b-methods, predicted against measured",
                 status, "\n".join(body), time.monotonic() - started)  # fmt: skip
+
+
+def yaml_name(path: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["name"]
 
 
 def preset(check: Check) -> None:
