@@ -32,3 +32,10 @@ def test_a_bool_that_is_neither_is_refused(parser, capsys):
             ["stage", "export", "--run-dir", "r", "--out", "o", "--work", "w", "--check", "maybe"]
         )
     assert "--check" in capsys.readouterr().err
+
+
+def test_training_asks_cuda_for_expandable_segments_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv(stages.CUDA_ALLOC_CONF, raising=False)
+    assert stages.cuda_allocator() == "expandable_segments:True"
+    monkeypatch.setenv(stages.CUDA_ALLOC_CONF, "garbage_collection_threshold:0.6")
+    assert stages.cuda_allocator() == "garbage_collection_threshold:0.6"

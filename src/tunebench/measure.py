@@ -50,6 +50,7 @@ def peak_memory() -> dict:
             "memory_kind": "cuda_max_reserved",
             "peak_memory_gb": torch.cuda.max_memory_reserved() / GIB,
             "peak_memory_allocated_gb": torch.cuda.max_memory_allocated() / GIB,
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         }
     # ru_maxrss is in KiB on Linux.
     return {

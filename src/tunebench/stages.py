@@ -23,6 +23,16 @@ from tunebench import layout
 from tunebench.matrix import RunConfig
 from tunebench.spec import DatasetSpec, Evaluation, Experiment, ModelSpec, Tracking
 
+CUDA_ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def cuda_allocator() -> str:
+    """Variable-length batches fragment CUDA's caching allocator; expandable segments avoid most
+    of it (PyTorch's CUDA semantics notes, PYTORCH_CUDA_ALLOC_CONF). Set before the first CUDA
+    allocation and inherited by every training process; a user's own setting wins. The result
+    records the one used (measure.peak_memory)."""
+    return os.environ.setdefault(CUDA_ALLOC_CONF, "expandable_segments:True")
+
 
 def _start(threads: int, memory_limit_mb: int):
     """What every step that computes sets first: torch's thread count; and the memory ceiling
@@ -173,6 +183,7 @@ def train(
     (resources.distributed; see training/launch.py); nodes: how many nodes of this Slurm job they
     are spread over (resources.train.nodes); start_from: the folder of the SFT run a dpo/orpo
     run continues (run.start_from), which must have finished."""
+    cuda_allocator()
     backend_error = None
     if run.backend == "unsloth":
         try:  # before transformers/TRL/PEFT are imported: Unsloth patches them
