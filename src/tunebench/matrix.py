@@ -36,8 +36,9 @@ DEFAULT_BETA = 0.1
 DEFAULT_DPO_LOSS = "sigmoid"
 
 
-# Settings that only change how results are scored, not what is computed before scoring.
-SCORING_ONLY = {"dataset": {"evaluation"}}
+# Settings that only change how results are scored or reported, not what is computed before
+# scoring: neither hashed into run ids nor passed to a run's jobs.
+SCORING_ONLY = {"dataset": {"evaluation"}, "lr_search": True}
 
 
 def short_hash(payload: Any, n: int = 8, exclude: dict | set | None = None) -> str:
@@ -112,6 +113,10 @@ class RunConfig(Strict):
     learning_rate: float
     seed: int
     training: Training
+    # A point of a learning-rate search (methods[].learning_rate: a range): its configuration
+    # is reported at the learning rate validation chooses (search.py). Not in the run id
+    # (SCORING_ONLY): the same configuration trained alone is the same run.
+    lr_search: bool = False
 
     @cached_property
     def run_id(self) -> str:
@@ -158,7 +163,13 @@ class RunConfig(Strict):
 
 
 # start_from (a run id, resolved last) is not a selector: select on objective and method.
-SELECTOR_KEYS = set(RunConfig.model_fields) - {"model", "dataset", "training", "start_from"} | {
+SELECTOR_KEYS = set(RunConfig.model_fields) - {
+    "model",
+    "dataset",
+    "training",
+    "start_from",
+    "lr_search",
+} | {
     "model",
     "dataset",
 }
@@ -203,12 +214,17 @@ def _objective_variants(method) -> list[dict[str, Any]]:
     return variants
 
 
+def _learning_rates(method) -> list[dict[str, Any]]:
+    """The entry's learning rates: its list (each a configuration of its own), the points of
+    its range (one search: validation chooses among them), or None (training.learning_rate)."""
+    if method.lr_range is not None:
+        return [{"learning_rate": lr, "lr_search": True} for lr in method.lr_range.values()]
+    return [{"learning_rate": lr} for lr in method.learning_rate or [None]]
+
+
 def _method_variants_one_backend(method) -> list[dict[str, Any]]:
     if isinstance(method, FullMethod):
-        return [
-            {"method": "full", "label": method.label, "learning_rate": lr}
-            for lr in (method.learning_rate or [None])
-        ]
+        return [{"method": "full", "label": method.label, **lr} for lr in _learning_rates(method)]
     quant_axes: list[dict[str, Any]] = [{}]
     if isinstance(method, QLoraMethod):
         q = method.quantization
@@ -217,9 +233,7 @@ def _method_variants_one_backend(method) -> list[dict[str, Any]]:
             for t, d, c in itertools.product(q.quant_type, q.double_quant, q.compute_dtype)
         ]
     variants = []
-    for rank, lr, quant in itertools.product(
-        method.ranks, method.learning_rate or [None], quant_axes
-    ):
+    for rank, lr, quant in itertools.product(method.ranks, _learning_rates(method), quant_axes):
         alphas = method.alpha or [r * rank for r in (method.alpha_ratio or [DEFAULT_ALPHA_RATIO])]
         target = method.target_modules
         for alpha in alphas:
@@ -231,7 +245,7 @@ def _method_variants_one_backend(method) -> list[dict[str, Any]]:
                     "alpha": alpha,
                     "dropout": method.dropout,
                     "target_modules": target,
-                    "learning_rate": lr,
+                    **lr,
                     **quant,
                 }
             )
@@ -282,7 +296,11 @@ def expand(exp: Experiment) -> list[RunConfig]:
     runs = _start_from_sft(exp, runs)
     for i, override in enumerate(exp.resources.overrides):
         _check_selector(f"resources.overrides[{i}].match", override.match)
-    unique = {r.run_id: r for r in runs}
+    unique: dict[str, RunConfig] = {}
+    for run in runs:  # a run both searched and listed alone is one run, and a search's point
+        kept = unique.get(run.run_id)
+        if kept is None or (run.lr_search and not kept.lr_search):
+            unique[run.run_id] = run
     if not unique:
         raise MatrixError("exclude", "the matrix is empty: every run was excluded")
     exported_runs(exp, list(unique.values()))  # checks export.runs and export.best_by
@@ -414,13 +432,22 @@ def _included(
     if "rank" in overrides and "alpha" not in overrides and base.get("rank"):
         overrides["alpha"] = base["alpha"] / base["rank"] * overrides["rank"]
     variant = {**base, **overrides}
+    entry_range = candidates[0].lr_range
+    if "learning_rate" in overrides:  # one learning rate, not the entry's search
+        variant["lr_search"] = False
+    # Without a learning rate of its own, an include of an entry with a range is a search too.
+    lrs = [variant["learning_rate"]] if not variant.get("lr_search") else entry_range.values()
     if selector.get("dataset") is not None and selector["dataset"] not in datasets:
         raise MatrixError(f"{where}.dataset", f"no dataset named {selector['dataset']!r}")
     chosen = [datasets[selector["dataset"]]] if "dataset" in selector else exp.datasets
     seeds = [selector["seed"]] if "seed" in selector else exp.training.seeds
     try:
         return [
-            (_resolve(exp, models[selector["model"]], d, variant, s), variant.get("start_from"))
+            (
+                _resolve(exp, models[selector["model"]], d, variant | {"learning_rate": lr}, s),
+                variant.get("start_from"),
+            )
+            for lr in lrs
             for d in chosen
             for s in seeds
         ]

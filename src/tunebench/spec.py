@@ -9,6 +9,7 @@ list; each value is one run of the matrix.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -16,7 +17,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -66,6 +69,63 @@ class _OneOrMany:
 
 # A matrix axis: one value or a list of values, stored as a list.
 Axis = Annotated[list[T], BeforeValidator(as_list), _OneOrMany()]
+
+
+# Significant digits of a learning-rate range's inner points: 1e-5 to 1e-3 in 5 points gives
+# 3.16e-05, so the same learning rate written by hand is the same float, hence the same run id.
+RANGE_DIGITS = 3
+
+
+class LearningRateRange(Strict):
+    """A learning-rate search: `points` learning rates spaced evenly on a log scale from `low`
+    to `high` (both included; the inner ones rounded to 3 significant digits). Each is an
+    ordinary run; the configuration is reported at the one with the lowest validation loss
+    (mean over seeds), chosen on the validation split, never on test (docs/report.md)."""
+
+    low: PositiveFloat = Field(description="the smallest learning rate tried")
+    high: PositiveFloat = Field(description="the largest learning rate tried; above low")
+    points: Annotated[int, Field(ge=2, le=50)] = Field(
+        description="how many learning rates, low and high included (2 to 50)"
+    )
+
+    @model_validator(mode="after")
+    def low_below_high(self) -> LearningRateRange:
+        if not self.low < self.high:
+            raise ValueError(
+                f"low ({self.low:g}) must be below high ({self.high:g}); for one learning "
+                "rate give a number instead of a range"
+            )
+        values = self.values()
+        if len(set(values)) != len(values):
+            raise ValueError(
+                f"{self.points} points from {self.low:g} to {self.high:g} repeat a learning "
+                f"rate at {RANGE_DIGITS} significant digits; give fewer points or a wider range"
+            )
+        return self
+
+    def values(self) -> list[float]:
+        """The learning rates tried, smallest first: log-spaced, the ends exactly as given."""
+        step = math.log(self.high / self.low) / (self.points - 1)
+        inner = [
+            float(f"{self.low * math.exp(step * i):.{RANGE_DIGITS}g}")
+            for i in range(1, self.points - 1)
+        ]
+        return [self.low, *inner, self.high]
+
+
+# The union members' tags: key_path leaves them out of error messages.
+LR_TAGS = ("learning-rate-values", "learning-rate-range")
+
+
+def _lr_kind(value: Any) -> str:
+    return LR_TAGS[1] if isinstance(value, dict | LearningRateRange) else LR_TAGS[0]
+
+
+# methods[].learning_rate: one value or a list (an axis), or a range (a search on validation).
+LearningRates = Annotated[
+    Annotated[Axis[PositiveFloat], Tag(LR_TAGS[0])] | Annotated[LearningRateRange, Tag(LR_TAGS[1])],
+    Discriminator(_lr_kind),
+]
 
 
 # ---------------------------------------------------------------- models
@@ -307,6 +367,23 @@ class MethodBase(Strict):
         """How start_from names this entry: its label, else its method."""
         return self.label or self.method
 
+    @property
+    def lr_range(self) -> LearningRateRange | None:
+        """The entry's learning-rate search, if its learning_rate is a range."""
+        rate = getattr(self, "learning_rate", None)
+        return rate if isinstance(rate, LearningRateRange) else None
+
+    @model_validator(mode="after")
+    def range_is_chosen_by_validation_loss(self):
+        preference = [o for o in self.objective if o in PREFERENCE_OBJECTIVES]
+        if self.lr_range is not None and preference:
+            raise ValueError(
+                f"learning_rate: a range is chosen by validation loss, which tunebench computes "
+                f"for objective sft only, not {preference[0]}; give this entry a number or a "
+                "list (or put its sft objective in an entry of its own)"
+            )
+        return self
+
     @model_validator(mode="after")
     def backend_supports_method(self):
         if "unsloth" in self.backend and self.method not in UNSLOTH_METHODS:
@@ -341,10 +418,12 @@ class FullMethod(MethodBase):
     optimizer states of the whole model)."""
 
     method: Literal["full"] = Field(description="full: train every weight")
-    learning_rate: Axis[PositiveFloat] | None = Field(
+    learning_rate: LearningRates | None = Field(
         None,
         description="an axis; default training.learning_rate. Full fine-tuning wants a "
-        "smaller LR than adapters (often 1e-5 to 2e-5 on real LLMs)",
+        "smaller LR than adapters (often 1e-5 to 2e-5 on real LLMs). Or a range, "
+        "{low, high, points}: a search, each configuration reported at the learning rate "
+        "its validation loss chose",
     )
 
 
@@ -375,8 +454,11 @@ class LoraMethod(MethodBase):
         description="layers that get adapters: all-linear (every linear layer but the output "
         "head; the usual best quality) or a list such as [q_proj, v_proj] (fewer parameters)",
     )
-    learning_rate: Axis[PositiveFloat] | None = Field(
-        None, description="an axis; default training.learning_rate (adapters: often 1e-4 to 2e-4)"
+    learning_rate: LearningRates | None = Field(
+        None,
+        description="an axis; default training.learning_rate (adapters: often 1e-4 to 2e-4). "
+        "Or a range, {low, high, points}: a search, each configuration reported at the "
+        "learning rate its validation loss chose",
     )
 
     @model_validator(mode="after")
@@ -626,6 +708,24 @@ class DatasetSpec(Strict):
                 "preference (each right answer beside a wrong one, for dpo and orpo)"
             )
         return self
+
+    def validation_problem(self) -> str | None:
+        """Why this dataset will have no validation split, if that can be told before reading
+        it (a hub dataset split by its own splits has a validation split if the hub's has one)."""
+        if self.files is not None and self.files.validation is None:
+            return (
+                "has no validation file: give files.validation (or one file as path:, split "
+                "here by validation_fraction or validation_size)"
+            )
+        if self.splits is not None and self.splits.validation is None:
+            return "has no validation source: give splits.validation"
+        held_out = (self.validation_fraction, self.validation_size)
+        if self.files is None and self.splits is None and 0 in held_out:
+            return (
+                "holds out no validation examples: set validation_fraction or "
+                "validation_size above 0"
+            )
+        return None
 
     def preference_problem(self) -> str | None:
         """Why this dataset cannot give preference pairs as configured, if it can be told
@@ -1250,6 +1350,12 @@ class Experiment(Strict):
                     f"label, else method: {names}); give the one to start from a label"
                 )
             start = self.methods[found[0]]
+            if start.lr_range is not None:
+                raise ValueError(
+                    f"{where}: that entry's learning_rate is a range, and a run continues one "
+                    "SFT run, whose learning rate validation chooses only after training; give "
+                    "that entry one learning rate (or a list)"
+                )
             if "sft" not in start.objective:
                 raise ValueError(f"{where}: that entry trains no sft run (its objective)")
             if start.method != method.method:
@@ -1257,6 +1363,19 @@ class Experiment(Strict):
                     f"{where}: that entry's method is {start.method}, this one's "
                     f"{method.method}; a run continues the SFT run's weights (the same method "
                     "and adapter shape)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def searches_have_validation_data(self):
+        """A learning-rate range is chosen on the validation split: every dataset needs one."""
+        searching = [i for i, m in enumerate(self.methods) if m.lr_range is not None]
+        for i, dataset in enumerate(self.datasets if searching else []):
+            problem = dataset.validation_problem()
+            if problem:
+                raise ValueError(
+                    f"methods[{searching[0]}].learning_rate is a range, chosen on the "
+                    f"validation split, and datasets[{i}] ({dataset.name!r}) {problem}"
                 )
         return self
 
@@ -1276,7 +1395,9 @@ def key_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in METHODS or re.fullmatch(r"function-(before|after|wrap)\[.*\]", str(part)):
+        elif part in (*METHODS, *LR_TAGS) or re.fullmatch(
+            r"function-(before|after|wrap)\[.*\]", str(part)
+        ):
             continue
         else:
             out += f".{part}" if out else str(part)

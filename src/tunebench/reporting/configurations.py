@@ -1,6 +1,7 @@
 """Runs grouped into configurations: one row per configuration (everything but the seed), with
 the mean, standard deviation and a t interval over seeds of every metric and of its gain over
-the untuned model, and the resources a budget is judged on.
+the untuned model, and the resources a budget is judged on. The learning rates of a search are a
+configuration each; search.py marks the one validation chose (`candidate`).
 
 Memory for budgets is GPU memory: a run's measured peak where it trained on a GPU, else its
 predicted peak (`tunebench estimate`), so that a rehearsal on a CPU already answers "does it fit
@@ -13,6 +14,7 @@ import math
 
 import pandas as pd
 
+from tunebench import search
 from tunebench.matrix import SHOWN_AXES
 
 KEYS = [axis for axis in SHOWN_AXES if axis != "seed"]
@@ -64,6 +66,8 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
     metrics = list(table.attrs.get("metrics", []))
     # A table of another origin (a test's, an older tunebench's) may lack an axis: empty.
     table = table.assign(**{key: None for key in KEYS if key not in table})
+    if "lr_search" not in table:
+        table = table.assign(lr_search=False)
     values = [
         *metrics,
         *[f"delta_{m}_vs_base" for m in metrics],
@@ -79,17 +83,23 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
             {True: "measured", False: "predicted"}
         ),
     )
-    per_method = table.groupby(["model", "dataset", "method", "rank"], dropna=False)
+    # Full fine-tuning has no rank: -1 stands for it (a NaN key is never found again).
+    ranked = table.assign(rank=table["rank"].fillna(-1))
+    per_method = ranked.groupby(["model", "dataset", "method", "rank"])
     ambiguous = per_method["learning_rate"].nunique(dropna=True).gt(1)
     rows = []
     for key, group in table.groupby(KEYS, dropna=False, sort=False):
         first = group.iloc[0]
         done = group[group["status"] == "ok"]
         failed = group[group["status"] != "ok"]
-        lr_key = (first["model"], first["dataset"], first["method"], first["rank"])
+        rank = -1 if pd.isna(first["rank"]) else first["rank"]
+        lr_key = (first["model"], first["dataset"], first["method"], rank)
         row = dict(zip(KEYS, key, strict=True))
         row |= {
             "configuration": _name(first, bool(ambiguous.get(lr_key, False))),
+            # A point of a learning-rate search (search.py), and the search's name.
+            "lr_search": bool(group["lr_search"].fillna(False).astype(bool).any()),
+            "lr_group": _name(first, False),
             "seeds": len(group),
             "finished": len(done),
             "status": "ok" if failed.empty else str(failed.iloc[0]["status"]),
@@ -101,6 +111,9 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
             "cost": done[cost].mean() if cost and len(done) else math.nan,
             "train_seconds": done["train_seconds"].mean() if len(done) else math.nan,
             "trainable_params": first.get("trainable_params"),
+            "validation_scored": int(done["validation_loss"].notna().sum())
+            if "validation_loss" in done
+            else 0,
         }
         for value in values:
             if value not in group:
@@ -108,6 +121,7 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
             mean, sd, low, high = interval(done[value].astype(float), confidence)
             row |= {value: mean, f"{value}_sd": sd, f"{value}_low": low, f"{value}_high": high}
         rows.append(row)
-    out = pd.DataFrame(rows)
+    # Each searched configuration at the learning rate validation chose (search.py).
+    out = search.choose(pd.DataFrame(rows))
     out.attrs = dict(table.attrs) | {"confidence": confidence, "cost_column": cost}
     return out

@@ -112,6 +112,25 @@ def comparison_tables(configs: pd.DataFrame, metric: str, currency: str) -> str:
     )
 
 
+def learning_rates(configs: pd.DataFrame) -> str:
+    """The learning-rate searches (search.py): what each chose on validation, from what (list
+    items, which wrap() fits to the width however many learning rates were tried)."""
+    from tunebench import search
+
+    lines = [
+        "### Learning rates chosen on validation",
+        "",
+        "Each configuration whose methods entry gives a learning-rate range is shown above at "
+        f"the learning rate with the lowest mean {search.SCORE} over its seeds, on the "
+        "validation split: no test score decides it. The others tried, with their test "
+        "scores, are rows of `comparison_by_config.csv`.",
+        "",
+    ]
+    for row in search.searches(configs).itertuples():
+        lines.append(f"- {row.configuration}: {row.chosen} ({row.tried})")
+    return "\n".join(lines)
+
+
 def unfinished(table: pd.DataFrame, width: int = WIDTH) -> str:
     """The runs that did not finish, each with its status and reason, one line each."""
     failed = table[table["status"] != "ok"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from tunebench import search
 from tunebench.reporting import charts, recommend
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
@@ -86,10 +87,11 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
 
     metric, higher = recommend.ranking_metric(exp)
     currency = exp.cost.currency
-    made = chart_list(table, configs, metric, higher, root)
+    # The charts show each searched configuration at its validation-chosen learning rate.
+    made = chart_list(table, configs[configs["candidate"]], metric, higher, root)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(TEMPLATE.read_text())
-    by_config = configs.drop(columns=["run_ids"]).dropna(axis=1, how="all")
+    by_config = search.for_output(configs).drop(columns=["run_ids"]).dropna(axis=1, how="all")
 
     def describe(choice) -> str:
         return recommend.describe(choice, metric, currency).replace("**", "")

@@ -11,6 +11,8 @@ For each budget, from the configurations (configurations.py) that finished and f
   `report.p_best_threshold`; the smallest difference a test set of its size can detect;
 - the configurations that do not fit, each with the reason: measured out of memory, predicted
   not to fit, failed, or over the budget's memory, cost or hours.
+A learning-rate search (search.py) is a candidate at its validation-chosen learning rate only:
+each method is compared at its own best learning rate, chosen without a test score.
 A budget nothing fits says so.
 """
 
@@ -161,6 +163,16 @@ def recommend(configs: pd.DataFrame, exp: Experiment, root: Path | None = None) 
     currency = exp.cost.currency
     dataset = ranking_dataset(exp).name
     candidates = configs[(configs["method"] != "base") & (configs["dataset"] == dataset)]
+    # A learning-rate search is a candidate at its validation-chosen learning rate only
+    # (search.py); one where none could be chosen is a reason of its own.
+    unchosen = []
+    if "candidate" in candidates:
+        searched = candidates[candidates["lr_search"] & candidates["lr_chosen"].isna()]
+        unchosen = [
+            (group, f"no learning rate chosen on validation: {rows.iloc[0]['lr_tried']}")
+            for group, rows in searched.groupby("lr_group", sort=False)
+        ]
+        candidates = candidates[candidates["candidate"]]
     read: dict = {}
 
     def scored(row: pd.Series):
@@ -184,6 +196,7 @@ def recommend(configs: pd.DataFrame, exp: Experiment, root: Path | None = None) 
                 fitting.append(row)
             else:
                 answer.excluded.append((row["configuration"], why))
+        answer.excluded += unchosen
         if fitting:
             ranked = sorted(
                 fitting, key=lambda r: (-r[metric] if higher else r[metric], _cost_key(r))
@@ -329,6 +342,12 @@ def markdown(answers: list[Answer], exp: Experiment) -> str:
         f"within margin: mean within {exp.report.margin:g} of the best. GPU memory is measured "
         "where the run trained on a GPU, else predicted by `tunebench estimate`.",
     ]
+    if any(m.lr_range is not None for m in exp.methods):
+        lines[-1] += (
+            " Learning-rate ranges: each method at its own validation-chosen learning rate, "
+            "the one with the lowest mean validation loss over seeds (no test score decides "
+            "it); the other learning rates tried are not candidates, here or in P(best)."
+        )
     for a in answers:
         limit = limits(a.budget, currency)
         title = a.budget.name if limit == a.budget.name else f"{a.budget.name} ({limit})"

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench import layout, measure, slurm
+from tunebench import layout, measure, search, slurm
 from tunebench.io import atomic_path, read_json
 from tunebench.matrix import SHOWN_AXES, baselines, dataset_key, expand, model_key
 from tunebench.metrics import METRIC_NAMES, PREFERENCE_METRICS
 from tunebench.spec import Experiment
 
-IDENTITY = ["run_id", *SHOWN_AXES, "status", "reason"]
+# lr_search: the run is a point of a learning-rate search (search.py chooses among them).
+IDENTITY = ["run_id", *SHOWN_AXES, "lr_search", "status", "reason"]
 # Metric columns, each followed by its delta vs the untuned base model, go between these two.
 MEASURES = [
     "test_loss",
@@ -62,6 +63,7 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
     hw = source.get("provenance", {}).get("hardware", {})
     row = {
         **{k: axes.get(k) for k in SHOWN_AXES},
+        "lr_search": bool(axes.get("lr_search", False)),
         "run_id": (train or evaluation).get("run_id"),
         "status": status,
         "reason": reason,
@@ -141,7 +143,7 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
             or "no training result",
         }
         evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
-        rows.append(_row(run.axes(), train, evaluation, exp))
+        rows.append(_row(run.axes() | {"lr_search": run.lr_search}, train, evaluation, exp))
     scored = (*METRIC_NAMES, *PREFERENCE_METRICS)
     metrics = [m for m in scored if any(r.get(m) is not None for r in rows)]
     metrics += sorted({k for r in rows for k in r if k.startswith("lm_eval/")})
@@ -231,7 +233,7 @@ def write_outputs(
         table.to_csv(tmp, index=False)
     configs = configurations.configurations(table, exp.report.confidence)
     with atomic_path(out_dir / f"{stem}_by_config.csv") as tmp:
-        configs.drop(columns=["run_ids"]).to_csv(tmp, index=False)
+        search.for_output(configs).drop(columns=["run_ids"]).to_csv(tmp, index=False)
     answers = recommend.recommend(configs, exp, root)
     advice = recommend.markdown(answers, exp)
     reproduced = None
@@ -249,7 +251,12 @@ def write_outputs(
     )
     metric, _ = recommend.ranking_metric(exp)
     text = f"# {exp.name}: comparison\n\n" + (f"{exp.description}\n\n" if exp.description else "")
-    text += decision_table.comparison_tables(configs, metric, exp.cost.currency)
+    # Each searched configuration at its validation-chosen learning rate only (search.py).
+    text += decision_table.comparison_tables(
+        configs[configs["candidate"]], metric, exp.cost.currency
+    )
+    if configs["lr_search"].any():
+        text += "\n\n" + decision_table.learning_rates(configs)
     if (table["status"] != "ok").any():
         text += "\n\n## Runs that did not finish\n\n" + decision_table.unfinished(table)
     text += "\n\n" + advice.replace("# Recommendation", "## Recommendation", 1)
@@ -284,6 +291,7 @@ def write_plots(table, configs, exp, root: Path, folder: Path, prefix: str = "")
 
     folder.mkdir(parents=True, exist_ok=True)
     metric, higher = recommend.ranking_metric(exp)
+    configs = configs[configs["candidate"]]  # a search's other learning rates are not shown
     made = []
     for axis in charts.MEASURES:
         if configs[axis].notna().any() and configs[axis].max() > 0:
