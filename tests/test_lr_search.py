@@ -68,6 +68,9 @@ def test_a_point_of_a_search_is_the_same_run_as_that_configuration_trained_alone
     assert searched[3.16e-5].run_id == "m-lora-r4-words-s0-fcf2a21d"
     # The jobs get the run without the marker: joining a search retrains nothing.
     assert "lr_search" not in searched[1e-5].model_dump(exclude=SCORING_ONLY)
+    (alone,) = [r for r in expand(validate_data(searching(1e-5))) if r.method == "lora"]
+    job = searched[1e-5].model_dump_json(exclude=SCORING_ONLY)
+    assert job == alone.model_dump_json(exclude=SCORING_ONLY)
 
 
 def test_a_search_and_a_list_share_their_common_run_once_as_the_searchs_point():
@@ -326,6 +329,9 @@ def test_comparison_md_shows_the_chosen_and_tried_learning_rates(tmp_path):
     assert "- m lora r4: learning rate 0.0001 (lowest mean validation_loss of 1e-05" in text
     assert "each method at its own validation-chosen learning rate" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) <= 160
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "each method at its own validation-chosen learning rate" in html
+    assert "m lora r4: learning rate 0.0001 (lowest mean validation_loss of 1e-05" in html
     by_config = (tmp_path / "out" / "comparison_by_config.csv").read_text()
     assert "lr_chosen" in by_config.splitlines()[0] and "lr_tried" in by_config
 
@@ -373,3 +379,28 @@ def test_validate_matrix_reports_a_range_like_any_other_setting():
     exp, runs = validate_matrix(searching())
     assert exp.methods[1].lr_range == LearningRateRange(**RANGE)
     assert exp.methods[0].lr_range is None and len(runs) == 6
+
+
+def test_without_a_search_the_outputs_keep_their_columns(tmp_path):
+    exp = validate_data(tiny_experiment())
+    lora = {lr: 2.0 for lr in [5e-3]}
+    write_results(
+        tmp_path, exp, {"lora": lora, "full": {2e-3: 1.0}}, {"lora": {5e-3: 4}, "full": {2e-3: 8}}
+    )
+    configs, (answer,), text = report(tmp_path, exp)
+    assert configs["candidate"].all() and not configs["lr_search"].any()
+    shown = search.for_output(configs)
+    assert not [c for c in shown if c.startswith("lr_") or c in ("candidate", "validation_scored")]
+    assert "validation-chosen" not in text and answer.best.configuration == "m full"
+
+
+@pytest.mark.slow
+def test_bare_snakemake_plans_every_point_of_a_search(tmp_path):
+    """The workflow takes a range through its JSON schema and plans one train job per point."""
+    import yaml
+    from test_workflow import planned_jobs, snakemake_dry_run
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(searching()))
+    jobs = planned_jobs(snakemake_dry_run(tmp_path, path))
+    assert jobs["train"] == 6 and jobs["evaluate"] == 6, jobs

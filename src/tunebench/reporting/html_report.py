@@ -118,6 +118,9 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
         root=str(root),
         partial=partial,
         reproduction=None if reproduced is None else _reproduction(reproduced, exp),
+        searched=recommend.searched(exp),
+        searched_note=recommend.SEARCHED,
+        searches=search.searches(configs).to_dict("records"),
     )
 
 

@@ -327,6 +327,18 @@ def how_sure(a: Answer, exp: Experiment) -> list[str]:
     return lines
 
 
+SEARCHED = (
+    "Learning-rate ranges: each method at its own validation-chosen learning rate, the one with "
+    "the lowest mean validation loss over seeds (no test score decides it); the other learning "
+    "rates tried are not candidates, here or in P(best)."
+)
+
+
+def searched(exp: Experiment) -> bool:
+    """Whether a methods entry searches its learning rate (a range: search.py)."""
+    return any(m.lr_range is not None for m in exp.methods)
+
+
 def markdown(answers: list[Answer], exp: Experiment) -> str:
     """The recommendation as Markdown (recommendation.md and the report's first section)."""
     currency = exp.cost.currency
@@ -342,12 +354,8 @@ def markdown(answers: list[Answer], exp: Experiment) -> str:
         f"within margin: mean within {exp.report.margin:g} of the best. GPU memory is measured "
         "where the run trained on a GPU, else predicted by `tunebench estimate`.",
     ]
-    if any(m.lr_range is not None for m in exp.methods):
-        lines[-1] += (
-            " Learning-rate ranges: each method at its own validation-chosen learning rate, "
-            "the one with the lowest mean validation loss over seeds (no test score decides "
-            "it); the other learning rates tried are not candidates, here or in P(best)."
-        )
+    if searched(exp):
+        lines[-1] += " " + SEARCHED
     for a in answers:
         limit = limits(a.budget, currency)
         title = a.budget.name if limit == a.budget.name else f"{a.budget.name} ({limit})"
