@@ -297,7 +297,7 @@ def expand(exp: Experiment) -> list[RunConfig]:
     for i, override in enumerate(exp.resources.overrides):
         _check_selector(f"resources.overrides[{i}].match", override.match)
     unique: dict[str, RunConfig] = {}
-    for run in runs:  # a run both searched and listed alone is one run, and a search's point
+    for run in runs:  # a run listed alone and in a search is one run: the search's point
         kept = unique.get(run.run_id)
         if kept is None or (run.lr_search and not kept.lr_search):
             unique[run.run_id] = run
