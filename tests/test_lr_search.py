@@ -404,3 +404,38 @@ def test_bare_snakemake_plans_every_point_of_a_search(tmp_path):
     path.write_text(yaml.safe_dump(searching()))
     jobs = planned_jobs(snakemake_dry_run(tmp_path, path))
     assert jobs["train"] == 6 and jobs["evaluate"] == 6, jobs
+
+
+def test_a_reference_cell_on_a_searched_configuration_compares_its_chosen_rate(tmp_path):
+    from tunebench.reporting import reproduction
+
+    data = searching(full_rates={"low": 1e-5, "high": 1e-3, "points": 3})
+    data["reference"] = {
+        "study": "a made-up study",
+        "hardware": "NVIDIA L40S",
+        "cells": [
+            {
+                "run": {"method": "lora", "rank": 4},
+                "measure": "exact_match",
+                "value": 0.5,
+                "source": "made up",
+            },
+            {
+                "run": {"method": "full", "learning_rate": 1e-3},
+                "measure": "exact_match",
+                "value": 0.9,
+                "source": "made up",
+            },
+        ],
+    }
+    exp = validate_data(data)
+    write_results(
+        tmp_path,
+        exp,
+        {"lora": LORA_VALIDATION, "full": FULL_VALIDATION},
+        {"lora": LORA_TEST, "full": FULL_TEST},
+    )
+    table = comparison_table(exp, tmp_path)
+    rows = reproduction.compare(table, configurations.configurations(table), exp)
+    assert rows["configuration"].tolist() == ["m lora r4 lr 0.0001", "m full lr 0.001"]
+    assert rows["reproduced"].tolist() == [0.5, 38 / 40]

@@ -106,6 +106,16 @@ def choose(configs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def at_chosen(rows: pd.DataFrame) -> pd.DataFrame:
+    """Configurations a selector matched: the learning rates of one search stand for its
+    validation-chosen one (a published number is compared with the search's answer)."""
+    if len(rows) < 2 or not rows["lr_search"].all():
+        return rows
+    if len(rows.groupby(GROUP_KEYS, dropna=False)) > 1 or rows["candidate"].sum() != 1:
+        return rows
+    return rows[rows["candidate"]]
+
+
 def for_output(configs: pd.DataFrame) -> pd.DataFrame:
     """The configurations as comparison_by_config.csv and the HTML report show them: without
     the bookkeeping columns, and without the search's columns when nothing was searched."""

@@ -17,6 +17,7 @@ import math
 
 import pandas as pd
 
+from tunebench import search
 from tunebench.matrix import expand, referenced_runs
 from tunebench.reporting.configurations import CUDA_MEMORY
 from tunebench.reporting.decision_table import markdown_table
@@ -38,10 +39,11 @@ def _kind(measure: str) -> str:
 
 def _matching(configs: pd.DataFrame, runs: list) -> pd.DataFrame:
     """The configurations (rows of comparison_by_config) that hold any of `runs`: selectors
-    match runs by every field a selector may name (label included), not only table columns."""
+    match runs by every field a selector may name (label included), not only table columns.
+    The learning rates of one search stand for its validation-chosen one."""
     wanted = {run.run_id for run in runs}
     holds = configs["run_ids"].map(lambda ids: bool(wanted.intersection(ids)))
-    return configs[holds & (configs["method"] != "base")]
+    return search.at_chosen(configs[holds & (configs["method"] != "base")])
 
 
 def _reproduced(table: pd.DataFrame, config_row: pd.Series, measure: str) -> float:
