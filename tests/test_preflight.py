@@ -77,3 +77,63 @@ def test_every_shape_trains_beside_its_estimate_and_a_failing_one_is_named(tmp_p
     assert len(failed) == 1 and "nowhere" in failed[0]["run_id"] and failed[0]["reason"]
     assert "some shapes failed" in done.stdout
     assert os.path.isfile(tmp_path / "results/tiny/preflight/preflight.md")
+    # A CPU measured RSS: nothing to calibrate GPU estimates with, and the report says so.
+    calibration = json.loads((tmp_path / "results/tiny/preflight/calibration.json").read_text())
+    assert calibration["shapes"] == {} and len(calibration["skipped"]) == 4
+    assert "Calibration: none" in done.stdout
+
+
+def test_a_preflight_on_a_gpu_calibrates_later_estimates_of_its_shapes(tmp_path, monkeypatch):
+    from tunebench import preflight
+    from tunebench.estimate import machine_calibration
+    from tunebench.estimate.gpus import find
+    from tunebench.estimate.runs import estimate_experiment
+    from tunebench.experiment import load_experiment
+    from tunebench.matrix import expand
+
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_experiment()
+    settings["training"]["seeds"] = [3, 4]
+    exp = load_experiment(write(tmp_path, settings))
+    derived = load_experiment(preflight.derive(tmp_path / "exp.yaml", steps=2)[0])
+    runs, trained = expand(exp), expand(derived)
+    # A run and its preflight have one shape; seeds share it.
+    assert {machine_calibration.shape_key(r) for r in runs} == {
+        machine_calibration.shape_key(r) for r in trained
+    }
+    gpus = [find("L40S")]
+    counted = {r["run_id"]: r for r in estimate_experiment(exp, runs, gpus)}
+    first, second = trained
+    on_gpu = {  # what the train stage records on a GPU: measured, and the counted prediction
+        first.run_id: {
+            "status": "ok",
+            "memory_kind": machine_calibration.CUDA_MEMORY,
+            "peak_memory_gb": 0.5,
+            "peak_memory_allocated_gb": 0.25,
+            "prediction": estimate_experiment(derived, [first], gpus)[0],
+        },
+        second.run_id: {"status": "oom", "memory_kind": machine_calibration.CUDA_MEMORY},
+    }
+    calibration = machine_calibration.build(trained, on_gpu, "NVIDIA L40S", "2026-12-04")
+    assert list(calibration["skipped"].values()) == ["status oom"]
+    path = machine_calibration.path_in(tmp_path / "results" / exp.name)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(calibration))
+
+    for record in estimate_experiment(exp, runs, gpus):
+        before = counted[record["run_id"]]
+        run = next(r for r in runs if r.run_id == record["run_id"])
+        if machine_calibration.shape_key(run) != machine_calibration.shape_key(first):
+            assert record == before  # a shape the preflight did not measure: as counted
+            continue
+        ratio = 0.5 / on_gpu[first.run_id]["prediction"]["predicted_peak_gb"]
+        assert record["predicted_peak_gb"] == pytest.approx(before["predicted_peak_gb"] * ratio)
+        assert record["counted_peak_gb"] == before["predicted_peak_gb"]
+        assert (
+            "NVIDIA L40S" in record["calibrated_by"]
+            and "results/tiny/preflight/calibration.json" in record["calibrated_by"]
+        )
+    # A CPU's RSS never calibrates GPU memory.
+    on_cpu = {first.run_id: on_gpu[first.run_id] | {"memory_kind": "cpu_peak_rss"}}
+    cpu = machine_calibration.build(trained, on_cpu, "a CPU", "2026-12-04")
+    assert cpu["shapes"] == {} and "RSS" in cpu["skipped"][first.run_id]

@@ -89,6 +89,7 @@ def cmd_plan(args) -> int:
                 ]
         table.add_row(*cells)
     Console(width=200).print(table)
+    _say_calibration(list(estimates.values()))
     return 0
 
 
@@ -162,7 +163,19 @@ def cmd_estimate(args) -> int:
         ]
         table.add_row(*cells)
     Console(width=220).print(table)
+    _say_calibration(records)
     return 0
+
+
+def _say_calibration(records: list[dict]) -> None:
+    """Which estimates a preflight on this machine scaled (estimate/machine_calibration.py)."""
+    calibrated = [r for r in records if "calibrated_by" in r]
+    if calibrated:
+        print(
+            f"{len(calibrated)} of {len(records)} runs calibrated by a "
+            f"{calibrated[0]['calibrated_by']} (per shape; delete the file for the counted "
+            "estimate)"
+        )
 
 
 def _maybe(value, fmt: str) -> str:

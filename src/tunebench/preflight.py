@@ -171,6 +171,7 @@ def write_report(exp: Experiment, derived: Experiment, changes: list[str]) -> tu
     machine = hardware.get("accelerator") or measure.machine()
     payload = {"machine": machine, "changes": changes, "ok": ok, "shapes": found}
     (folder / "preflight.json").write_text(json.dumps(payload, indent=1) + "\n")
+    calibration = _write_calibration(derived, folder, machine)
     lines = [
         f"# Preflight of {exp.name}",
         "",
@@ -188,10 +189,45 @@ def write_report(exp: Experiment, derived: Experiment, changes: list[str]) -> tu
             "| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |"
         )
     verdict = "every shape trained" if ok else "**some shapes failed: see why**"
-    lines += ["", f"{len(found)} shapes: {verdict}."]
+    lines += ["", f"{len(found)} shapes: {verdict}.", "", _calibration_sentence(calibration)]
     out = folder / "preflight.md"
     out.write_text("\n".join(lines) + "\n")
     return out, ok
+
+
+def _write_calibration(derived: Experiment, folder: Path, machine: str) -> dict:
+    """calibration.json beside the report: the ratios later estimates of the experiment use."""
+    from tunebench import measure
+    from tunebench.estimate import machine_calibration
+    from tunebench.io import read_json
+    from tunebench.matrix import expand
+
+    root = layout.results_root(derived.name)
+    runs = expand(derived)
+    records = {}
+    for run in runs:
+        path = root / layout.TRAIN_RESULT.format(run_id=run.run_id)
+        if path.is_file():
+            records[run.run_id] = read_json(path)
+    date = measure.measured_on().split(" on ")[0]
+    calibration = machine_calibration.build(runs, records, machine, date)
+    (folder / machine_calibration.FILE).write_text(json.dumps(calibration, indent=1) + "\n")
+    return calibration
+
+
+def _calibration_sentence(calibration: dict) -> str:
+    count = len(calibration["shapes"])
+    if not count:
+        return (
+            "Calibration: none. No shape was measured in GPU memory here, so later estimates "
+            "stay as counted."
+        )
+    return (
+        f"Calibration: {count} shapes measured in GPU memory. `tunebench estimate` and `plan`, "
+        "`resources.train: auto` and `resources.predicted_oom` now scale the estimates of "
+        f"those shapes by the measured/predicted ratios ({FOLDER}/calibration.json; delete it "
+        "to go back to the counted estimate)."
+    )
 
 
 def run(experiment: str, steps: int, profile: str | None) -> int:

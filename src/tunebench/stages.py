@@ -205,7 +205,10 @@ def train(
                 status="skipped",
             )
         if predicted_oom_mb:
-            check_predicted_fit(run, location, predicted_oom_mb / 1024)
+            from tunebench.estimate import machine_calibration
+
+            calibration = machine_calibration.load_for_run(run_dir)
+            check_predicted_fit(run, location, predicted_oom_mb / 1024, calibration)
         if processes > 1 or nodes > 1:
             from tunebench.training import launch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from tunebench.estimate import EstimateError, estimate, verdict
+from tunebench.estimate import EstimateError, estimate, machine_calibration, verdict
 from tunebench.estimate.gpus import Gpu, find
 from tunebench.estimate.memory import GIB
 from tunebench.estimate.setup import from_run, spec_config
@@ -83,11 +83,15 @@ def config_at(run, model_location: str):
     return AutoConfig.from_pretrained(model_location, **models.hub_kwargs(run.model))
 
 
-def estimate_at(run, model_location: str, gpus: list[Gpu] | None = None) -> dict:
+def estimate_at(
+    run, model_location: str, gpus: list[Gpu] | None = None, calibration: dict | None = None
+) -> dict:
     """estimate_run for a run whose base model a step has found at `model_location` (the train
     stage's prediction beside measurement and its predicted_oom check, the launcher's auto
-    strategy)."""
-    return estimate_run(run, config_at(run, model_location), gpus or [])
+    strategy); scaled by a preflight's `calibration` when given (machine_calibration)."""
+    gpus = gpus or []
+    record = estimate_run(run, config_at(run, model_location), gpus)
+    return machine_calibration.apply(record, run, calibration, gpus)
 
 
 def made_model_dir(exp, model) -> Path | None:
@@ -100,7 +104,10 @@ def made_model_dir(exp, model) -> Path | None:
 
 
 def estimate_experiment(exp, runs, gpus: list[Gpu]) -> list[dict]:
-    """Every run's record; a run whose model or settings cannot be estimated gets an `error`."""
+    """Every run's record; a run whose model or settings cannot be estimated gets an `error`.
+    A preflight of the experiment on this machine calibrates the runs of the shapes it trained
+    (`calibrated_by` says so)."""
+    calibration = machine_calibration.load(exp)
     configs: dict[str, tuple] = {}
     records = []
     for run in runs:
@@ -109,6 +116,7 @@ def estimate_experiment(exp, runs, gpus: list[Gpu]) -> list[dict]:
                 configs[run.model.name] = spec_config(run.model, made_model_dir(exp, run.model))
             config, source = configs[run.model.name]
             record = estimate_run(run, config, gpus, exp.cost.price_per_hour)
+            record = machine_calibration.apply(record, run, calibration, gpus)
             records.append(record | {"config_source": source})
         except (EstimateError, OSError, ValueError) as err:
             records.append({"run_id": run.run_id, "error": str(err).splitlines()[0]})

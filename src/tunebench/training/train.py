@@ -183,15 +183,19 @@ def check_settings(run: RunConfig) -> None:
         )
 
 
-def check_predicted_fit(run: RunConfig, model_location: str, limit_gb: float) -> None:
+def check_predicted_fit(
+    run: RunConfig, model_location: str, limit_gb: float, calibration: dict | None = None
+) -> None:
     """resources.predicted_oom: skip: a run predicted not to fit in `limit_gb` of GPU memory
-    is a `predicted_oom` row, and no GPU time is spent on it."""
+    is a `predicted_oom` row, and no GPU time is spent on it. A preflight's `calibration`
+    of this machine scales the prediction (estimate/machine_calibration.py)."""
     from tunebench.estimate.runs import estimate_at
 
-    predicted = estimate_at(run, model_location)
+    predicted = estimate_at(run, model_location, calibration=calibration)
     if predicted["predicted_peak_gb"] > limit_gb:
+        how = f" ({predicted['calibrated_by']})" if "calibrated_by" in predicted else ""
         raise StageFailure(
-            f"predicted peak GPU memory {predicted['predicted_peak_gb']:.1f} GiB exceeds "
+            f"predicted peak GPU memory {predicted['predicted_peak_gb']:.1f} GiB{how} exceeds "
             f"resources.gpu_memory_gb {limit_gb:.1f} GiB, so it was not trained (set "
             "resources.predicted_oom: run to train it anyway, or lower training.batch_size / "
             "max_length, or turn on training.gradient_checkpointing)",
