@@ -10,7 +10,7 @@ validation loss can be chosen; ties go to the smaller learning rate. The other l
 stay rows of the table (comparison_by_config.csv) but are not candidates of the
 recommendation, its P(best) or the charts: no test score decides anything.
 
-Kept apart from the report because successive halving (issue 26, section 2) ranks the same
+Kept apart from the report because successive halving (halving.py) ranks the same
 validation scores within a method to promote runs from one rung to the next.
 """
 
