@@ -116,6 +116,21 @@ def test_the_table_has_a_row_per_run_and_baseline(finished):
     assert len(samples.read_text().splitlines()) == 40
 
 
+def test_every_row_carries_retention_and_the_report_draws_the_front(finished):
+    """Retention is on by default (docs/retention.md): scored in each evaluation job."""
+    work = finished[0]
+    out = work / "results" / "tiny"
+    table = pd.read_csv(out / "comparison.csv")
+    ok = table[(table["model"] == "m") & (table["status"] == "ok")]
+    for measure in ("text_loss", "instructions_loss", "choice_accuracy"):
+        assert ok[f"retention_{measure}"].notna().all(), measure
+        deltas = ok[f"delta_retention_{measure}_vs_base"]
+        assert deltas.notna().all() and (deltas[ok["method"] == "base"] == 0).all(), measure
+    assert (ok["reason"].fillna("") == "").all()
+    assert (out / "plots" / "forgetting.png").stat().st_size > 10_000
+    assert "Gain against forgetting" in (out / "report.html").read_text()
+
+
 def chromium(*args: str) -> subprocess.CompletedProcess:
     """Debian's headless Chromium (`.ci/run` installs it), as a person's browser would open a
     file: JavaScript on, no network needed."""

@@ -1,5 +1,6 @@
 """Rules evaluate and evaluate_base: held-out loss/perplexity (response tokens only, the same
-masking as training) and exact match from batched greedy generations, saved as samples."""
+masking as training) and exact match from batched greedy generations, saved as samples; then,
+on the same loaded model, the retention sets (retention.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunebench import metrics, models
+from tunebench import metrics, models, retention
 from tunebench.data.templates import cut_at_stop
 from tunebench.data.tokenize import REJECTED, read_split
 from tunebench.io import read_json, read_jsonl
@@ -250,18 +251,32 @@ def evaluate_trained(
     scores, samples = evaluate_model(
         model, tokenizer, data_dir, tokenized_dir, settings, run.dataset, ceiling
     )
-    if settings.lm_eval is not None:
-        from tunebench import lm_eval_tasks
-
-        del model  # the harness loads its own copy
-        full = run.method == "full"
-        scores |= lm_eval_tasks.run_tasks(
-            settings.lm_eval,
-            base_location,
-            adapter_dir=None if full else run_dir / "model",
-            full_dir=run_dir / "model" if full else None,
-        )
+    scores |= retention.score(
+        model, tokenizer, run.model, run.dataset, settings.retention, settings.batch_size, ceiling
+    )
+    del model  # the harness, if asked for, loads its own copy
+    full = run.method == "full"
+    scores |= _harness(
+        settings,
+        base_location,
+        adapter_dir=None if full else run_dir / "model",
+        full_dir=run_dir / "model" if full else None,
+    )
     return scores, samples
+
+
+def _harness(settings, location: str, **trained) -> dict:
+    """evaluation.lm_eval's tasks, and evaluation.retention.lm_eval's as retention_lm_eval/..."""
+    from tunebench import lm_eval_tasks
+
+    scores = {}
+    if settings.lm_eval is not None:
+        scores |= lm_eval_tasks.run_tasks(settings.lm_eval, location, **trained)
+    tasks = settings.retention.lm_eval if settings.retention.enabled else None
+    if tasks is not None:
+        found = lm_eval_tasks.run_tasks(tasks, location, **trained)
+        scores |= {f"retention_{name}": value for name, value in found.items()}
+    return scores
 
 
 def evaluate_untuned(
@@ -280,9 +295,8 @@ def evaluate_untuned(
     scores, samples = evaluate_model(
         model, tokenizer, data_dir, tokenized_dir, settings, dataset, ceiling
     )
-    if settings.lm_eval is not None:
-        from tunebench import lm_eval_tasks
-
-        del model
-        scores |= lm_eval_tasks.run_tasks(settings.lm_eval, location)
-    return scores, samples
+    scores |= retention.score(
+        model, tokenizer, spec, dataset, settings.retention, settings.batch_size, ceiling
+    )
+    del model
+    return scores | _harness(settings, location), samples

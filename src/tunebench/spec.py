@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from tunebench import retention
 from tunebench.builtin.wordops import OPERATIONS
 from tunebench.data.formats import FORMATS
 from tunebench.metrics import GENERATION_METRICS, METRIC_NAMES, PREFERENCE_METRICS
@@ -863,10 +864,99 @@ class HarnessTasks(Strict):
     batch_size: PositiveInt = Field(8, description="the harness's batch size")
 
 
+def _named_set(value: Any) -> Any:
+    """A shipped set may be given by its name alone: "text" is {name: text}."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class _NameOrSet:
+    """A retention set's JSON schema: a shipped set's name, or a set (what the validator takes)."""
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        return {"anyOf": [{"enum": list(retention.SHIPPED)}, handler(core_schema)]}
+
+
+class RetentionSet(Strict):
+    """One general held-out set scored on every run and untuned model (docs/retention.md)."""
+
+    name: Name = Field(
+        description="a shipped set (text: general prose, loss; instructions: general "
+        "instruction/response pairs, loss on the response; choice: general multiple-choice "
+        "questions, accuracy), or your name for the file in `path`. The column is "
+        "retention_<name>_loss, or retention_<name>_accuracy for choices"
+    )
+    path: str | None = Field(
+        None,
+        description="a JSON Lines file of your own, rows of one kind: {text}; {prompt, "
+        "response}; or {prompt, choices, answer_index}. Read when the experiment is "
+        "validated. Without it, `name` must be a shipped set",
+    )
+
+    @model_validator(mode="after")
+    def found(self):
+        if self.path is None:
+            if self.name not in retention.SHIPPED:
+                raise ValueError(
+                    f"{self.name!r} is not a shipped retention set "
+                    f"({', '.join(retention.SHIPPED)}); give a path for a set of your own"
+                )
+        elif self.name in retention.SHIPPED:
+            raise ValueError(f"name {self.name!r} is a shipped set's; give your file another name")
+        return self
+
+    @field_validator("path")
+    @classmethod
+    def readable(cls, path):
+        if path is not None:
+            try:
+                retention.read_file(path)
+            except retention.RetentionSetError as err:
+                raise ValueError(
+                    f"{err}; fix the file or the path (a relative path is from the "
+                    "directory tunebench runs in)"
+                ) from err
+        return path
+
+
+class Retention(Strict):
+    """Retention: general held-out sets scored in every evaluation job, beside the task's
+    metrics, so the table shows what fine-tuning broke (delta_retention_*_vs_base)."""
+
+    enabled: bool = Field(
+        True, description="score the retention sets (false: no retention_* columns)"
+    )
+    sets: list[Annotated[RetentionSet, BeforeValidator(_named_set), _NameOrSet()]] = Field(
+        [RetentionSet(name=name) for name in retention.SHIPPED],
+        min_length=1,
+        description="the sets, each a shipped set's name (text, instructions, choice; for "
+        "built-in models their own pre-training text and formats on unseen words) or "
+        "{name, path} for a file of your own",
+    )
+    lm_eval: HarnessTasks | None = Field(
+        None,
+        description="lm-evaluation-harness tasks scored as retention (columns "
+        "retention_lm_eval/<task>/<metric>), e.g. [ifeval, mmlu_abstract_algebra]; the harness "
+        "loads its own copy of the model and needs its datasets from the hub",
+    )
+
+    @model_validator(mode="after")
+    def unique_names(self):
+        names = [s.name for s in self.sets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sets: duplicate name(s) {dupes}")
+        return self
+
+
 class Evaluation(Strict):
     """How every run and baseline is scored on each dataset's held-out split."""
 
     lm_eval: HarnessTasks | None = Field(None, description="optional lm-evaluation-harness tasks")
+    retention: Retention = Field(
+        Retention(),
+        description="general held-out sets scored on every run and untuned model, to measure "
+        "forgetting (on by default; docs/retention.md)",
+    )
     max_new_tokens: PositiveInt = Field(
         32, description="greedy generation length; answers longer than this are cut"
     )
@@ -1129,6 +1219,20 @@ class Export(Strict):
 LOWER_IS_BETTER = ("test_loss", "test_perplexity", "validation_loss")
 
 
+class ForgettingLimit(Strict):
+    """A retention limit of a budget: configurations that forgot more are excluded."""
+
+    measure: str = Field(
+        description="a retention column that is scored: retention_text_loss, "
+        "retention_instructions_loss, retention_choice_accuracy, or retention_<name>_loss / "
+        "_accuracy of a set of your own"
+    )
+    limit: Annotated[float, Field(ge=0)] = Field(
+        description="the most it may forget, in the measure's units: a loss's rise (nats per "
+        "token) or an accuracy's fall (0 to 1)"
+    )
+
+
 class Budget(Strict):
     """One budget the report recommends under; every limit given must hold."""
 
@@ -1143,6 +1247,11 @@ class Budget(Strict):
     )
     hours: PositiveFloat | None = Field(
         None, description="training time of one run (accelerator-hours: GPUs x hours)"
+    )
+    max_forgetting: ForgettingLimit | None = Field(
+        None,
+        description="the most a configuration may forget on one retention measure "
+        "(evaluation.retention), mean over seeds against the untuned model",
     )
 
 
@@ -1288,6 +1397,30 @@ class Experiment(Strict):
                 raise ValueError(
                     f"report.metric {metric!r} is not scored on dataset(s) {unscored}: add it "
                     "to their evaluation.metrics or rank by another"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def forgetting_limits_are_scored(self):
+        """A budget's retention limit must name a measure that is scored, within its range."""
+        scored = None
+        for i, budget in enumerate(self.report.budgets):
+            limit = budget.max_forgetting
+            if limit is None:
+                continue
+            if scored is None:
+                scored = retention.measures(self.evaluation.retention)
+            where = f"report.budgets[{i}].max_forgetting"
+            if limit.measure not in scored:
+                off = "" if scored else " (evaluation.retention.enabled is false)"
+                raise ValueError(
+                    f"{where}.measure {limit.measure!r} is not scored{off}; scored: "
+                    f"{sorted(scored) or 'none'}"
+                )
+            if scored[limit.measure] == "choice" and limit.limit > 1:
+                raise ValueError(
+                    f"{where}.limit {limit.limit:g} is outside {limit.measure}'s range: an "
+                    "accuracy falls by 1 at most; give a limit from 0 to 1"
                 )
         return self
 

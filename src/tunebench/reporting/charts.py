@@ -4,6 +4,9 @@ and a static PNG beside the Markdown (vl-convert renders it, no browser needed).
 - pareto: quality against GPU memory, cost or training time, one point per configuration with
   its interval, the Pareto front drawn, and the configurations that did not finish in a band of
   their own below the plot (not dropped);
+- forgetting: the gain on the task against what was forgotten on a retention measure (the
+  stability-plasticity trade), the Pareto front drawn: the configurations no other beats on
+  both;
 - rank_sweep: quality against adapter rank on a log axis, a line per method (preference-tuned
   runs a line of their own), full fine-tuning as a reference line;
 - loss_curves: training loss per configuration, the band spanning its seeds, and the final
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import altair as alt
 import pandas as pd
+
+from tunebench import retention
 
 MEASURES = {
     "gpu_memory_gb": "peak GPU memory, GB (measured on a GPU, else predicted)",
@@ -147,6 +152,86 @@ def _chosen_label(measures: list[str]) -> str:
     """A Vega expression: the name of the measure the `measure` parameter holds."""
     cases = [f"measure === {json.dumps(m)} ? {json.dumps(MEASURES[m])} : " for m in measures]
     return "(" + "".join(cases) + "'')"
+
+
+def forgetting_measure(configs: pd.DataFrame, exp) -> str | None:
+    """The retention measure the chart shows: the first budget's max_forgetting measure, else
+    the first scored of text, instructions, choice, then any other."""
+    named = [b.max_forgetting.measure for b in exp.report.budgets if b.max_forgetting]
+    shipped = [retention.measure_name(n, n) for n in retention.SHIPPED]
+    others = sorted(c for c in configs if c.startswith("retention_") and "_vs_" not in c)
+    for measure in [*named, *shipped, *others]:
+        column = f"delta_{measure}_vs_base"
+        if column in configs and configs[column].notna().any():
+            return measure
+    return None
+
+
+def forgetting(configs: pd.DataFrame, metric: str, higher: bool, exp):
+    """Gain on the task (the metric's delta vs the untuned model, else the metric itself)
+    against forgetting on a retention measure, the Pareto front dashed; None without both."""
+    measure = forgetting_measure(configs, exp)
+    done = configs[(configs["status"] == "ok") & (configs["method"] != "base")]
+    if measure is None or metric not in configs or done.empty:
+        return None
+    gain = f"delta_{metric}_vs_base"
+    y = gain if gain in done and done[gain].notna().any() else metric
+    delta = f"delta_{measure}_vs_base"
+    sign = 1 if retention.lower_is_better(measure) else -1
+    low, high = (f"{delta}_low", f"{delta}_high")[::sign]
+    points = pd.DataFrame(
+        {
+            "configuration": done["configuration"],
+            "method": done["method"],
+            "forgot": sign * done[delta],
+            "forgot_low": sign * done.get(low, math.nan),
+            "forgot_high": sign * done.get(high, math.nan),
+            "quality": done[y],
+            "quality_low": done.get(f"{y}_low", math.nan),
+            "quality_high": done.get(f"{y}_high", math.nan),
+            "finished": done["finished"],
+        }
+    ).dropna(subset=["forgot", "quality"])
+    if points.empty:
+        return None
+    # Less forgetting and more quality are better: the front of pareto_front's own kind.
+    front = pareto_front(points, "forgot", "quality", higher)
+    x = alt.X("forgot:Q", title=f"forgot: {measure}, {FORGOT_SAYS[sign]}")
+    title_y = f"gain in {metric} vs the untuned model" if y == gain else metric
+    yaxis = alt.Y("quality:Q", title=title_y, scale=alt.Scale(zero=False))
+    base = alt.Chart(points)
+    dots = base.mark_point(filled=True, size=80).encode(
+        x,
+        yaxis,
+        color=alt.Color("method:N"),
+        tooltip=[
+            "configuration",
+            alt.Tooltip("quality:Q", title=title_y, format=".3f"),
+            alt.Tooltip("forgot:Q", format=".3g"),
+            "finished",
+        ],
+    )
+    layers = [
+        alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(color="#bbb").encode(x=alt.X("zero:Q")),
+        alt.Chart(front).mark_line(color="gray", strokeDash=[4, 3]).encode(x, yaxis),
+        base.mark_rule().encode(x, alt.Y("quality_low:Q"), alt.Y2("quality_high:Q")),
+        base.mark_rule().encode(alt.X("forgot_low:Q"), alt.X2("forgot_high:Q"), yaxis),
+        dots,
+        base.mark_text(dy=-10, fontSize=9, color="#444").encode(x, yaxis, text="configuration"),
+    ]
+    return alt.layer(*layers).properties(
+        width=WIDTH,
+        height=HEIGHT,
+        title=f"{title_y} against forgetting on {measure}: Pareto front dashed, "
+        "no forgetting at the grey line",
+    )
+
+
+# What a positive forgetting is, by the measure's sign (1: a loss, -1: an accuracy).
+FORGOT_SAYS = {
+    1: "the loss's rise (right: forgot more)",
+    -1: "the accuracy's fall (right: forgot more)",
+}
 
 
 def series(configs: pd.DataFrame) -> pd.Series:

@@ -23,6 +23,10 @@ CAPTIONS = {
     "pareto": "Each point is a configuration (mean over seeds, bar: interval); the dashed line "
     "is the Pareto front, the configurations no other beats on both axes; red crosses below are "
     "runs that did not finish. Switch the x axis with the buttons.",
+    "forgetting": "What each configuration gained on the task against what it forgot on a "
+    "general retention set (docs/retention.md), both against the untuned model, bars: intervals "
+    "over seeds; the dashed line is the Pareto front, the configurations no other beats on "
+    "both (more gain, less forgetting).",
     "rank": "Quality by adapter rank on a log axis, a line per method; preference-tuned "
     "configurations (DPO, ORPO) have a line of their own; the dashed line is full fine-tuning.",
     "loss": "Training loss as logged, the band spanning the seeds of a configuration; the "
@@ -64,11 +68,14 @@ def _table_html(frame: pd.DataFrame) -> str:
     )
 
 
-def chart_list(table, configs, metric, higher, root: Path) -> list[dict]:
+def chart_list(table, configs, metric, higher, root: Path, exp) -> list[dict]:
     """(id, category, caption, chart) of every chart that has something to show."""
     made = [
         ("pareto", "Quality against memory, cost and time", charts.pareto(configs, metric, higher))
     ]
+    made.append(
+        ("forgetting", "Gain against forgetting", charts.forgetting(configs, metric, higher, exp))
+    )
     made.append(("rank", "Rank sweep", charts.rank_sweep(configs, metric)))
     history = charts.loss_history(table, configs, root)
     made.append(("loss", "Training loss", charts.loss_curves(history)))
@@ -88,7 +95,7 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
     metric, higher = recommend.ranking_metric(exp)
     currency = exp.cost.currency
     # The charts show each searched configuration at its validation-chosen learning rate.
-    made = chart_list(table, configs[configs["candidate"]], metric, higher, root)
+    made = chart_list(table, configs[configs["candidate"]], metric, higher, root, exp)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(TEMPLATE.read_text())
     by_config = search.for_output(configs).drop(columns=["run_ids"]).dropna(axis=1, how="all")

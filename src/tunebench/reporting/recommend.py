@@ -10,7 +10,8 @@ For each budget, from the configurations (configurations.py) that finished and f
   over the test items and seeds (confidence.py); "not decided" when none reaches
   `report.p_best_threshold`; the smallest difference a test set of its size can detect;
 - the configurations that do not fit, each with the reason: measured out of memory, predicted
-  not to fit, failed, or over the budget's memory, cost or hours.
+  not to fit, failed, or over the budget's memory, cost or hours, or over its retention limit
+  (`max_forgetting`: how much it forgot on a retention measure, retention.py).
 A learning-rate search (search.py) is a candidate at its validation-chosen learning rate only:
 each method is compared at its own best learning rate, chosen without a test score.
 A budget nothing fits says so.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tunebench import retention
 from tunebench.reporting import confidence
 from tunebench.spec import LOWER_IS_BETTER, Budget, Experiment
 
@@ -50,6 +52,7 @@ class Choice:
     hours: float
     gain_vs_base: float  # NaN where the metric has no baseline (losses)
     p_best: float = math.nan  # among the configurations that fit the budget; NaN: not computed
+    forgot: float = math.nan  # on the budget's retention measure; NaN: the budget has none
 
 
 @dataclass
@@ -98,11 +101,26 @@ def _why_not(row: pd.Series, budget: Budget, currency: str) -> str | None:
         return f"cost {row['cost']:.4g} {currency} > {budget.cost:g}"
     if budget.hours is not None and not row["hours"] <= budget.hours:
         return f"{duration(row['hours'])} of training > {duration(budget.hours)}"
+    if budget.max_forgetting is not None:
+        measure, limit = budget.max_forgetting.measure, budget.max_forgetting.limit
+        forgot = forgetting(row, measure)
+        if math.isnan(forgot):
+            return f"no {measure} (its retention set was not scored: see the run's reason)"
+        if forgot > limit:
+            return f"forgot {forgot:.3g} in {measure} > {limit:g} (max_forgetting)"
     return None
 
 
-def _choice(row: pd.Series, metric: str) -> Choice:
+def forgetting(row: pd.Series, measure: str) -> float:
+    """How much a configuration forgot on a retention measure (mean over seeds, against the
+    untuned model): a loss's rise or an accuracy's fall; NaN when not scored."""
+    delta = row.get(f"delta_{measure}_vs_base", math.nan)
+    return math.nan if pd.isna(delta) else retention.forgetting(float(delta), measure)
+
+
+def _choice(row: pd.Series, metric: str, budget: Budget | None = None) -> Choice:
     gain = row.get(f"delta_{metric}_vs_base", math.nan)
+    limit = budget.max_forgetting if budget is not None else None
     return Choice(
         configuration=row["configuration"],
         mean=row[metric],
@@ -114,6 +132,7 @@ def _choice(row: pd.Series, metric: str) -> Choice:
         cost=row["cost"],
         hours=row["hours"],
         gain_vs_base=math.nan if gain is None else gain,
+        forgot=math.nan if limit is None else forgetting(row, limit.measure),
     )
 
 
@@ -202,12 +221,12 @@ def recommend(configs: pd.DataFrame, exp: Experiment, root: Path | None = None) 
                 fitting, key=lambda r: (-r[metric] if higher else r[metric], _cost_key(r))
             )
             best = ranked[0]
-            answer.best = _choice(best, metric)
-            answer.runner_up = _choice(ranked[1], metric) if len(ranked) > 1 else None
+            answer.best = _choice(best, metric, budget)
+            answer.runner_up = _choice(ranked[1], metric, budget) if len(ranked) > 1 else None
             answer.one_seed = pd.isna(best.get(f"{metric}_low"))
             if not answer.one_seed:
                 answer.tied = [
-                    _choice(r, metric)
+                    _choice(r, metric, budget)
                     for r in ranked[1:]
                     if pd.notna(r.get(f"{metric}_low"))
                     and r[f"{metric}_low"] <= best[f"{metric}_high"]
@@ -220,7 +239,7 @@ def recommend(configs: pd.DataFrame, exp: Experiment, root: Path | None = None) 
                 if (best[metric] - r[metric] if higher else r[metric] - best[metric]) <= margin
             ]
             cheapest = min(close, key=_cost_key)
-            answer.cheapest_within_margin = _choice(cheapest, metric)
+            answer.cheapest_within_margin = _choice(cheapest, metric, budget)
             # ranked[0] first: the detectable difference is taken at the best's level.
             probability = _p_best(answer, ranked, exp, scored) if root is not None else None
             if probability is not None:
@@ -248,6 +267,9 @@ def limits(budget: Budget, currency: str) -> str:
         parts.append(f"cost <= {budget.cost:g} {currency}")
     if budget.hours is not None:
         parts.append(f"training <= {duration(budget.hours)}")
+    if budget.max_forgetting is not None:
+        limit = budget.max_forgetting
+        parts.append(f"forgetting <= {limit.limit:g} in {limit.measure}")
     return ", ".join(parts) or "no limit"
 
 
@@ -266,8 +288,10 @@ def describe(c: Choice, metric: str, currency: str) -> str:
     cost = "" if math.isnan(c.cost) else f", cost {c.cost:.4g} {currency}"
     hours = "" if math.isnan(c.hours) else f", {duration(c.hours)} of training"
     sure = "" if math.isnan(c.p_best) else f", P(best) {share(c.p_best)}"
+    forgot = "" if math.isnan(c.forgot) else f", forgot {c.forgot:+.3g}"
     return (
-        f"**{c.configuration}**: {metric} {c.mean:.3f}{interval}{sure}{gain}; {memory}{cost}{hours}"
+        f"**{c.configuration}**: {metric} {c.mean:.3f}{interval}{sure}{gain}{forgot}; "
+        f"{memory}{cost}{hours}"
     )
 
 
@@ -334,6 +358,13 @@ SEARCHED = (
 )
 
 
+FORGOT = (
+    "Forgot: a retention measure's mean change from the untuned model, counted so that more "
+    "is worse (a loss's rise, an accuracy's fall); a budget's max_forgetting excludes the "
+    "configurations that forgot more."
+)
+
+
 def searched(exp: Experiment) -> bool:
     """Whether a methods entry searches its learning rate (a range: search.py)."""
     return any(m.lr_range is not None for m in exp.methods)
@@ -356,6 +387,8 @@ def markdown(answers: list[Answer], exp: Experiment) -> str:
     ]
     if searched(exp):
         lines[-1] += " " + SEARCHED
+    if any(a.budget.max_forgetting is not None for a in answers):
+        lines[-1] += " " + FORGOT
     for a in answers:
         limit = limits(a.budget, currency)
         title = a.budget.name if limit == a.budget.name else f"{a.budget.name} ({limit})"

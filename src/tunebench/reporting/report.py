@@ -68,7 +68,7 @@ def _row(axes: dict, train: dict | None, evaluation: dict | None, exp: Experimen
         "status": status,
         "reason": reason,
         **{metric: evaluation.get(metric) for metric in (*METRIC_NAMES, *PREFERENCE_METRICS)},
-        **{k: v for k, v in evaluation.items() if k.startswith("lm_eval/")},
+        **{k: v for k, v in evaluation.items() if k.startswith(("lm_eval/", "retention_"))},
         "test_loss": evaluation.get("loss"),
         "test_perplexity": evaluation.get("perplexity"),
         "test_examples": evaluation.get("examples"),
@@ -147,6 +147,10 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
     scored = (*METRIC_NAMES, *PREFERENCE_METRICS)
     metrics = [m for m in scored if any(r.get(m) is not None for r in rows)]
     metrics += sorted({k for r in rows for k in r if k.startswith("lm_eval/")})
+    # Retention (retention.py): general sets, their deltas vs base are the forgetting.
+    metrics += sorted(
+        {k for r in rows for k in r if k.startswith("retention_") and k != "retention_seconds"}
+    )
     metric_columns = [c for m in metrics for c in (m, f"delta_{m}_vs_base")]
     if "preference_margin" in metrics:
         metric_columns.append("reward_margin")
@@ -297,6 +301,7 @@ def write_plots(table, configs, exp, root: Path, folder: Path, prefix: str = "")
         if configs[axis].notna().any() and configs[axis].max() > 0:
             made.append((f"pareto_{axis}", charts.pareto(configs, metric, higher, axis)))
     made = [(name, chart) for name, chart in made if chart is not None]
+    made.append(("forgetting", charts.forgetting(configs, metric, higher, exp)))
     made.append(("rank_sweep", charts.rank_sweep(configs, metric)))
     made.append(("loss_curves", charts.loss_curves(charts.loss_history(table, configs, root))))
     made.append(("memory_check", charts.memory_check(table)))
