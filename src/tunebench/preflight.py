@@ -49,6 +49,8 @@ def derive(path: Path, steps: int = STEPS) -> tuple[Path, list[str]]:
     training.pop("epochs", None)
     training["seeds"] = [exp.training.seeds[0]]
     training.pop("save_steps", None)
+    # On a CPU the profiler's tensor peak is the measurement beside the estimate.
+    training["profile_memory"] = True
     changes.append(f"{steps} optimizer steps, seed {exp.training.seeds[0]} only")
     for method in settings["methods"]:
         if isinstance(method.get("learning_rate"), list):
@@ -124,8 +126,9 @@ def _longest_pairs(folder: Path, max_length: int, batch_size: int) -> dict:
 COLUMNS = (
     ("run_id", "run", "{}"),
     ("status", "status", "{}"),
-    ("peak_memory_allocated_gb", "allocated GiB", "{:.2f}"),
-    ("predicted_allocated_gb", "predicted", "{:.2f}"),
+    ("peak_memory_allocated_gb", "allocated GiB", "{:.3f}"),
+    ("predicted_allocated_here_gb", "predicted", "{:.3f}"),
+    ("allocated_error_pct", "error %", "{:+.1f}"),
     ("peak_memory_gb", "peak GiB", "{:.2f}"),
     ("predicted_peak_gb", "predicted", "{:.2f}"),
     ("measured_step_seconds", "step s", "{:.3f}"),
@@ -177,8 +180,10 @@ def write_report(exp: Experiment, derived: Experiment, changes: list[str]) -> tu
         "",
         f"On {machine}, {measure.measured_on().split(' on ')[0]}. Changed for the preflight: "
         + "; ".join(changes)
-        + ". Memory: CUDA's peak allocated and reserved where a GPU trained, else the "
-        "process's peak RSS (peak GiB). Step time includes the first, warm-up step.",
+        + ". Memory: CUDA's peak allocated and reserved where a GPU trained; on a CPU, "
+        "allocated is the peak of live tensors (torch's profiler, training.profile_memory), "
+        "predicted for a CPU's precision, and peak GiB the process's RSS beside the GPU "
+        "estimate. Step time includes the first, warm-up step.",
         "",
         "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|" + " --- |" * len(COLUMNS),

@@ -844,6 +844,13 @@ class Training(Strict):
         description="deterministic kernels (torch.use_deterministic_algorithms); slower "
         "on GPUs, and some ops then raise instead of running non-deterministically",
     )
+    profile_memory: bool = Field(
+        False,
+        description="on a CPU, measure training's peak of allocated tensors with torch's "
+        "profiler (a CPU has no allocator counter; a GPU's is used anyway) and record it as "
+        "peak_memory_allocated_gb beside the estimate; slows training down, so `tunebench "
+        "preflight` sets it and ordinary runs should not",
+    )
 
     @model_validator(mode="after")
     def steps_or_epochs(self):

@@ -40,6 +40,7 @@ NOT_SHAPE_TRAINING = {
     "weight_decay",
     "max_grad_norm",
     "deterministic",
+    "profile_memory",
 }
 
 

@@ -102,14 +102,37 @@ def activation_bytes(setup: Setup, fp: Footprint) -> float:
 # then holds that output, the gradient with respect to it and the gradient of the logits (12;
 # the H200 check in docs/estimator.md agreed to within a few percent). chunked: 16-bit logits
 # and log-softmax output, two 16-bit gradients. fused: Liger never makes the full logits.
-LOGIT_BYTES = {"standard": 12.0, "chunked": 6.0, "fused": 0.0}
+# tiled: TRL's fused LM head neither (its tiles: tiled_head_bytes).
+LOGIT_BYTES = {"standard": 12.0, "chunked": 6.0, "fused": 0.0, "tiled": 0.0}
+# TRL 1.16's fused LM head (trl/kernels/chunked_logprob.py, ChunkedLogProbFunction): a tile
+# buffer of TOKEN_CHUNK_SIZE tokens x the chunk width (trl/trainer/utils.py,
+# _CHUNKED_LOGPROB_CHUNK_SIZE) in the compute dtype, as wide as the chunk even when the
+# vocabulary is smaller; without Triton (a CPU) _backward_tile also holds float32 copies of one
+# tile: z, log p, p, the gradient, the target mask as float, its difference with p and the
+# product (7), and the mask itself (0.25); a 16-bit tile adds its float32 upcast.
+TILE_TOKENS = 4096
+TILE_COLUMNS = 32768
+TORCH_TILE_COPIES = 7.25
 
 
 def logits_bytes(setup: Setup, fp: Footprint) -> float:
     """Logits and the cross-entropy around them (LOGIT_BYTES). Unsloth computes its loss in
     chunks (a documented factor, like its checkpointing above)."""
     loss = "chunked" if setup.backend == "unsloth" and setup.loss == "standard" else setup.loss
-    return LOGIT_BYTES[loss] * setup.batch_size * setup.seq_len * fp.vocab_size
+    full = LOGIT_BYTES[loss] * setup.batch_size * setup.seq_len * fp.vocab_size
+    return full + (tiled_head_bytes(setup, fp) if loss == "tiled" else 0.0)
+
+
+def tiled_head_bytes(setup: Setup, fp: Footprint) -> float:
+    """TRL's fused LM head at its peak (its backward, when every activation is still held): the
+    tile buffer, and on a CPU the torch fallback's float32 copies of a tile."""
+    tokens = min(setup.batch_size * setup.seq_len, TILE_TOKENS)
+    width = setup.compute_bytes
+    held = tokens * TILE_COLUMNS * width
+    if setup.device != "cuda":
+        copies = TORCH_TILE_COPIES + (1 if width < 4 else 0)
+        held += copies * tokens * min(fp.vocab_size, TILE_COLUMNS) * 4
+    return held
 
 
 def backward_peak(setup: Setup, fp: Footprint, activations: float, logits: float) -> float:

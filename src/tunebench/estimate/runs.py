@@ -41,9 +41,12 @@ def train_steps(run) -> int | None:
     return run.training.max_steps
 
 
-def estimate_run(run, config, gpus: list[Gpu], prices: dict[str, float] | None = None) -> dict:
-    """One run's estimate as a flat record (see the module docstring)."""
-    setup = from_run(run)
+def estimate_run(
+    run, config, gpus: list[Gpu], prices: dict[str, float] | None = None, device: str = "cuda"
+) -> dict:
+    """One run's estimate as a flat record (see the module docstring), as it would train on
+    `device` (a CPU trains in float32 where a GPU would use bf16)."""
+    setup = from_run(run, device)
     result = estimate(config, setup, gpus)
     record = {
         "run_id": run.run_id,
@@ -84,13 +87,17 @@ def config_at(run, model_location: str):
 
 
 def estimate_at(
-    run, model_location: str, gpus: list[Gpu] | None = None, calibration: dict | None = None
+    run,
+    model_location: str,
+    gpus: list[Gpu] | None = None,
+    calibration: dict | None = None,
+    device: str = "cuda",
 ) -> dict:
     """estimate_run for a run whose base model a step has found at `model_location` (the train
     stage's prediction beside measurement and its predicted_oom check, the launcher's auto
     strategy); scaled by a preflight's `calibration` when given (machine_calibration)."""
     gpus = gpus or []
-    record = estimate_run(run, config_at(run, model_location), gpus)
+    record = estimate_run(run, config_at(run, model_location), gpus, device=device)
     return machine_calibration.apply(record, run, calibration, gpus)
 
 
@@ -132,6 +139,10 @@ def measured_against(prediction: dict, measured: dict, gpu_name: str | None) -> 
     }
     if gpu_name is None:
         return out | {"mfu": None}
+    if measured.get("peak_memory_allocated_gb"):
+        out |= allocated_against(
+            prediction["predicted_allocated_gb"], measured["peak_memory_allocated_gb"]
+        )
     peak = measured.get("peak_memory_gb")
     if peak:
         out["predicted_peak_error_pct"] = 100 * (prediction["predicted_peak_gb"] - peak) / peak
@@ -152,7 +163,17 @@ def measured_against(prediction: dict, measured: dict, gpu_name: str | None) -> 
     return out
 
 
+def allocated_against(predicted_gb: float, measured_gb: float) -> dict:
+    """The estimate of peak allocated memory for the device a run trained on, and its error
+    against the measured peak of allocated tensors (CUDA's counter, or a CPU's profiler)."""
+    return {
+        "predicted_allocated_here_gb": predicted_gb,
+        "allocated_error_pct": 100 * (predicted_gb - measured_gb) / measured_gb,
+    }
+
+
 __all__ = [
+    "allocated_against",
     "DEFAULT_GPUS",
     "estimate_experiment",
     "estimate_run",

@@ -24,6 +24,8 @@ OPTIMIZERS = ADAM_32BIT | ADAM_8BIT | PAGED_32BIT | PAGED_8BIT | STATELESS
 LOSSES = {
     "standard": "transformers: full logits, upcast to float32 for the cross-entropy",
     "fused": "Liger's fused linear cross-entropy (training.liger_kernel): no full logits",
+    "tiled": "TRL's fused LM head (SFT, DPO): the head and the loss in tiles of at most "
+    "4,096 tokens x 32,768 vocabulary entries, never the full logits",
     "chunked": "LitGPT / torchtune: the output head and the loss in chunks of the sequence",
 }
 # Training stacks whose measurements validate the estimator, by what changes memory:
@@ -58,7 +60,8 @@ class Setup:
     gradient_checkpointing: bool = False  # training.gradient_checkpointing
     attention: str = "sdpa"  # training.attention: sdpa | flash_attention_2 | eager
     padding_free: bool = False  # training.packing or training.padding_free (no padding mask)
-    loss: str = "standard"  # standard | fused (training.liger_kernel) | chunked (see LOSSES)
+    loss: str = "standard"  # standard | fused (liger_kernel) | tiled | chunked (see LOSSES)
+    device: str = "cuda"  # where it trains: a CPU runs TRL's tiled head without Triton
     backend: str = "hf"  # methods[].backend: unsloth is a documented factor (memory.py)
     stack: str = "hf"  # hf (tunebench) | peft_runner | litgpt | torchtune: see STACKS
     steps: int | None = None  # training.max_steps (for total time and cost)
@@ -76,6 +79,11 @@ class Setup:
             raise EstimateError(f"method {self.method!r} needs a rank")
         if self.loss not in LOSSES or self.stack not in STACKS:
             raise EstimateError(f"loss {self.loss!r} / stack {self.stack!r}: unknown")
+
+    @property
+    def compute_bytes(self) -> int:
+        """Bytes per value of the compute dtype."""
+        return 4 if self.compute_dtype == "float32" else 2
 
     @property
     def autocast(self) -> bool:
@@ -123,7 +131,8 @@ def from_run(run, device: str = "cuda") -> Setup:
         gradient_checkpointing=t.gradient_checkpointing,
         attention=t.attention,
         padding_free=t.packing or t.padding_free,
-        loss="fused" if t.liger_kernel or _fused_lm_head(run) else "standard",
+        loss="fused" if t.liger_kernel else "tiled" if _fused_lm_head(run) else "standard",
+        device=device,
         backend=run.backend,
         steps=t.max_steps,
     )

@@ -22,7 +22,7 @@ from tunebench import layout, measure, models, precision
 from tunebench.data.tokenize import REJECTED, load_split
 from tunebench.matrix import RunConfig
 from tunebench.outcomes import MemoryCeiling, StageFailure
-from tunebench.training import distributed
+from tunebench.training import distributed, memory_profile
 from tunebench.training.callbacks import (
     LossGuard,
     MemoryCeilingCallback,
@@ -210,14 +210,20 @@ def predicted_vs_measured(run: RunConfig, model_location: str, measured: dict) -
     shows how good the estimate was. An estimate that cannot be made is noted, never fatal."""
     try:
         from tunebench.estimate.gpus import find
-        from tunebench.estimate.runs import estimate_at, measured_against
+        from tunebench.estimate.runs import allocated_against, estimate_at, measured_against
 
         gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         gpus = []
         if gpu_name:
             with contextlib.suppress(KeyError):  # a GPU the table lacks: memory only
                 gpus = [find(gpu_name)]
-        return measured_against(estimate_at(run, model_location, gpus), measured, gpu_name)
+        out = measured_against(estimate_at(run, model_location, gpus), measured, gpu_name)
+        if gpu_name is None and measured.get("peak_memory_allocated_gb"):
+            # training.profile_memory on a CPU: the estimate of the run as it trained here
+            # (a CPU's precision), beside the profiler's tensor peak.
+            here = estimate_at(run, model_location, device="cpu")["predicted_allocated_gb"]
+            out |= allocated_against(here, measured["peak_memory_allocated_gb"])
+        return out
     except Exception as err:  # noqa: BLE001 - the run finished; its prediction is extra
         log.warning("no estimate for %s: %s", run.run_id, err)
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
@@ -320,7 +326,8 @@ def train_run(
     # A killed or preempted job left checkpoints: resume with optimizer, LR schedule, RNG and
     # data-order state restored (Trainer does all four) instead of starting again.
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints")
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    with memory_profile.tensor_peak(run.training.profile_memory) as tensors:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
     if distributed.world_size() > 1:  # which wrapper trained it: the log shows DDP or FSDP
         log.warning(
             "rank %d of %d trained %s (parameters held by this rank: %d)",
@@ -331,7 +338,7 @@ def train_run(
         )
     clock = training_clock(trainer)
     train_seconds = clock.seconds
-    memory = measure.peak_memory()
+    memory = measure.peak_memory() | tensors.result()
     # What this process holds of the model (what sharding divides), whatever else the peak holds.
     memory["model_state_gb"] = distributed.model_state_gb(trainer)
     guard.check(
