@@ -4,6 +4,7 @@ run once in a scratch folder, then each evaluation job's time split into its ret
 table: each configuration's gain on the task beside its retention deltas.
 
     python benchmarks/retention_cost.py [experiments/smoke.yaml] [--results results/smoke]
+        [--seeds 0 1] [--workdir DIR] [--out benchmarks/figures/retention_cost.md]
 
 --results reads a finished results folder instead of running the experiment. Writes
 benchmarks/figures/retention_cost.md (machine and date at the top).
@@ -30,8 +31,14 @@ OUT = REPO / "benchmarks" / "figures" / "retention_cost.md"
 LIMIT = 0.10  # the issue's budget: at most a tenth of evaluation time
 
 
-def run(experiment: Path, workdir: Path) -> Path:
-    shutil.copy(experiment, workdir / experiment.name)
+def run(experiment: Path, workdir: Path, seeds: list[int] | None = None) -> Path:
+    settings = yaml.safe_load(experiment.read_text())
+    if seeds:  # more seeds give the forgetting an interval
+        settings["training"]["seeds"] = seeds
+    (workdir / experiment.name).write_text(yaml.safe_dump(settings, sort_keys=False))
+    data = workdir / "experiments" / "data"
+    if not data.exists():  # the experiment's relative data paths, inside the scratch project
+        shutil.copytree(REPO / "experiments" / "data", data)
     done = subprocess.run(
         [sys.executable, "-m", "tunebench", "run", experiment.name],
         cwd=workdir,
@@ -71,13 +78,26 @@ def jobs(root: Path) -> pd.DataFrame:
 
 
 def forgetting(root: Path) -> pd.DataFrame:
+    """Each run's gains on the task beside its retention deltas."""
     table = pd.read_csv(root / "comparison.csv")
-    deltas = [c for c in table if c.startswith("delta_retention_")]
-    gains = [
-        c for c in ("delta_exact_match_vs_base", "delta_preference_accuracy_vs_base") if c in table
-    ]
-    keep = ["run_id", *gains, *deltas]
-    return table[table["method"] != "base"][keep]
+    deltas = [c for c in table if c.startswith("delta_") and c.endswith("_vs_base")]
+    ordered = [c for c in deltas if "retention" not in c] + [c for c in deltas if "retention" in c]
+    return table[table["method"] != "base"][["run_id", *ordered]]
+
+
+def by_configuration(root: Path) -> pd.DataFrame:
+    """Each configuration's mean delta over seeds, with its interval where there are seeds."""
+    configs = pd.read_csv(root / "comparison_by_config.csv")
+    configs = configs[configs["method"] != "base"]
+    deltas = [c for c in configs if c.startswith("delta_") and c.endswith("_vs_base")]
+    out = configs[["configuration", "finished"]].rename(columns={"finished": "seeds"})
+    for column in deltas:
+        low, high = configs.get(f"{column}_low"), configs.get(f"{column}_high")
+        out[column.removeprefix("delta_").removesuffix("_vs_base")] = [
+            f"{m:+.3f}" + ("" if pd.isna(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
+            for m, lo, hi in zip(configs[column], low, high, strict=True)
+        ]
+    return out
 
 
 def main() -> None:
@@ -87,10 +107,14 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, help="a finished results folder: do not run")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--seeds", type=int, nargs="+", help="replace training.seeds")
+    parser.add_argument("--workdir", type=Path, help="run there and keep it (default: scratch)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        root = args.results or run(args.experiment.resolve(), Path(scratch))
-        cost, forgot = jobs(root), forgetting(root)
+        workdir = args.workdir or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        root = args.results or run(args.experiment.resolve(), workdir, args.seeds)
+        cost, forgot, configs = jobs(root), forgetting(root), by_configuration(root)
     total = cost[["job_seconds", "scoring_seconds", "retention_seconds"]].sum()
     share_job = total["retention_seconds"] / total["job_seconds"]
     share_scoring = total["retention_seconds"] / total["scoring_seconds"]
@@ -107,11 +131,13 @@ def main() -> None:
         ]
     )
     shown = args.experiment.resolve().relative_to(REPO)
+    extra = f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""
+    seeds = " ".join(map(str, args.seeds)) if args.seeds else "as in the experiment"
     verdict = "within" if share_job <= LIMIT else "OVER"
     text = (
         f"# Retention scoring's cost: {args.experiment.name}\n\n"
         f"- Measured: {measured_on()}\n"
-        f"- Command: `python benchmarks/retention_cost.py {shown}`\n"
+        f"- Command: `python benchmarks/retention_cost.py {shown}{extra}`\n"
         "- Job seconds: Snakemake's wall time of each evaluation job (process start, model "
         "load, scoring); scoring seconds: the task's scoring and retention inside it; retention "
         "seconds: the retention sets alone (`retention_seconds` of each result).\n"
@@ -120,8 +146,10 @@ def main() -> None:
         + summary.to_markdown(index=False)
         + "\n\n## Each evaluation job\n\n"
         + cost.round(2).to_markdown(index=False)
-        + "\n\n## Forgetting (delta vs the untuned model; one seed)\n\n"
+        + f"\n\n## Forgetting (delta vs the untuned model, each run; seeds {seeds})\n\n"
         + forgot.round(3).to_markdown(index=False)
+        + "\n\n## By configuration: mean change vs the untuned model [95% interval over seeds]\n\n"
+        + configs.to_markdown(index=False)
         + "\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,12 @@ def path_fields(exp: Experiment):
                 yield f"datasets[{i}].splits.{split}.path", source.path
     if exp.evaluation.lm_eval and exp.evaluation.lm_eval.include_path:
         yield "evaluation.lm_eval.include_path", exp.evaluation.lm_eval.include_path
+    for i, entry in enumerate(exp.evaluation.retention.sets):
+        if entry.path:
+            yield f"evaluation.retention.sets[{i}].path", entry.path
+    harness = exp.evaluation.retention.lm_eval
+    if harness and harness.include_path:
+        yield "evaluation.retention.lm_eval.include_path", harness.include_path
 
 
 def check_paths(exp: Experiment, project: Path | None = None) -> None:

@@ -242,12 +242,12 @@ def score_set(model, tokenizer, rows, kind, dataset, batch_size: int, ceiling=No
         logprobs = evaluate.response_logprobs(
             model, pairs, tokenizer.pad_token_id, batch_size, ceiling
         )
-        best: dict[int, tuple[float, int]] = {}
-        for i, (owner, value) in enumerate(zip(owners, logprobs, strict=True)):
-            start = owners.index(owner)
-            if owner not in best or value > best[owner][0]:
-                best[owner] = (value, i - start)
-        right = sum(best[i][1] == row["answer_index"] for i, row in enumerate(rows))
+        scores: dict[int, list[float]] = {}
+        for owner, value in zip(owners, logprobs, strict=True):
+            scores.setdefault(owner, []).append(value)
+        # The first of equal scores wins, as in evaluate.multiple_choice_accuracy.
+        picks = [max(range(len(v)), key=v.__getitem__) for v in scores.values()]
+        right = sum(pick == row["answer_index"] for pick, row in zip(picks, rows, strict=True))
         return right / len(rows)
     if kind == "text":
         examples = text_examples(tokenizer, rows, limit)

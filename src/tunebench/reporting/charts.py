@@ -222,8 +222,7 @@ def forgetting(configs: pd.DataFrame, metric: str, higher: bool, exp):
     return alt.layer(*layers).properties(
         width=WIDTH,
         height=HEIGHT,
-        title=f"{title_y} against forgetting on {measure}: Pareto front dashed, "
-        "no forgetting at the grey line",
+        title=f"{title_y} against forgetting ({measure}); dashed: the Pareto front",
     )
 
 
