@@ -90,7 +90,21 @@ def cmd_plan(args) -> int:
         table.add_row(*cells)
     Console(width=200).print(table)
     _say_calibration(list(estimates.values()))
-    return 0
+    return print_search_plan(exp, runs, estimated=not args.no_estimate)
+
+
+def print_search_plan(exp, runs, estimated: bool = True) -> int:
+    """The search plan (search:) below the runs; a budget too small for it is an error."""
+    from tunebench.search import halving
+
+    if exp.search is None:
+        return 0
+    if not estimated and exp.search.budget.unit != "steps":
+        print(f"search: a budget in {exp.search.budget.unit} needs the estimate (no --no-estimate)")
+        return 0
+    lines = halving.plan_text(exp, runs)
+    print("\n".join(lines))
+    return EXIT_INVALID if lines[0].startswith("search: search.budget") else 0
 
 
 def cmd_preflight(args) -> int:
@@ -117,7 +131,10 @@ def cmd_estimate(args) -> int:
     gpus = experiment_gpus(exp, args.gpu)
     records = estimate_experiment(exp, runs, gpus)
     if args.json:
-        print(json.dumps({"experiment": exp.name, "runs": records}, indent=1))
+        from tunebench.search import halving
+
+        search = {"search": halving.plan_text(exp, runs)} if exp.search else {}
+        print(json.dumps({"experiment": exp.name, "runs": records, **search}, indent=1))
         return 0
     first = gpus[0]
     table = Table(
@@ -164,7 +181,7 @@ def cmd_estimate(args) -> int:
         table.add_row(*cells)
     Console(width=220).print(table)
     _say_calibration(records)
-    return 0
+    return print_search_plan(exp, runs)
 
 
 def _say_calibration(records: list[dict]) -> None:

@@ -32,6 +32,11 @@ RUN = "runs/{run_id}"
 TRAIN_RESULT = "runs/{run_id}/train/result.json"
 # Rewritten by the training job while it runs (step, loss, rate, ETA): tunebench status reads it.
 TRAIN_PROGRESS = "runs/{run_id}/train/progress.json"
+# A run's checkpoints (optimizer, scheduler and RNG included): a killed run and a search's
+# promoted run resume from them.
+RUN_CHECKPOINTS = "runs/{run_id}/checkpoints"
+# A run stopped at a rung of a search (search:): its validation score at that step.
+RUNG_RESULT = "runs/{run_id}/rungs/step-{step}/result.json"
 EVAL_RESULT = "runs/{run_id}/eval/result.json"
 EVAL_SAMPLES = "runs/{run_id}/eval/samples.jsonl"
 EXPORT = "exports/runs/{run_id}"
@@ -41,6 +46,8 @@ EXPORT_BEST_RESULT = "exports/best/{dataset}/result.json"
 EXPORT_WORK = "work/export/{name}"
 BASELINE_RESULT = "baselines/{model}/{dataset}/eval/result.json"
 BASELINE_SAMPLES = "baselines/{model}/{dataset}/eval/samples.jsonl"
+# Each rung's promotion decision (search.halving.promote), rung 0 first.
+SEARCH_DECISION = "search/rung-{rung}.json"
 LOG = "logs/{rule}/{name}.log"
 BENCHMARK = "benchmarks/{rule}/{name}.tsv"
 COMPARISON = ("comparison.csv", "comparison.md", "comparison.html")
@@ -71,3 +78,8 @@ def train_progress_in(run_dir: Path) -> Path:
 def run_dir(root: Path, run_id: str) -> Path:
     """A run's folder under a results root."""
     return Path(root) / RUN.format(run_id=run_id)
+
+
+def checkpoints_in(run_dir: Path) -> Path:
+    """A run's checkpoint folder, in its run folder (RUN_CHECKPOINTS under a results root)."""
+    return Path(run_dir) / "checkpoints"

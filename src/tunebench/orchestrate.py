@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tunebench import layout
+from tunebench import layout, outcomes
 from tunebench.experiment import ExperimentError, builtin_model_advice
 from tunebench.spec import Experiment
 
@@ -226,7 +226,7 @@ def summarise(exp: Experiment, root: Path, code: int) -> int:
         print(f"\nno comparison table; {first_failure(Path.cwd())}", file=sys.stderr)
         return code or 1
     table = pd.read_csv(table_path)
-    failed = table[table["status"] != "ok"]
+    failed = table[~table["status"].isin(outcomes.NOT_FAILED)]  # pruned by a search: not failed
     print(f"\ncomparison: {table_path} ({len(table)} rows)")
     if len(failed):
         print(

@@ -27,7 +27,11 @@ STATUSES = {
     "predicted_oom": "not trained: its predicted peak GPU memory exceeds resources.gpu_memory_gb "
     "(resources.predicted_oom: skip)",
     "skipped": "not attempted: a step it needs did not finish",
+    "pruned": "stopped by the search (search:) at a rung, by its validation score: not a "
+    "failure; the row keeps the step and the score",
 }
+# Statuses that are not failures: a table with only these rows finished.
+NOT_FAILED = ("ok", "pruned")
 
 # Messages of allocation failures from libraries that raise their own exception types
 # (torch's CPU allocator raises RuntimeError "DefaultCPUAllocator: can't allocate memory").

@@ -1361,6 +1361,73 @@ class Reference(Strict):
     )
 
 
+# ---------------------------------------------------------------- search (successive halving)
+
+# What a rung of a search is scored on: the validation loss every SFT run computes (lower is
+# better). Generation metrics on the validation split at every rung are not computed yet.
+SEARCH_METRICS = ("validation_loss",)
+
+
+class SearchBudget(Strict):
+    """What a search may spend in all, in one unit; each method (bracket) gets an equal share."""
+
+    steps: PositiveInt | None = Field(
+        None, description="optimizer steps summed over every run of the search (seeds each count)"
+    )
+    gpu_hours: PositiveFloat | None = Field(
+        None,
+        description="GPU-hours, from `tunebench estimate`'s predicted step time of each run on "
+        "the experiment's first GPU (resources.train.gpu_model or auto, else the estimator's "
+        "first default)",
+    )
+    money: PositiveFloat | None = Field(
+        None,
+        description="money in cost.currency: those GPU-hours times cost.price_per_hour of that GPU",
+    )
+
+    @model_validator(mode="after")
+    def one_unit(self) -> SearchBudget:
+        one_of(self, ("steps", "gpu_hours", "money"))
+        return self
+
+    @property
+    def unit(self) -> str:
+        return one_of(self, ("steps", "gpu_hours", "money"))
+
+    @property
+    def amount(self) -> float:
+        return getattr(self, self.unit)
+
+
+class Search(Strict):
+    """Successive halving under a budget (docs/search.md): every configuration trains to the
+    first rung, the best 1/eta of each method (scored on validation, never test) continue from
+    their rung checkpoint to the next rung, and so on to training.max_steps. A run's rungs are
+    prefixes of the same run (the schedule is defined on max_steps): its id does not change."""
+
+    budget: SearchBudget = Field(
+        description="what the whole search may spend: {steps: N}, {gpu_hours: X} or {money: Y}. "
+        "Each method gets an equal share; within it every configuration reaches the first rung "
+        "and the budget decides how many are promoted at each rung (at most the best 1/eta). "
+        "Too small to take every configuration to the first rung and one per method to the "
+        "end is an error that names the smallest budget that works; a larger budget given "
+        "later continues the same search"
+    )
+    eta: Annotated[int, Field(ge=2, le=10)] = Field(
+        3, description="keep the best 1/eta of each method at each rung; rungs are eta x apart"
+    )
+    min_steps: PositiveInt | None = Field(
+        None,
+        description="the first rung's step: rungs are at max_steps / eta^k for every k that "
+        "keeps them at or above it (default: max_steps / eta^2, i.e. three rungs)",
+    )
+    metric: str = Field(
+        "validation_loss",
+        description="what ranks the runs at a rung: validation_loss (the loss on the "
+        "validation split, lower is better; the only one computed at every rung)",
+    )
+
+
 class Experiment(Strict):
     """One experiment file: what to compare (models x methods x datasets x seeds) and how."""
 
@@ -1390,6 +1457,11 @@ class Experiment(Strict):
         None,
         description="published numbers to compare with (reproduction.md: published, "
         "reproduced, delta, tolerance, verdict; ranking agreement)",
+    )
+    search: Search | None = Field(
+        None,
+        description="successive halving under a budget (docs/search.md): each method's "
+        "configurations are pruned on validation at rungs instead of all trained to the end",
     )
 
     @model_validator(mode="after")
@@ -1517,6 +1589,48 @@ class Experiment(Strict):
                     f"methods[{searching[0]}].learning_rate is a range, chosen on the "
                     f"validation split, and datasets[{i}] ({dataset.name!r}) {problem}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def search_can_run(self):
+        """A search ranks SFT runs on validation at steps of a known length (docs/search.md)."""
+        search = self.search
+        if search is None:
+            return self
+        metric = search.metric
+        if metric not in SEARCH_METRICS:
+            unscored = [d.name for d in self.datasets if metric not in d.evaluation.metrics]
+            if metric not in METRIC_NAMES or unscored:
+                raise ValueError(
+                    f"search.metric {metric!r} is not scored on dataset(s) "
+                    f"{unscored or [d.name for d in self.datasets]}; use validation_loss"
+                )
+            raise ValueError(
+                f"search.metric {metric!r} is scored on test only, and a rung must be scored "
+                "on validation at every rung: use validation_loss"
+            )
+        if self.training.max_steps is None:
+            raise ValueError(
+                "search needs training.max_steps: rungs are steps of the full run, known "
+                "before the data is read (training.epochs is not)"
+            )
+        if search.min_steps is not None and search.min_steps > self.training.max_steps:
+            raise ValueError(
+                f"search.min_steps {search.min_steps} is above training.max_steps "
+                f"{self.training.max_steps}: the first rung must come before the end"
+            )
+        for i, dataset in enumerate(self.datasets):
+            problem = dataset.validation_problem()
+            if problem:
+                raise ValueError(
+                    f"search ranks runs on the validation split, and datasets[{i}] "
+                    f"({dataset.name!r}) {problem}"
+                )
+        if self.resources.training_processes() > 1 or self.resources.spans_nodes():
+            raise ValueError(
+                "search stops runs at rung steps in one process: remove "
+                "resources.distributed.processes / resources.train.gpus > 1 / nodes"
+            )
         return self
 
     @model_validator(mode="after")

@@ -175,8 +175,11 @@ def train(
     cpu_offload: bool = False,
     nodes: int = 1,
     start_from: Path | None = None,
+    stop_at_step: int = 0,
 ) -> dict:
     """Fine-tune one run of the matrix and record its result (a failure is a row).
+    stop_at_step: a search's rung (search/halving.py): the same run up to that step, resumed
+    from its previous rung's checkpoint, leaving a checkpoint and its validation loss.
     predicted_oom_mb: with resources.predicted_oom: skip, the GPU memory the run must be
     predicted to fit, else it is recorded as `predicted_oom` without training.
     processes, strategy, cpu_offload: how many processes train the run, and how
@@ -226,7 +229,14 @@ def train(
             )
         else:
             measured = train_run(
-                run, location, tokenized, run_dir, tracking, ceiling, start_dir=start_from
+                run,
+                location,
+                tokenized,
+                run_dir,
+                tracking,
+                ceiling,
+                start_dir=start_from,
+                stop_at_step=stop_at_step,
             )
         # Where the base came from: evaluation and `tunebench export` load the same one.
         return measured | {"base_model": location}
@@ -409,6 +419,22 @@ def compile_report(experiment: Experiment, results: Path, out: Path) -> None:
     compile_comparison(experiment, results, out)
 
 
+def promote(experiment: Experiment, rung: int, results: Path, out: Path) -> dict:
+    """A search's decision at `rung` (search/halving.py): which configurations that reached it
+    go on to the next rung, from the rung results under `results`; written to `out`."""
+    from tunebench.io import write_json
+    from tunebench.matrix import expand
+    from tunebench.search import halving
+
+    decision = halving.decide(experiment, expand(experiment), rung, results)
+    write_json(out, decision)
+    print(
+        f"search at step {decision['step']}: {len(decision['promoted'])} of "
+        f"{len(decision['candidates'])} configuration(s) go on to step {decision['next_step']}"
+    )
+    return decision
+
+
 def train_node(launch: Path) -> None:
     """One node's training processes of a run that spans nodes (srun starts one per node)."""
     from tunebench.training.launch import launch_node
@@ -423,6 +449,7 @@ STAGES = (
     prepare_data,
     tokenize,
     train,
+    promote,
     train_node,
     evaluate,
     evaluate_base,

@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 from tunebench import layout, outcomes
 from tunebench.experiment import validate_matrix
+from tunebench.io import read_json
 from tunebench.matrix import (
     SCORING_ONLY,
     baselines,
@@ -17,6 +18,7 @@ from tunebench.matrix import (
     model_key,
     tokenizer_key,
 )
+from tunebench.search import halving
 from tunebench.resources import (
     nodes_spanned,
     predicted_oom_limit_gb,
@@ -47,6 +49,17 @@ DATASETS = {DATASET_KEY[d.name]: d for d in EXPERIMENT.datasets}
 BASELINES = [
     (MODEL_KEY[m.name], DATASET_KEY[d.name]) for m, d in baselines(EXPERIMENT, _RUNS)
 ]
+# A search (search:): its searched runs and rung steps; search.smk trains and decides them.
+SEARCHED = [r.run_id for r in halving.searched_runs(EXPERIMENT, _RUNS)]
+RUNG_STEPS = (
+    halving.rung_steps(
+        EXPERIMENT.training.max_steps,
+        EXPERIMENT.search.eta,
+        EXPERIMENT.search.min_steps,
+    )
+    if SEARCHED
+    else []
+)
 # One tokenizer key -> one model that uses it (built-in models of any size share one).
 TOKENIZER_OWNER = {}
 for _model in EXPERIMENT.models:
@@ -118,6 +131,10 @@ def _run_inputs(run_id):
     del inputs["data"]  # upstream of the tokenised data
     if run.start_from is not None:  # dpo/orpo after SFT: that run trains first, once
         inputs["start_from"] = at_root(layout.TRAIN_RESULT, run_id=run.start_from)
+    if (
+        run_id in SEARCHED and len(RUNG_STEPS) > 1
+    ):  # a search's last rung continues the one before
+        inputs["rung"] = at_root(layout.RUNG_RESULT, run_id=run_id, step=RUNG_STEPS[-2])
     return inputs
 
 
@@ -318,3 +335,63 @@ def export_outputs():
     chosen = [at_root(layout.EXPORT, run_id=run_id) for run_id in EXPORTED]
     best = [at_root(layout.EXPORT_BEST, dataset=d.name) for d in EXPERIMENT.datasets]
     return chosen + (best if EXPORT.best_by else [])
+
+
+# ---------------------------------------------------------------- a search (search.smk)
+
+
+def promoted(rung):
+    """The runs a decision on disk sends on from `rung` (after its checkpoint job ran)."""
+    return read_json(checkpoints.promote.get(rung=rung).output[0])["promoted_runs"]
+
+
+def rung_output(run_id, rung):
+    """A run's result at a rung: a rung result, or its training result at the last one."""
+    if rung == len(RUNG_STEPS) - 1:
+        return at_root(layout.TRAIN_RESULT, run_id=run_id)
+    return at_root(layout.RUNG_RESULT, run_id=run_id, step=RUNG_STEPS[rung])
+
+
+def rung_results(wildcards):
+    """What a decision ranks: the rung's results of the runs that reached it."""
+    rung = int(wildcards.rung)
+    runs = SEARCHED if rung == 0 else promoted(rung - 1)
+    return [rung_output(run_id, rung) for run_id in runs]
+
+
+def searched_eval_outputs():
+    """The evaluations of the searched runs that reach the end (after the last decision)."""
+    if not SEARCHED:
+        return []
+    last = SEARCHED if len(RUNG_STEPS) == 1 else promoted(len(RUNG_STEPS) - 2)
+    return [at_root(layout.EVAL_RESULT, run_id=run_id) for run_id in last]
+
+
+def search_decisions():
+    return [at_root(layout.SEARCH_DECISION, rung=k) for k in range(len(RUNG_STEPS) - 1)]
+
+
+def rung_inputs(wildcards):
+    """A rung's training: the run's inputs and, after the first rung, the rung before."""
+    inputs = train_inputs(wildcards)
+    inputs.pop("rung", None)  # the last rung's: this one names its own
+    step = int(wildcards.step)
+    before = [s for s in RUNG_STEPS if s < step]
+    if before:
+        inputs["rung"] = at_root(
+            layout.RUNG_RESULT, run_id=wildcards.run_id, step=before[-1]
+        )
+    return inputs
+
+
+def rung_job(wildcards):
+    """A rung's params: the train job's, with this rung's own attempt."""
+    return train_job(wildcards) | {"attempt": attempt_of(layout.RUNG_RESULT, wildcards)}
+
+
+def evaluated_runs(wildcards):
+    """Every run's evaluation; a search's only for the runs it takes to the end, and its
+    decisions (pruned runs are rows of the table from them)."""
+    unsearched = sorted(set(RUNS) - set(SEARCHED))
+    runs = [at_root(layout.EVAL_RESULT, run_id=run_id) for run_id in unsearched]
+    return runs + searched_eval_outputs() + search_decisions()

@@ -4,7 +4,7 @@
 
 rule compile:
     input:
-        runs=expand(at_root(layout.EVAL_RESULT), run_id=sorted(RUNS)),
+        runs=evaluated_runs,
         baselines=[
             at_root(layout.BASELINE_RESULT, model=m, dataset=d) for m, d in BASELINES
         ],

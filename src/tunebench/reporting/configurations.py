@@ -92,6 +92,8 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
         first = group.iloc[0]
         done = group[group["status"] == "ok"]
         failed = group[group["status"] != "ok"]
+        # A configuration a search pruned keeps the validation score it was stopped at.
+        pruned = (group["status"] == "pruned").all()
         rank = -1 if pd.isna(first["rank"]) else first["rank"]
         lr_key = (first["model"], first["dataset"], first["method"], rank)
         row = dict(zip(KEYS, key, strict=True))
@@ -115,10 +117,13 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
             if "validation_loss" in done
             else 0,
         }
+        if "stopped_at_step" in group:
+            row["stopped_at_step"] = group["stopped_at_step"].max()
         for value in values:
             if value not in group:
                 continue
-            mean, sd, low, high = interval(done[value].astype(float), confidence)
+            scored = group if pruned and value == "validation_loss" else done
+            mean, sd, low, high = interval(scored[value].astype(float), confidence)
             row |= {value: mean, f"{value}_sd": sd, f"{value}_low": low, f"{value}_high": high}
         rows.append(row)
     # Each searched configuration at the learning rate validation chose (search.py).

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench import layout, measure, search, slurm
+from tunebench import layout, measure, outcomes, search, slurm
 from tunebench.io import atomic_path, read_json
 from tunebench.matrix import SHOWN_AXES, baselines, dataset_key, expand, model_key
 from tunebench.metrics import METRIC_NAMES, PREFERENCE_METRICS
@@ -22,6 +22,8 @@ MEASURES = [
     "test_loss",
     "test_perplexity",
     "validation_loss",
+    # A search's pruned run (search:): the rung step it stopped at, validation_loss there.
+    "stopped_at_step",
     "peak_memory_gb",
     "memory_kind",
     "world_size",
@@ -134,8 +136,15 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
             )
         )
     runs = expand(exp)
+    from tunebench.search import halving
+
+    stopped = halving.stopped(exp, runs, root)
     for run in runs:
-        train = _read(root / layout.TRAIN_RESULT.format(run_id=run.run_id)) or {
+        train = _read(root / layout.TRAIN_RESULT.format(run_id=run.run_id))
+        if train is None and run.run_id in stopped:  # pruned (or failed) at a search's rung
+            where = stopped[run.run_id]
+            train = where["result"] | {k: v for k, v in where.items() if k != "result"}
+        train = train or {
             "run_id": run.run_id,
             "status": "missing",
             # A job killed by the scheduler writes nothing: its Slurm state says why.
@@ -144,6 +153,7 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
         }
         evaluation = _read(root / layout.EVAL_RESULT.format(run_id=run.run_id))
         rows.append(_row(run.axes() | {"lr_search": run.lr_search}, train, evaluation, exp))
+        rows[-1]["stopped_at_step"] = train.get("stopped_at_step")
     scored = (*METRIC_NAMES, *PREFERENCE_METRICS)
     metrics = [m for m in scored if any(r.get(m) is not None for r in rows)]
     metrics += sorted({k for r in rows for k in r if k.startswith("lm_eval/")})
@@ -154,7 +164,10 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
     metric_columns = [c for m in metrics for c in (m, f"delta_{m}_vs_base")]
     if "preference_margin" in metrics:
         metric_columns.append("reward_margin")
-    table = pd.DataFrame(rows).reindex(columns=IDENTITY + metric_columns + MEASURES)
+    measures = (
+        MEASURES if exp.search is not None else [m for m in MEASURES if m != "stopped_at_step"]
+    )
+    table = pd.DataFrame(rows).reindex(columns=IDENTITY + metric_columns + measures)
     table.attrs["metrics"] = metrics
     keys = list(zip(table["model"], table["dataset"], strict=True))
     for metric in metrics:
@@ -261,8 +274,11 @@ def write_outputs(
     )
     if configs["lr_search"].any():
         text += "\n\n" + decision_table.learning_rates(configs)
-    if (table["status"] != "ok").any():
-        text += "\n\n## Runs that did not finish\n\n" + decision_table.unfinished(table)
+    unfinished = table[~table["status"].isin(outcomes.NOT_FAILED)]
+    if len(unfinished):
+        text += "\n\n## Runs that did not finish\n\n" + decision_table.unfinished(unfinished)
+    if (table["status"] == "pruned").any():
+        text += "\n\n## Runs the search pruned\n\n" + pruned_runs(table)
     text += "\n\n" + advice.replace("# Recommendation", "## Recommendation", 1)
     if reproduced is not None:
         from tunebench.reporting import reproduction
@@ -286,6 +302,20 @@ def write_outputs(
             tmp.write_text(exp.model_dump_json(indent=1))
         for stale in out_dir.glob(f"{PARTIAL}*"):  # the finished table replaces it
             stale.unlink()
+
+
+def pruned_runs(table: pd.DataFrame) -> str:
+    """The search's pruned runs (docs/search.md), one line each: where and at what score."""
+    pruned = table[table["status"] == "pruned"].sort_values(["stopped_at_step", "run_id"])
+    lines = [
+        "Stopped at a rung because others of their method scored better on validation "
+        "(docs/search.md); they are not failures, and a larger search.budget continues them.",
+        "",
+    ]
+    for r in pruned.itertuples():
+        loss = "n/a" if pd.isna(r.validation_loss) else f"{r.validation_loss:.4g}"
+        lines.append(f"- `{r.run_id}`: step {r.stopped_at_step:.0f}, validation_loss {loss}")
+    return "\n".join(lines)
 
 
 def write_plots(table, configs, exp, root: Path, folder: Path, prefix: str = "") -> list[Path]:

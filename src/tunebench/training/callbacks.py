@@ -1,6 +1,6 @@
 """Trainer callbacks shared by fine-tuning (train.py) and pre-training (builtin/pretrain.py):
-stop on a non-finite loss, enforce the memory ceiling, keep a clock that survives resume, and
-keep a small progress file that `tunebench run` and `tunebench status` read."""
+stop on a non-finite loss, enforce the memory ceiling, stop at a search's rung, keep a clock that
+survives resume, and keep a small progress file that `tunebench run` and `tunebench status` read."""
 
 from __future__ import annotations
 
@@ -54,6 +54,20 @@ class MemoryCeilingCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ceiling.check(f"step {state.global_step}")
+
+
+class StopAtRung(TrainerCallback):
+    """A search's rung (search/halving.py): stop at `step` of a run whose schedule is defined on
+    its full length, saving a full checkpoint there (weights, optimizer, scheduler, RNG and the
+    callbacks' states, as Trainer saves any checkpoint), from which a promoted run resumes."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_save = True
+            control.should_training_stop = True
 
 
 class TrainingClock(TrainerCallback, ExportableState):

@@ -27,6 +27,7 @@ from tunebench.training.callbacks import (
     LossGuard,
     MemoryCeilingCallback,
     ProgressFile,
+    StopAtRung,
     TrainingClock,
     training_clock,
 )
@@ -37,13 +38,19 @@ log = logging.getLogger("tunebench.training.train")
 CHECKPOINT_COMPLETE = "trainer_state.json"
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint that was fully written; partial ones (killed mid-save) are moved
-    aside to `incomplete/` so that neither resume nor checkpoint rotation trips over them."""
+def last_complete_checkpoint(folder: Path, before: int | None = None) -> str | None:
+    """The newest checkpoint that was fully written (and, with `before`, of an earlier step);
+    partial ones (killed mid-save) are moved aside to `incomplete/` so that neither resume nor
+    checkpoint rotation trips over them."""
     if not folder.is_dir():
         return None
     found = sorted(
-        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        (
+            p
+            for p in folder.glob("checkpoint-*")
+            if p.name.split("-")[-1].isdigit()
+            and (before is None or int(p.name.split("-")[-1]) < before)
+        ),
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
     )
@@ -238,11 +245,14 @@ def train_run(
     ceiling: MemoryCeiling | None = None,
     sharding: dict | None = None,
     start_dir: Path | None = None,
+    stop_at_step: int = 0,
 ) -> dict:
     """Train one run; save its adapter (or model) and tokenizer to run_dir/model. Returns the
     run's measurements; raises on failure (see outcomes.status_of). `sharding`: FSDP settings
     when several processes shard the run (distributed.py). `start_dir`: the folder of the SFT
-    run a dpo/orpo run starts from (run.start_from)."""
+    run a dpo/orpo run starts from (run.start_from). `stop_at_step`: a search's rung
+    (search/halving.py): train the same run up to that step only, leave a checkpoint there
+    and no model, and score it on validation."""
     check_settings(run)
     set_seed(run.seed)
     measure.reset_peak_memory()
@@ -303,18 +313,20 @@ def train_run(
     callbacks = [guard, TrainingClock(), progress]
     if ceiling is not None:
         callbacks.append(MemoryCeilingCallback(ceiling))
+    if stop_at_step:
+        callbacks.append(StopAtRung(stop_at_step))
     report_to = _tracking(tracking, run_dir)
     if run.objective == "sft":
         trainer = SFTTrainer(
             model=model,
-            args=sft_config(run, run_dir / "checkpoints", report_to, sharding),
+            args=sft_config(run, layout.checkpoints_in(run_dir), report_to, sharding),
             train_dataset=train_set,
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=callbacks,
         )
     else:
-        arguments = trainer_arguments(run, run_dir / "checkpoints", report_to, sharding)
+        arguments = trainer_arguments(run, layout.checkpoints_in(run_dir), report_to, sharding)
         trainer = preference.trainer(
             run, arguments, model, peft_config, tokenizer, train_set, callbacks
         )
@@ -324,8 +336,9 @@ def train_run(
         distributed.shard_on_cpu(trainer)
     trainable, total = models.count_parameters(trainer.model)
     # A killed or preempted job left checkpoints: resume with optimizer, LR schedule, RNG and
-    # data-order state restored (Trainer does all four) instead of starting again.
-    checkpoint = last_complete_checkpoint(run_dir / "checkpoints")
+    # data-order state restored (Trainer does all four) instead of starting again. A rung
+    # resumes from before its step: a step is trained, so the rung's checkpoint is saved.
+    checkpoint = last_complete_checkpoint(layout.checkpoints_in(run_dir), stop_at_step or None)
     with memory_profile.tensor_peak(run.training.profile_memory) as tensors:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     if distributed.world_size() > 1:  # which wrapper trained it: the log shows DDP or FSDP
@@ -349,12 +362,17 @@ def train_run(
         **memory,
     )
     val_loss = trainer.evaluate(val_set)["eval_loss"] if len(val_set) else None
-    distributed.full_state_dict_for_saving(trainer)
-    trainer.save_model(str(run_dir / "model"))  # by the first process only
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(run_dir / "model"))
-        # DPOTrainer's frozen copy of a continued adapter (its reference) is saved beside it.
-        shutil.rmtree(run_dir / "model" / "ref", ignore_errors=True)
+    if stop_at_step and output.global_step < stop_at_step:
+        raise StageFailure(
+            f"stopped at step {output.global_step}, before the rung at {stop_at_step}"
+        )
+    if not stop_at_step:  # a rung leaves its checkpoint, not a model
+        distributed.full_state_dict_for_saving(trainer)
+        trainer.save_model(str(run_dir / "model"))  # by the first process only
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(run_dir / "model"))
+            # DPOTrainer's frozen copy of a continued adapter (its reference) is saved beside it.
+            shutil.rmtree(run_dir / "model" / "ref", ignore_errors=True)
     tokens = trainer.state.num_input_tokens_seen or None  # None: not counted (ORPO)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     measured = {
@@ -377,6 +395,8 @@ def train_run(
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "validation_loss": val_loss,
+        # A search's rung: the step it stopped at (its checkpoint's); absent for a whole run.
+        **({"rung_step": output.global_step} if stop_at_step else {}),
         f"{'truncated' if too_long == 'truncate' else 'dropped'}_too_long": {
             "train": long_train,
             "validation": long_val,
