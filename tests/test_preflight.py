@@ -72,6 +72,9 @@ def test_every_shape_trains_beside_its_estimate_and_a_failing_one_is_named(tmp_p
     assert len(ok) == 3  # full, LoRA, and DPO from the LoRA run
     for row in ok:
         assert row["peak_memory_gb"] > 0 and row["predicted_peak_gb"] > 0
+        # The profiler's tensor peak against the estimate for a CPU: issue 28's goal, 10%
+        # (benchmarks/estimator_cpu.py measures it at larger sizes).
+        assert abs(row["allocated_error_pct"]) <= 10, row
         assert row["measured_step_seconds"] > 0 and row["tokens_per_second"] > 0
     failed = [r for r in report["shapes"] if r["status"] != "ok"]
     assert len(failed) == 1 and "nowhere" in failed[0]["run_id"] and failed[0]["reason"]
