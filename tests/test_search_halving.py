@@ -122,6 +122,73 @@ def test_the_plan_gives_each_method_the_same_share_and_costs_less_than_the_grid(
     assert plan.cost == 40 and plan.full_cost == 48 and plan.minimum == 32
 
 
+def test_a_budget_in_gpu_hours_is_costed_by_the_estimator():
+    """Each method's share buys steps at its own predicted step cost: full fine-tuning's steps
+    cost more than LoRA's, so the same share promotes no more of them."""
+    exp, runs = validate_matrix(searching({"steps": 40}), "test")
+    costs = halving.estimate_step_costs(
+        exp.model_copy(update={"search": exp.search.model_copy(update={"budget": _hours(1)})}),
+        runs,
+    )
+    assert all(cost > 0 for cost in costs.values()) and len(costs) == 6
+    minimum = halving.plan(
+        exp.model_copy(update={"search": exp.search.model_copy(update={"budget": _hours(1e6)})}),
+        runs,
+        costs,
+    ).minimum
+    small = exp.model_copy(
+        update={"search": exp.search.model_copy(update={"budget": _hours(minimum * 0.9)})}
+    )
+    with pytest.raises(halving.BudgetTooSmall, match="needs at least") as err:
+        halving.plan(small, runs, costs)
+    assert err.value.key == "search.budget.gpu_hours"
+    enough = small.model_copy(
+        update={"search": exp.search.model_copy(update={"budget": _hours(minimum)})}
+    )
+    plan = halving.plan(enough, runs, costs)
+    assert plan.cost <= minimum * (1 + 1e-9) and plan.cost < plan.full_cost
+
+
+def _hours(value: float):
+    from tunebench.spec import SearchBudget
+
+    return SearchBudget(gpu_hours=value)
+
+
+def test_decisions_on_disk_make_pruned_and_failed_rows(tmp_path):
+    """The rung results of a search, as the train jobs write them (one run out of memory):
+    the decision promotes the best of each method, and the table keeps every run as a row."""
+    from tunebench.io import write_json
+    from tunebench.reporting.report import comparison_table
+
+    exp, runs = validate_matrix(searching({"steps": 32}), "test")
+    scores = dict(zip(sorted(r.run_id for r in runs), [3.0, 2.0, 1.0, 0.5, 0.4, 0.6], strict=True))
+    oom = min(r.run_id for r in runs if r.method == "lora")
+    for run_id, score in scores.items():
+        result = {"run_id": run_id, "status": "ok", "validation_loss": score, "rung_step": 4}
+        if run_id == oom:  # the best score, were it not out of memory
+            result = {"run_id": run_id, "status": "oom", "reason": "CUDA out of memory"}
+        write_json(tmp_path / layout.RUNG_RESULT.format(run_id=run_id, step=4), result)
+    decision = halving.decide(exp, runs, 0, tmp_path)
+    assert decision["keep"] == {"m words full": 1, "m words lora": 1}
+    by_method = {
+        m: sorted((r for r in runs if r.method == m), key=lambda r: scores[r.run_id])
+        for m in ("full", "lora")
+    }
+    lora_ok = [r.run_id for r in by_method["lora"] if r.run_id != oom]
+    assert decision["promoted_runs"] == sorted([by_method["full"][0].run_id, lora_ok[0]])
+    write_json(halving.decision_path(tmp_path, 0), decision)
+    # Same results, same decision: a rerun decides nothing new.
+    assert halving.decide(exp, runs, 0, tmp_path) == decision
+
+    table = comparison_table(exp, tmp_path).set_index("run_id")
+    assert table.loc[oom, "status"] == "oom" and "out of memory" in table.loc[oom, "reason"]
+    pruned = table[table["status"] == "pruned"]
+    assert sorted(pruned.index) == sorted([r.run_id for r in by_method["full"][1:]] + lora_ok[1:])
+    assert (pruned["stopped_at_step"] == 4).all()
+    assert pruned["validation_loss"].to_dict() == {k: scores[k] for k in pruned.index}
+
+
 # ---------------------------------------------------------------- bad input
 
 
