@@ -51,6 +51,7 @@ BASELINES = [
 ]
 # A search (search:): its searched runs and rung steps; search.smk trains and decides them.
 SEARCHED = [r.run_id for r in halving.searched_runs(EXPERIMENT, _RUNS)]
+SEARCHED_SET = frozenset(SEARCHED)  # looked up once per run when planning
 RUNG_STEPS = (
     halving.rung_steps(
         EXPERIMENT.training.max_steps,
@@ -131,9 +132,8 @@ def _run_inputs(run_id):
     del inputs["data"]  # upstream of the tokenised data
     if run.start_from is not None:  # dpo/orpo after SFT: that run trains first, once
         inputs["start_from"] = at_root(layout.TRAIN_RESULT, run_id=run.start_from)
-    if (
-        run_id in SEARCHED and len(RUNG_STEPS) > 1
-    ):  # a search's last rung continues the one before
+    # A search's last rung (the ordinary train job) continues the rung before it.
+    if run_id in SEARCHED_SET and len(RUNG_STEPS) > 1:
         inputs["rung"] = at_root(layout.RUNG_RESULT, run_id=run_id, step=RUNG_STEPS[-2])
     return inputs
 
@@ -392,6 +392,6 @@ def rung_job(wildcards):
 def evaluated_runs(wildcards):
     """Every run's evaluation; a search's only for the runs it takes to the end, and its
     decisions (pruned runs are rows of the table from them)."""
-    unsearched = sorted(set(RUNS) - set(SEARCHED))
+    unsearched = sorted(set(RUNS) - SEARCHED_SET)
     runs = [at_root(layout.EVAL_RESULT, run_id=run_id) for run_id in unsearched]
     return runs + searched_eval_outputs() + search_decisions()
