@@ -159,7 +159,7 @@ def test_decisions_on_disk_make_pruned_and_failed_rows(tmp_path):
     """The rung results of a search, as the train jobs write them (one run out of memory):
     the decision promotes the best of each method, and the table keeps every run as a row."""
     from tunebench.io import write_json
-    from tunebench.reporting.report import comparison_table
+    from tunebench.reporting.report import comparison_table, pruned_runs
 
     exp, runs = validate_matrix(searching({"steps": 32}), "test")
     scores = dict(zip(sorted(r.run_id for r in runs), [3.0, 2.0, 1.0, 0.5, 0.4, 0.6], strict=True))
@@ -187,6 +187,8 @@ def test_decisions_on_disk_make_pruned_and_failed_rows(tmp_path):
     assert sorted(pruned.index) == sorted([r.run_id for r in by_method["full"][1:]] + lora_ok[1:])
     assert (pruned["stopped_at_step"] == 4).all()
     assert pruned["validation_loss"].to_dict() == {k: scores[k] for k in pruned.index}
+    shown = pruned_runs(table.reset_index())
+    assert all(f"`{run_id}`: step 4" in shown for run_id in pruned.index) and oom not in shown
 
 
 # ---------------------------------------------------------------- bad input

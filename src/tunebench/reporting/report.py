@@ -315,6 +315,9 @@ def pruned_runs(table: pd.DataFrame) -> str:
     for r in pruned.itertuples():
         loss = "n/a" if pd.isna(r.validation_loss) else f"{r.validation_loss:.4g}"
         lines.append(f"- `{r.run_id}`: step {r.stopped_at_step:.0f}, validation_loss {loss}")
+    # The search's own cost: every run's training up to where it stopped, the pruned included.
+    hours = table.loc[table["method"] != "base", "accelerator_hours"].sum()
+    lines += ["", f"Training of every run, pruned ones included: {hours:.3g} accelerator-hours."]
     return "\n".join(lines)
 
 
