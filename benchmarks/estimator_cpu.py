@@ -70,6 +70,25 @@ def experiment(model: str, length: int, attention: str, batch: int) -> dict:
     }
 
 
+def predictions(workdir: Path, name: str) -> dict[str, float]:
+    """The current estimator's peak allocated memory (GiB) for each run of a preflight as it
+    trains on a CPU: computed now, so a rerun over kept runs measures the estimator as it is
+    (the measured tensor peaks do not depend on it)."""
+    from tunebench import layout
+    from tunebench.estimate.runs import estimate_at
+    from tunebench.experiment import load_experiment
+    from tunebench.matrix import expand, model_key
+
+    root = workdir / "results" / f"{name}-preflight"
+    derived = load_experiment(root / "preflight.yaml")
+    out = {}
+    for run in expand(derived):
+        folder = layout.BASE_MODEL if run.model.builtin is not None else layout.IMPORTED_MODEL
+        location = root / folder.format(model=model_key(run.model))
+        out[run.run_id] = estimate_at(run, str(location), device="cpu")["predicted_allocated_gb"]
+    return out
+
+
 def preflight(settings: dict, workdir: Path, steps: int) -> tuple[list[dict], float]:
     path = workdir / f"{settings['name']}.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -114,7 +133,11 @@ def main() -> int:
                     settings = experiment(model, length, attention, args.batch)
                     shapes, seconds = preflight(settings, workdir, args.steps)
                     print(f"{settings['name']}: {seconds:.0f} s", flush=True)
+                    predicted = predictions(workdir, settings["name"])
                     for shape in shapes:
+                        measured = shape.get("peak_memory_allocated_gb")
+                        estimate = predicted.get(shape["run_id"])
+                        error = 100 * (estimate - measured) / measured if measured else None
                         rows.append(
                             {
                                 "model": model,
@@ -122,9 +145,9 @@ def main() -> int:
                                 "tokens": f"{args.batch} x {length}",
                                 "attention": attention,
                                 "status": shape["status"],
-                                "measured_mib": _mib(shape.get("peak_memory_allocated_gb")),
-                                "predicted_mib": _mib(shape.get("predicted_allocated_here_gb")),
-                                "error_pct": shape.get("allocated_error_pct"),
+                                "measured_mib": _mib(measured),
+                                "predicted_mib": _mib(estimate),
+                                "error_pct": error,
                                 "reason": shape.get("reason") or "",
                             }
                         )

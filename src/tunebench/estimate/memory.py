@@ -71,8 +71,12 @@ def optimizer_bytes(setup: Setup, fp: Footprint) -> tuple[float, float, float]:
     if setup.optimizer in ADAM_32BIT:
         states = 2 * fp.trainable_bytes
         # torch's foreach AdamW (the default) allocates one state-sized buffer (the square root
-        # of the second moment) for all parameters at once; the fused kernel does not.
+        # of the second moment) for all parameters at once; the fused kernel does not. On a
+        # CPU torch steps one tensor at a time (foreach is for GPU tensors: torch.optim's
+        # _default_to_fused_or_foreach): the square root and its quotient of the largest one.
         temporary = 0.0 if setup.optimizer in FUSED else fp.trainable_bytes
+        if setup.device != "cuda" and temporary:
+            temporary = 2.0 * fp.largest_trainable_bytes
         return states, 0.0, temporary
     if setup.optimizer in ADAM_8BIT:
         return 2.0 * fp.trainable_params, 0.0, 0.0
@@ -187,7 +191,10 @@ def estimate_memory(setup: Setup, fp: Footprint, constants=calibration.MEMORY) -
     optimizer_step = gradients + step_temporary
     phase = "forward/backward" if forward_backward >= optimizer_step else "optimizer step"
     counted = resident + max(forward_backward, optimizer_step)
-    allocated = counted * (1 + constants.unattributed)
+    # The unattributed share was fitted on GPU runs (cuBLAS workspaces, the allocator's block
+    # rounding); a CPU's profiler counts tensors exactly (benchmarks/estimator_cpu.py).
+    unattributed = constants.unattributed if setup.device == "cuda" else 0.0
+    allocated = counted * (1 + unattributed)
     reserved = allocated * (1 + constants.allocator_overhead) + constants.workspace_gib * GIB
     return MemoryEstimate(
         weights=float(weights),

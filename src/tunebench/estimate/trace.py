@@ -44,6 +44,7 @@ class Footprint:
     frozen_bytes: int = 0  # frozen, not quantised, at their dtype
     trainable_bytes: int = 0  # trainable parameters at their dtype
     trainable_large_params: int = 0  # in tensors of >= 1e5 elements (paged optimizers)
+    largest_trainable_bytes: int = 0  # the largest trainable tensor (a CPU's AdamW temporaries)
     head_trainable_bytes: int = 0  # the output head's weight, if trained (full fine-tuning)
     trainable_per_layer: list[int] = field(default_factory=list)  # bytes, by decoder layer
     largest_linear: int = 0  # out x in of the largest adapted Linear (DoRA's weight-norm buffer)
@@ -206,6 +207,9 @@ def _inventory(model, quantized: set[str], out: Footprint) -> None:
             out.trainable_params += n
             out.trainable_bytes += n * param.element_size()
             out.trainable_large_params += n if n >= 100_000 else 0
+            out.largest_trainable_bytes = max(
+                out.largest_trainable_bytes, n * param.element_size()
+            )
             if id(param) in layer_of:
                 out.trainable_per_layer[layer_of[id(param)]] += n * param.element_size()
         elif is_quantized:
