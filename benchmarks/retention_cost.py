@@ -13,6 +13,7 @@ benchmarks/figures/retention_cost.md (machine and date at the top).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,9 @@ import pandas as pd
 import yaml
 
 from tunebench import layout
+from tunebench.experiment import validate_data
 from tunebench.io import read_json
+from tunebench.matrix import baselines, dataset_key, model_key
 from tunebench.measure import measured_on
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +34,9 @@ OUT = REPO / "benchmarks" / "figures" / "retention_cost.md"
 LIMIT = 0.10  # the issue's budget: at most a tenth of evaluation time
 
 
-def run(experiment: Path, workdir: Path, seeds: list[int] | None = None) -> Path:
+def run(
+    experiment: Path, workdir: Path, seeds: list[int] | None = None, base_only: bool = False
+) -> Path:
     settings = yaml.safe_load(experiment.read_text())
     if seeds:  # more seeds give the forgetting an interval
         settings["training"]["seeds"] = seeds
@@ -39,14 +44,31 @@ def run(experiment: Path, workdir: Path, seeds: list[int] | None = None) -> Path
     data = workdir / "experiments" / "data"
     if not data.exists():  # the experiment's relative data paths, inside the scratch project
         shutil.copytree(REPO / "experiments" / "data", data)
+    root = workdir / "results" / settings["name"]
+    targets = []
+    if base_only:  # the untuned models' evaluations alone: Snakemake's targets
+        exp = validate_data(settings)
+        targets = [
+            "--",
+            *(
+                str(
+                    Path("results")
+                    / settings["name"]
+                    / layout.BASELINE_RESULT.format(
+                        model=model_key(model), dataset=dataset_key(dataset)
+                    )
+                )
+                for model, dataset in baselines(exp)
+            ),
+        ]
     done = subprocess.run(
-        [sys.executable, "-m", "tunebench", "run", experiment.name],
+        [sys.executable, "-m", "tunebench", "run", experiment.name, *targets],
         cwd=workdir,
         capture_output=True,
         text=True,
     )
-    root = workdir / "results" / yaml.safe_load(experiment.read_text())["name"]
-    if not (root / "comparison.csv").is_file():
+    wanted = "baselines" if base_only else "comparison.csv"
+    if not (root / wanted).exists():
         raise SystemExit(f"{workdir}: no table\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return root
 
@@ -109,12 +131,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--seeds", type=int, nargs="+", help="replace training.seeds")
     parser.add_argument("--workdir", type=Path, help="run there and keep it (default: scratch)")
+    parser.add_argument(
+        "--base-only",
+        action="store_true",
+        help="evaluate the untuned models only: the cost, without training (no forgetting)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        root = args.results or run(args.experiment.resolve(), workdir, args.seeds)
-        cost, forgot, configs = jobs(root), forgetting(root), by_configuration(root)
+        root = args.results or run(args.experiment.resolve(), workdir, args.seeds, args.base_only)
+        cost = jobs(root)
+        table = (root / "comparison.csv").is_file()
+        forgot = forgetting(root) if table else None
+        configs = by_configuration(root) if table else None
     total = cost[["job_seconds", "scoring_seconds", "retention_seconds"]].sum()
     share_job = total["retention_seconds"] / total["job_seconds"]
     share_scoring = total["retention_seconds"] / total["scoring_seconds"]
@@ -132,7 +162,14 @@ def main() -> None:
     )
     shown = args.experiment.resolve().relative_to(REPO)
     extra = f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""
+    extra += " --base-only" if args.base_only else ""
     seeds = " ".join(map(str, args.seeds)) if args.seeds else "as in the experiment"
+    load = (
+        ""
+        if args.results
+        else f"- Load average (1 min) at the end of the run: {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores (other work on the machine slows every job alike).\n"
+    )
     verdict = "within" if share_job <= LIMIT else "OVER"
     text = (
         f"# Retention scoring's cost: {args.experiment.name}\n\n"
@@ -142,16 +179,21 @@ def main() -> None:
         "load, scoring); scoring seconds: the task's scoring and retention inside it; retention "
         "seconds: the retention sets alone (`retention_seconds` of each result).\n"
         f"- Verdict: retention is {share_job:.1%} of evaluation job time, {verdict} the "
-        f"{LIMIT:.0%} budget.\n\n"
+        f"{LIMIT:.0%} budget (set for the default experiment).\n"
+        + load
+        + "\n"
         + summary.to_markdown(index=False)
         + "\n\n## Each evaluation job\n\n"
         + cost.round(2).to_markdown(index=False)
-        + f"\n\n## Forgetting (delta vs the untuned model, each run; seeds {seeds})\n\n"
-        + forgot.round(3).to_markdown(index=False)
-        + "\n\n## By configuration: mean change vs the untuned model [95% interval over seeds]\n\n"
-        + configs.to_markdown(index=False)
         + "\n"
     )
+    if forgot is not None:
+        text += (
+            f"\n## Forgetting (delta vs the untuned model, each run; seeds {seeds})\n\n"
+            + forgot.round(3).to_markdown(index=False)
+            + "\n\n## By configuration: mean change vs the untuned model "
+            "[95% interval over seeds]\n\n" + configs.to_markdown(index=False) + "\n"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
