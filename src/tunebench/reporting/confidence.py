@@ -213,7 +213,9 @@ class Posterior:
 
 # The half-Cauchy prior of tau, the spread of the configurations' true means, has this scale
 # times the per-item sd (0.025 in accuracy at p = 0.5: configurations a few points apart).
-# Chosen by benchmarks/p_best_calibration.py against 0.1 and a uniform prior.
+# Chosen on the scenarios of benchmarks/p_best_calibration.py against 0.1, 0.2 and a uniform
+# prior: those left eight close configurations or a small test set more overconfident; this
+# one is a little underconfident with separated configurations instead.
 TAU_SCALE = 0.05
 FAR = 4.0  # standard errors behind the leader beyond which a configuration is not a contender
 
@@ -282,8 +284,10 @@ def posterior(scores: Mapping[str, np.ndarray], higher_is_better: bool = True) -
     curse) and a clear one is not. mu has a flat prior; tau a half-Cauchy prior of scale a
     twentieth of the per-item sd (Gelman 2006's weakly informative family; the scale
     chosen by benchmarks/p_best_calibration.py), seed_sd a uniform one up to the per-item sd, both
-    integrated on a grid. Where no configuration has two seeds, seed_sd is not identified and
-    is 0: the truth is then the trained runs' own means, not a rerun's."""
+    integrated on a grid: given them the means are conjugate, so a grid over two scalars gives
+    the posterior exactly and deterministically where a sampler (PyMC, emcee) would add a
+    dependency and its own noise. Where no configuration has two seeds, seed_sd is not
+    identified and is 0: the truth is then the trained runs' own means, not a rerun's."""
     all_names, all_mats = _checked(scores, 1)
     sign = 1.0 if higher_is_better else -1.0
     all_mats = [m * sign for m in all_mats]
@@ -323,37 +327,41 @@ def posterior(scores: Mapping[str, np.ndarray], higher_is_better: bool = True) -
         seed_sd, seed_prior = _grid(max(item_sd, 3 * max(within)) or unit, 24)
     else:
         seed_sd, seed_prior = np.zeros(1), np.ones(1)
-    t2 = np.repeat(tau**2, len(seed_sd))[:, None, None]
-    s2 = np.tile(seed_sd**2, len(tau))[:, None, None]
-    given = noise + s2 * np.eye(n_runs)  # grid x runs x runs: the run means given the truth
-    # Marginal likelihood of the run means with mu integrated out (flat prior): the restricted
-    # likelihood, -0.5 (log|V| + log 1'V^-1 1 + the quadratic form of the residual from mu-hat).
-    total = given + t2 * (member @ member.T)
-    inv = np.linalg.inv(total)
-    a = inv.sum(axis=(1, 2))
-    b = inv @ m
-    mu_hat = b.sum(axis=1) / a
-    quad = m @ b.T - mu_hat**2 * a
-    log_weight = -0.5 * (np.linalg.slogdet(total)[1] + np.log(a) + quad)
-    log_weight += np.log(np.outer(tau_prior, seed_prior).ravel())
+    t2_all = np.repeat(tau**2, len(seed_sd))
+    s2_all = np.tile(seed_sd**2, len(tau))
+    k = len(names)
+    log_weight, mean, chol = [], [], []
+    step = max(1, 2_000_000 // n_runs**2)  # grid points at a time: arrays of at most ~16 MB
+    for start in range(0, len(t2_all), step):
+        t2 = t2_all[start : start + step, None, None]
+        s2 = s2_all[start : start + step, None, None]
+        given = noise + s2 * np.eye(n_runs)  # the run means' covariance given the true means
+        # Marginal likelihood of the run means with mu integrated out (flat prior): the
+        # restricted likelihood, -0.5 (log|V| + log 1'V^-1 1 + the residual's quadratic form).
+        total = given + t2 * (member @ member.T)
+        inv = np.linalg.inv(total)
+        a = inv.sum(axis=(1, 2))
+        b = inv @ m
+        quad = b @ m - b.sum(axis=1) ** 2 / a
+        log_weight.append(-0.5 * (np.linalg.slogdet(total)[1] + np.log(a) + quad))
+        # The true means given tau and seed_sd: the runs' precision plus the prior's, which
+        # only constrains contrasts (mu is flat): (I - J/K) / tau^2.
+        w = np.linalg.inv(given)
+        cov = np.linalg.inv(member.T @ w @ member + (np.eye(k) - 1.0 / k) / t2)
+        cov = (cov + np.swapaxes(cov, 1, 2)) / 2
+        mean.append((cov @ (member.T @ (w @ m)[..., None]))[..., 0])
+        chol.append(np.linalg.cholesky(cov))
+    log_weight = np.concatenate(log_weight) + np.log(np.outer(tau_prior, seed_prior).ravel())
     weight = np.exp(log_weight - log_weight.max())
     weight /= weight.sum()
-    # The true means given tau and seed_sd: the runs' precision plus the prior's, which only
-    # constrains contrasts (mu is flat): (I - J/K) / tau^2.
-    k = len(names)
-    w = np.linalg.inv(given)
-    precision = member.T @ w @ member + (np.eye(k) - 1.0 / k) / t2
-    cov = np.linalg.inv(precision)
-    cov = (cov + np.swapaxes(cov, 1, 2)) / 2
-    mean = (cov @ (member.T @ (w @ m)[..., None]))[..., 0]
     return Posterior(
         names=names,
         sign=sign,
-        tau=np.repeat(tau, len(seed_sd)),
-        seed_sd=np.tile(seed_sd, len(tau)),
+        tau=np.sqrt(t2_all),
+        seed_sd=np.sqrt(s2_all),
         weight=weight,
-        mean=mean,
-        chol=np.linalg.cholesky(cov),
+        mean=np.concatenate(mean),
+        chol=np.concatenate(chol),
         observed=observed,
     )
 
