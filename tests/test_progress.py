@@ -91,7 +91,7 @@ def folder(tmp_path) -> tuple[Path, list[str]]:
     ids = {
         name: f"m-{name}-s0-0000"
         for name in ("done", "oom", "live", "dead", "half", "foreign", "old", "garbled")
-        + ("evaluating", "trained", "queued")
+        + ("evaluating", "trained", "queued", "pruned")
     }
     for name in ("done", "evaluating", "trained"):
         write(
@@ -108,6 +108,18 @@ def folder(tmp_path) -> tuple[Path, list[str]]:
         "s\th:m:s\n10.0\t0:00:10\n",
     )
     write(root / layout.LOG.format(rule="evaluate", name=ids["evaluating"]), "evaluating\n")
+    # A search stopped one at its first rung (search/halving.py's decision file); a candidate
+    # without run ids and a promoted one are not runs it pruned.
+    write(
+        root / layout.SEARCH_DECISION.format(rung=0),
+        {"candidates": [{"decision": "promoted", "run_ids": [ids["queued"]]},
+                        {"decision": "pruned"},
+                        {"decision": "pruned", "run_ids": [ids["pruned"]]}]},
+    )  # fmt: skip
+    write(
+        root / layout.RUNG_RESULT.format(run_id=ids["pruned"], step=4),
+        {"status": "ok", "validation_loss": 2.0},
+    )
     reason = "CUDA out of memory. " * 40
     write(
         layout.train_result_in(layout.run_dir(root, ids["oom"])),
@@ -152,6 +164,7 @@ def test_a_snapshot_reads_every_state_from_a_hostile_folder(folder):
         "evaluating": "evaluating",
         "trained": "trained",
         "queued": "pending",
+        "pruned": "pruned",
     }
     live = state["live"]
     assert (live.step, live.max_steps, live.loss, live.tokens_per_second) == (5, 20, 2.5, 1234.5)
@@ -159,7 +172,9 @@ def test_a_snapshot_reads_every_state_from_a_hostile_folder(folder):
     assert state["dead"].step == 7 and state["dead"].eta_seconds is None
     assert state["oom"].reason.startswith("oom: CUDA out of memory") and state["oom"].step is None
     assert state["queued"].slurm_job == "4711"  # submitted, no log file yet
-    assert shot.counts() == {"done": 1, "running": 3, "failed": 1, "pending": 6}
+    assert shot.counts() == {"done": 1, "running": 3, "failed": 1, "pending": 6, "pruned": 1}
+    assert state["pruned"].reason == "pruned by the search at rung 0"
+    assert status.summary(shot).split(";")[0].endswith("6 pending, 1 pruned by the search")
     assert shot.workflow_running and shot.snakemake_steps == "5 of 30 steps (17%) done"
 
 
@@ -196,16 +211,16 @@ def test_the_views_show_the_running_failed_and_stopped_runs(folder):
     console = Console(file=io.StringIO(), width=160, record=True)
     console.print(status.render(shot))
     text = console.export_text()
-    assert text.startswith("exp: 1 of 11 runs done, 3 running, 1 failed, 6 pending")
+    assert text.startswith("exp: 1 of 12 runs done, 3 running, 1 failed, 6 pending, 1 pruned")
     assert "Snakemake: 5 of 30 steps (17%) done" in text
     for name in ("live", "dead", "oom", "foreign", "evaluating", "trained"):
         assert ids[name] in text, name
-    for name in ("done", "half", "queued"):  # nothing to look at: only with --all
+    for name in ("done", "half", "queued", "pruned"):  # nothing to look at: only with --all
         assert ids[name] not in text, name
     assert "5/20" in text and "1,234" in text and "4700" in text
     assert all(len(line) <= 160 for line in text.splitlines())
     lines = status.plain_lines(shot)
-    assert "exp: 1 of 11 runs done" in lines[0]
+    assert "exp: 1 of 12 runs done" in lines[0]
     running = [line for line in lines[1:] if ids["live"] in line]
     assert running and "step 5/20" in running[0] and "loss 2.5" in running[0]
     assert len(lines) == 1 + 3  # one line per running run

@@ -24,7 +24,8 @@ from tunebench import layout, slurm
 
 # A run's state, in the order a run passes through them; `stopped`: its training process is
 # gone without a result (killed, preempted); the next invocation of the workflow redoes it.
-PENDING, TRAINING, TRAINED, EVALUATING, DONE, FAILED, STOPPED = (
+# `pruned`: a search (search:) stopped it at a rung; it is a finished row, not a failure.
+PENDING, TRAINING, TRAINED, EVALUATING, DONE, FAILED, STOPPED, PRUNED = (
     "pending",
     "training",
     "trained",
@@ -32,6 +33,7 @@ PENDING, TRAINING, TRAINED, EVALUATING, DONE, FAILED, STOPPED = (
     "done",
     "failed",
     "stopped",
+    "pruned",
 )
 RUNNING = (TRAINING, EVALUATING)
 # A progress file from another host is taken as alive if it changed this recently (it is
@@ -71,10 +73,11 @@ class Snapshot:
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def counts(self) -> dict[str, int]:
-        """Runs done / running / failed / pending (trained, stopped and queued runs wait)."""
-        counts = dict.fromkeys(("done", "running", "failed", "pending"), 0)
+        """Runs done / running / failed / pending (trained, stopped and queued runs wait), and
+        pruned by a search."""
+        counts = dict.fromkeys(("done", "running", "failed", "pending", "pruned"), 0)
         for run in self.runs:
-            bucket = {DONE: "done", FAILED: "failed"}.get(run.state)
+            bucket = {DONE: "done", FAILED: "failed", PRUNED: "pruned"}.get(run.state)
             counts[bucket or ("running" if run.state in RUNNING else "pending")] += 1
         return counts
 
@@ -151,11 +154,30 @@ def from_progress_file(row: RunProgress, path: Path, now: datetime, stale_after:
         row.eta_seconds = max(eta - (age or 0.0), 0.0)
 
 
-def run_progress(root: Path, run_id: str, now: datetime, stale_after: float) -> RunProgress:
-    """One run's state from the files of its folder."""
+def pruned_runs(root: Path) -> dict[str, str]:
+    """Run id -> why, for the runs a search's decisions on disk pruned (search/halving.py)."""
+    out = {}
+    for rung in range(100):  # the decisions are numbered from 0, one per rung but the last
+        decision = _read(root / layout.SEARCH_DECISION.format(rung=rung))
+        if decision is None:
+            break
+        for candidate in decision.get("candidates", []):
+            if candidate.get("decision") == "pruned":
+                for run_id in candidate.get("run_ids", []):
+                    out[run_id] = f"pruned by the search at rung {rung}"
+    return out
+
+
+def run_progress(
+    root: Path, run_id: str, now: datetime, stale_after: float, pruned: dict | None = None
+) -> RunProgress:
+    """One run's state from the files of its folder (`pruned`: pruned_runs)."""
     row = RunProgress(run_id)
     folder = layout.run_dir(root, run_id)
     train = _read(layout.train_result_in(folder))
+    if train is None and run_id in (pruned or {}):
+        row.state, row.reason = PRUNED, pruned[run_id]
+        return row
     if train is None:
         from_progress_file(row, layout.train_progress_in(folder), now, stale_after)
         return row
@@ -202,7 +224,7 @@ def estimate_left(
     prediction, else the mean measured training job. Each run still to evaluate adds the
     mean measured evaluation job. The total is shared among the jobs running now. Only runs
     count: data preparation, baselines and the report are not in it."""
-    left = [run for run in snapshot.runs if run.state not in (DONE, FAILED)]
+    left = [run for run in snapshot.runs if run.state not in (DONE, FAILED, PRUNED)]
     if not snapshot.workflow_running or not left:  # nothing will (or is left to) finish
         return None, ""
     predicted = predicted or {}
@@ -346,10 +368,11 @@ def take(
     now = datetime.now(UTC)
     planned = run_ids is not None
     ids = run_ids if planned else run_ids_found(root)
+    pruned = pruned_runs(root)
     snapshot = Snapshot(
         name=name,
         root=root,
-        runs=[run_progress(root, run_id, now, stale_after) for run_id in ids],
+        runs=[run_progress(root, run_id, now, stale_after, pruned) for run_id in ids],
         planned=planned,
         workflow_running=workflow_running(workdir),
         snakemake_steps=snakemake_steps(workdir),

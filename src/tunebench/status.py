@@ -84,6 +84,8 @@ def summary(snapshot: Snapshot, basis: bool = True) -> str:
         f"{snapshot.name}: {counts['done']} of {len(snapshot.runs)} runs done, "
         f"{counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
     )
+    if counts["pruned"]:
+        line += f", {counts['pruned']} pruned by the search"
     if not snapshot.planned:
         line += " (the runs found in the folder: name the experiment file for every run)"
     if snapshot.eta_seconds is None:

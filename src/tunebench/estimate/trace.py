@@ -207,9 +207,7 @@ def _inventory(model, quantized: set[str], out: Footprint) -> None:
             out.trainable_params += n
             out.trainable_bytes += n * param.element_size()
             out.trainable_large_params += n if n >= 100_000 else 0
-            out.largest_trainable_bytes = max(
-                out.largest_trainable_bytes, n * param.element_size()
-            )
+            out.largest_trainable_bytes = max(out.largest_trainable_bytes, n * param.element_size())
             if id(param) in layer_of:
                 out.trainable_per_layer[layer_of[id(param)]] += n * param.element_size()
         elif is_quantized:
