@@ -104,6 +104,9 @@ def test_a_set_that_fails_to_score_is_the_rows_reason(loaded, tmp_path):
     assert math.isfinite(scores["retention_text_loss"]) and scores["retention_seconds"] > 0
     assert "retention_mine_loss" not in scores
     assert "retention set mine" in scores["reason"] and "no such file" in scores["reason"]
+    off = Retention(enabled=False)
+    assert retention.measures(off) == {}
+    assert retention.score(model, tokenizer, spec, dataset, off, batch_size=8) == {}
 
 
 def bad(**overrides) -> str:
