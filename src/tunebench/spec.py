@@ -1288,10 +1288,11 @@ class Report(Strict):
     )
     p_best_threshold: Annotated[float, Field(gt=0.5, le=1)] = Field(
         0.9,
-        description="P(best) a configuration must reach for a budget to be decided: the share "
-        "of paired bootstrap resamples of the test items (and of each configuration's seeds) "
-        "in which it has the best mean of the report's metric among the configurations that "
-        "fit; below it the recommendation says 'not decided'",
+        description="P(best) a configuration must reach for a budget to be decided: the "
+        "posterior probability that it has the best true mean of the report's metric among "
+        "the configurations that fit (a hierarchical model of the paired per-item scores and "
+        "of the seeds, which shrinks a lucky leader; docs/report.md says how well calibrated); "
+        "below it the recommendation says 'not decided'",
     )
 
 

@@ -6,9 +6,10 @@ For each budget, from the configurations (configurations.py) that finished and f
 - every configuration statistically tied with the best: its interval overlaps the best's. With
   one seed there is no interval, and the answer says so instead of calling anything tied;
 - the cheapest configuration whose mean is within `report.margin` of the best's;
-- given the results folder: P(best) of every configuration that fits, from a paired bootstrap
-  over the test items and seeds (confidence.py); "not decided" when none reaches
-  `report.p_best_threshold`; the smallest difference a test set of its size can detect;
+- given the results folder: P(best) of every configuration that fits, the posterior of a
+  hierarchical model of the paired per-item scores and seeds (confidence.py); "not decided"
+  when none reaches `report.p_best_threshold`; the smallest difference a test set of its size
+  can detect;
 - the configurations that do not fit, each with the reason: measured out of memory, predicted
   not to fit, failed, or over the budget's memory, cost or hours, or over its retention limit
   (`max_forgetting`: how much it forgot on a retention measure, retention.py).
@@ -309,9 +310,7 @@ def how_sure(a: Answer, exp: Experiment) -> list[str]:
     if not a.p_best:
         return []
     threshold = exp.report.p_best_threshold
-    basis = f"{confidence.RESAMPLES:,} paired bootstrap resamples of the {a.test_items} test items"
-    if a.seeds_resampled:
-        basis += " and of each configuration's seeds"
+    basis = confidence.describe(a.test_items, a.seeds_resampled)
     shown = [f"{name} {share(p)}" for name, p in a.p_best if p > 0]
     never = len(a.p_best) - len(shown)
     each = ", ".join(shown) + (f"; 0 for the other {never}" if never else "")
