@@ -220,3 +220,15 @@ def test_the_pareto_chart_names_the_measure_on_its_x_axis():
     for measure, label in charts.MEASURES.items():
         one = charts.pareto(configs, "exact_match", True, measure)
         assert one.to_dict()["layer"][0]["encoding"]["x"]["title"] == label
+
+
+def test_the_pareto_chart_leaves_out_a_search_s_pruned_configurations_but_not_failed_ones():
+    configs = configs_with_dpo()
+    # Two finished rows made unfinished: one pruned by a search, one out of memory.
+    configs.loc[configs.index[0], "status"] = "pruned"
+    configs.loc[configs.index[1], "status"] = "oom"
+    spec = charts.pareto(configs, "exact_match", True).to_dict()
+    statuses = {
+        row.get("status") for rows in spec["datasets"].values() for row in rows if "band" in row
+    }
+    assert statuses == {"oom"}

@@ -24,7 +24,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
-from tunebench import retention
+from tunebench import outcomes, retention
 
 MEASURES = {
     "gpu_memory_gb": "peak GPU memory, GB (measured on a GPU, else predicted)",
@@ -49,7 +49,9 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, higher: bool) -> pd.DataF
 def _long(configs: pd.DataFrame, metric: str, higher: bool, measures: list[str]) -> tuple:
     """(finished points, front, unfinished points) in long form: one row per measure."""
     done = configs[(configs["status"] == "ok") & (configs["method"] != "base")]
-    failed = configs[configs["status"] != "ok"]
+    # A search's pruned configurations are not failures and have no test score: the table
+    # lists them, the chart leaves them out.
+    failed = configs[~configs["status"].isin(outcomes.NOT_FAILED)]
     values = done[metric].dropna()
     bottom = (values.min() - 0.1 * (values.max() - values.min() or 1)) if len(values) else 0
     points, fronts, unfinished = [], [], []
