@@ -48,6 +48,8 @@ BASELINE_RESULT = "baselines/{model}/{dataset}/eval/result.json"
 BASELINE_SAMPLES = "baselines/{model}/{dataset}/eval/samples.jsonl"
 # Each rung's promotion decision (search.halving.promote), rung 0 first.
 SEARCH_DECISION = "search/rung-{rung}.json"
+# Each round's adaptive seed decision (search.seeds.decide), round 0 first.
+SEEDS_ROUND = "search/seeds-round-{round}.json"
 LOG = "logs/{rule}/{name}.log"
 BENCHMARK = "benchmarks/{rule}/{name}.tsv"
 COMPARISON = ("comparison.csv", "comparison.md", "comparison.html")

@@ -283,7 +283,7 @@ def expand(exp: Experiment) -> list[RunConfig]:
         for method in exp.methods
         for variant in _method_variants(method)
         for dataset in exp.datasets
-        for seed in exp.training.seeds
+        for seed in exp.training.seed_values
     ]
     for i, selector in enumerate(exp.exclude):
         _check_selector(f"exclude[{i}]", selector)
@@ -455,7 +455,7 @@ def _included(
     if selector.get("dataset") is not None and selector["dataset"] not in datasets:
         raise MatrixError(f"{where}.dataset", f"no dataset named {selector['dataset']!r}")
     chosen = [datasets[selector["dataset"]]] if "dataset" in selector else exp.datasets
-    seeds = [selector["seed"]] if "seed" in selector else exp.training.seeds
+    seeds = [selector["seed"]] if "seed" in selector else exp.training.seed_values
     try:
         return [
             (

@@ -47,11 +47,11 @@ def derive(path: Path, steps: int = STEPS) -> tuple[Path, list[str]]:
     training = settings.setdefault("training", {})
     training["max_steps"] = steps
     training.pop("epochs", None)
-    training["seeds"] = [exp.training.seeds[0]]
+    training["seeds"] = [exp.training.seed_values[0]]
     training.pop("save_steps", None)
     # On a CPU the profiler's tensor peak is the measurement beside the estimate.
     training["profile_memory"] = True
-    changes.append(f"{steps} optimizer steps, seed {exp.training.seeds[0]} only")
+    changes.append(f"{steps} optimizer steps, seed {exp.training.seed_values[0]} only")
     for method in settings["methods"]:
         if isinstance(method.get("learning_rate"), list):
             method["learning_rate"] = method["learning_rate"][0]

@@ -748,6 +748,69 @@ class DatasetSpec(Strict):
 # ---------------------------------------------------------------- training and evaluation
 
 
+class AdaptiveSeedRule(Strict):
+    """Adaptive seeds (docs/search.md): every configuration trains `first` seeds; after each
+    round, a configuration still in contention with the best gets one more seed, until the
+    leader's P(best) reaches target_p_best, `max_runs` is spent or every contender has `max`."""
+
+    max: Annotated[int, Field(ge=2, le=100)] = Field(
+        description="the most seeds a configuration gets (at least 2: with one seed there is "
+        "nothing to add; for one seed give seeds: 0)"
+    )
+    target_p_best: Annotated[float, Field(gt=0.5, le=1)] = Field(
+        0.9,
+        description="stop adding seeds once the leading configuration's P(best) (report's "
+        "metric, on test, docs/report.md) reaches this; above 0.5 and at most 1",
+    )
+    first: Annotated[int, Field(ge=1, le=100)] = Field(
+        2,
+        description="seeds every configuration trains in the first round (seeds 0 to first-1); "
+        "at most max",
+    )
+    min_p_best: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        0.05,
+        description="a configuration whose P(best) is below this after a round is out of "
+        "contention: it gets no seed in the next round (it may come back in a later one)",
+    )
+    max_runs: PositiveInt | None = Field(
+        None,
+        description="the budget: runs in all, every seed of every configuration counted; a "
+        "round that would pass it adds seeds to the contenders with the highest P(best) first "
+        "(default: no limit but max)",
+    )
+
+    @model_validator(mode="after")
+    def first_within_max(self) -> AdaptiveSeedRule:
+        if self.first > self.max:
+            raise ValueError(f"first ({self.first}) is above max ({self.max}): give first <= max")
+        return self
+
+
+class AdaptiveSeeds(Strict):
+    """training.seeds as a rule instead of a list: {adaptive: {max: N, target_p_best: 0.9}}."""
+
+    adaptive: AdaptiveSeedRule = Field(
+        description="add seeds only to the configurations still in contention with the best "
+        "(docs/search.md, Adaptive seeds); a seed k is the run `seeds: [.., k]` would train"
+    )
+
+
+# The union members' tags of training.seeds: key_path leaves them out of error messages.
+SEED_TAGS = ("seed-values", "adaptive-seeds")
+
+
+def _seeds_kind(value: Any) -> str:
+    return SEED_TAGS[1] if isinstance(value, dict | AdaptiveSeeds) else SEED_TAGS[0]
+
+
+# training.seeds: one seed or a list (an axis), or an adaptive rule.
+Seeds = Annotated[
+    Annotated[Axis[int], Field(min_length=1), Tag(SEED_TAGS[0])]
+    | Annotated[AdaptiveSeeds, Tag(SEED_TAGS[1])],
+    Discriminator(_seeds_kind),
+]
+
+
 class Training(Strict):
     """How every run trains (TRL's SFTTrainer); methods may set their own learning rate."""
 
@@ -774,11 +837,11 @@ class Training(Strict):
         512,
         description="tokens per example (see datasets[].too_long); activation memory grows with it",
     )
-    seeds: Axis[int] = Field(
+    seeds: Seeds = Field(
         [0],
-        min_length=1,
         description="an axis: one run per seed; two or more give means, standard deviations "
-        "and intervals in the table",
+        "and intervals in the table. Or {adaptive: {max: N, target_p_best: 0.9}}: seeds added "
+        "only to the configurations still in contention with the best (docs/search.md)",
     )
     optimizer: str = Field(
         "adamw_torch",
@@ -857,6 +920,17 @@ class Training(Strict):
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of max_steps, epochs")
         return self
+
+    @property
+    def adaptive(self) -> AdaptiveSeedRule | None:
+        """The adaptive seed rule, or None for a list of seeds."""
+        return self.seeds.adaptive if isinstance(self.seeds, AdaptiveSeeds) else None
+
+    @property
+    def seed_values(self) -> list[int]:
+        """The seeds every configuration trains: the list, or an adaptive rule's first round."""
+        rule = self.adaptive
+        return list(range(rule.first)) if rule else list(self.seeds)
 
 
 class HarnessTasks(Strict):
@@ -1635,6 +1709,37 @@ class Experiment(Strict):
         return self
 
     @model_validator(mode="after")
+    def adaptive_seeds_can_run(self):
+        """Adaptive seeds rank configurations by P(best) of a metric scored per test item, and
+        are kept apart from the searches, whose decisions take the seeds as given."""
+        if self.training.adaptive is None:
+            return self
+        from tunebench.reporting.confidence import PER_ITEM
+
+        where = "training.seeds.adaptive"
+        if self.search is not None:
+            raise ValueError(
+                f"{where} and search cannot be combined (a rung's decision needs every seed of "
+                "a configuration before it): give seeds as a list, or remove search"
+            )
+        ranged = [i for i, m in enumerate(self.methods) if m.lr_range is not None]
+        if ranged:
+            raise ValueError(
+                f"{where} and methods[{ranged[0]}].learning_rate, a range, cannot be combined "
+                "(added seeds would change the learning rate validation chose): give seeds as "
+                "a list, or that entry's learning rates as a list"
+            )
+        for i, dataset in enumerate(self.datasets):
+            metric = self.report.metric or dataset.evaluation.metrics[0]
+            if metric not in PER_ITEM:
+                raise ValueError(
+                    f"{where} ranks configurations by P(best) of {metric!r} on datasets[{i}] "
+                    f"({dataset.name!r}), which is not scored per test item: set report.metric "
+                    f"to one of {list(PER_ITEM)}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def unique_names(self):
         for kind in ("models", "datasets"):
             names = [item.name for item in getattr(self, kind)]
@@ -1650,7 +1755,7 @@ def key_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in (*METHODS, *LR_TAGS) or re.fullmatch(
+        elif part in (*METHODS, *LR_TAGS, *SEED_TAGS) or re.fullmatch(
             r"function-(before|after|wrap)\[.*\]", str(part)
         ):
             continue

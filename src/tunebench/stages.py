@@ -435,6 +435,21 @@ def promote(experiment: Experiment, rung: int, results: Path, out: Path) -> dict
     return decision
 
 
+def seeds_round(experiment: Experiment, seed_round: int, results: Path, out: Path) -> dict:
+    """Adaptive seeds' decision after `seed_round` (search/seeds.py): which configurations, still
+    in contention with the best, get one more seed; written to `out`."""
+    from tunebench.io import write_json
+    from tunebench.search import seeds
+
+    decision = seeds.decide_on_disk(experiment, seed_round, results)
+    write_json(out, decision)
+    print(
+        f"adaptive seeds after round {seed_round}: {len(decision['added_runs'])} of "
+        f"{len(decision['configurations'])} configuration(s) get another seed"
+    )
+    return decision
+
+
 def train_node(launch: Path) -> None:
     """One node's training processes of a run that spans nodes (srun starts one per node)."""
     from tunebench.training.launch import launch_node
@@ -450,6 +465,7 @@ STAGES = (
     tokenize,
     train,
     promote,
+    seeds_round,
     train_node,
     evaluate,
     evaluate_base,

@@ -19,6 +19,7 @@ from tunebench.matrix import (
     tokenizer_key,
 )
 from tunebench.search import halving
+from tunebench.search import seeds as adaptive_seeds
 from tunebench.resources import (
     nodes_spanned,
     predicted_oom_limit_gb,
@@ -40,6 +41,16 @@ MEMORY_LIMIT_MB = int((EXPERIMENT.resources.memory_limit_gb or 0) * 1024)
 # resources.predicted_oom: skip: the GPU memory a run must be predicted to fit (0: off).
 PREDICTED_OOM_MB = int(predicted_oom_limit_gb(EXPERIMENT) * 1024)
 RUNS = {run.run_id: run for run in _RUNS}
+# Adaptive seeds (training.seeds.adaptive): every seed a round may add is a run of the DAG; which
+# ones train is decided per round by the seeds_round checkpoint (search.smk).
+ADAPTIVE = EXPERIMENT.training.adaptive
+FIRST_ROUND = [run.run_id for run in _RUNS] if ADAPTIVE else []
+ADAPTIVE_SET = frozenset(
+    run.run_id for run in (adaptive_seeds.every_seed(EXPERIMENT) if ADAPTIVE else [])
+)
+RUNS.update(
+    {r.run_id: r for r in adaptive_seeds.every_seed(EXPERIMENT)} if ADAPTIVE else {}
+)
 # Content keys by name, hashed once: input functions and params look them up per job.
 MODEL_KEY = {m.name: model_key(m) for m in EXPERIMENT.models}
 TOKENIZER_KEY = {m.name: tokenizer_key(m) for m in EXPERIMENT.models}
@@ -392,6 +403,46 @@ def rung_job(wildcards):
 def evaluated_runs(wildcards):
     """Every run's evaluation; a search's only for the runs it takes to the end, and its
     decisions (pruned runs are rows of the table from them)."""
-    unsearched = sorted(set(RUNS) - SEARCHED_SET)
+    unsearched = sorted(set(RUNS) - SEARCHED_SET - ADAPTIVE_SET)
     runs = [at_root(layout.EVAL_RESULT, run_id=run_id) for run_id in unsearched]
-    return runs + searched_eval_outputs() + search_decisions()
+    return runs + searched_eval_outputs() + search_decisions() + adaptive_outputs()
+
+
+# ---------------------------------------------------------------- adaptive seeds (search.smk)
+
+
+def seeds_decision(k):
+    """The decision after round `k` (after its checkpoint job ran)."""
+    return read_json(checkpoints.seeds_round.get(round=k).output[0])
+
+
+def round_runs(k):
+    """The runs evaluated before the decision after round `k`: the first round's and the
+    seeds each earlier decision added."""
+    runs = list(FIRST_ROUND)
+    for j in range(k):
+        runs += seeds_decision(j)["added_runs"]
+    return runs
+
+
+def seeds_round_inputs(wildcards):
+    """What a round's decision reads: its runs' evaluations and the decisions before it."""
+    k = int(wildcards.round)
+    evaluations = [at_root(layout.EVAL_RESULT, run_id=r) for r in round_runs(k)]
+    return evaluations + [at_root(layout.SEEDS_ROUND, round=j) for j in range(k)]
+
+
+def adaptive_outputs():
+    """Every decided run's evaluation and every round's decision, up to the one that adds no
+    seed (one seed per configuration a round: max - first + 1 rounds at most)."""
+    if not ADAPTIVE:
+        return []
+    runs, decisions, k = list(FIRST_ROUND), [], 0
+    while True:
+        decisions.append(at_root(layout.SEEDS_ROUND, round=k))
+        added = seeds_decision(k)["added_runs"]
+        if not added:
+            break
+        runs += added
+        k += 1
+    return [at_root(layout.EVAL_RESULT, run_id=r) for r in runs] + decisions

@@ -7,6 +7,7 @@
 wildcard_constraints:
     step=r"\d+",
     rung=r"\d+",
+    round=r"\d+",
 
 
 rule train_rung:
@@ -48,3 +49,24 @@ checkpoint promote:
     shell:
         "tunebench stage promote --experiment {params.experiment:q} --rung {wildcards.rung}"
         " --results {params.root} --out {output} > {log} 2>&1"
+
+
+# Adaptive seeds (training.seeds.adaptive, in docs: search.md): after each round a checkpoint
+# decides which configurations, still in contention with the best, get one more seed (seeds.py
+# of tunebench.search); an added seed is an ordinary run (train.smk, evaluate.smk) with the id
+# a list of seeds gives it.
+checkpoint seeds_round:
+    input:
+        seeds_round_inputs,
+    output:
+        at_root(layout.SEEDS_ROUND),
+    log:
+        log_path("seeds_round", "round-{round}"),
+    resources:
+        **SMALL_JOB,
+    params:
+        experiment=lambda w: EXPERIMENT.model_dump_json(),
+        root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+    shell:
+        "tunebench stage seeds-round --experiment {params.experiment:q}"
+        " --seed-round {wildcards.round} --results {params.root} --out {output} > {log} 2>&1"

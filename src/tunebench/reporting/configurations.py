@@ -126,7 +126,26 @@ def configurations(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
             mean, sd, low, high = interval(scored[value].astype(float), confidence)
             row |= {value: mean, f"{value}_sd": sd, f"{value}_low": low, f"{value}_high": high}
         rows.append(row)
+    verdicts = table.attrs.get("seeds_why") or {}
+    if verdicts:  # adaptive seeds: how many each configuration got, and why (search/seeds.py)
+        _seeds_why(rows, verdicts)
     # Each searched configuration at the learning rate validation chose (search.py).
     out = search.choose(pd.DataFrame(rows))
     out.attrs = dict(table.attrs) | {"confidence": confidence, "cost_column": cost}
     return out
+
+
+def _seeds_why(rows: list[dict], verdicts: dict) -> None:
+    """Each row's `seeds_why`: "3 seeds: still in contention with X at round 2", the leader
+    named as the table names it."""
+    from tunebench.search.seeds import reason
+
+    names = {run_id: row["configuration"] for row in rows for run_id in row["run_ids"]}
+    for row in rows:
+        verdict = next((verdicts[r] for r in row["run_ids"] if r in verdicts), None)
+        if verdict is None:
+            row["seeds_why"] = ""
+            continue
+        n = verdict["seeds"]
+        words = reason(verdict, lambda key: names.get(key, key))
+        row["seeds_why"] = f"{n} seed{'s' if n != 1 else ''}: {words}"

@@ -74,6 +74,8 @@ class Answer:
     test_items: int = 0
     seeds_resampled: bool = False  # some configuration that fits had several seeds
     detectable: float = math.nan  # the minimum detectable difference at the best's level
+    # Adaptive seeds: (configuration, "N seeds: why") of each candidate; empty without the rule.
+    seeds_why: list[tuple[str, str]] = field(default_factory=list)
 
 
 def ranking_dataset(exp: Experiment):
@@ -207,6 +209,12 @@ def recommend(configs: pd.DataFrame, exp: Experiment, root: Path | None = None) 
     answers = []
     for budget in exp.report.budgets:
         answer = Answer(budget, metric, higher)
+        if "seeds_why" in candidates:
+            answer.seeds_why = [
+                (r["configuration"], r["seeds_why"])
+                for _, r in candidates.iterrows()
+                if isinstance(r["seeds_why"], str) and r["seeds_why"]
+            ]
         fitting = []
         for _, row in candidates.iterrows():
             why = _why_not(row, budget, currency)
@@ -364,6 +372,14 @@ FORGOT = (
 )
 
 
+ADAPTIVE = (
+    "Adaptive seeds (training.seeds.adaptive): after each round, the configurations still in "
+    "contention with the best by P(best) on the test items got one more seed. That adds "
+    "evidence where the ranking was uncertain; it does not choose the winner: the best and "
+    "P(best) above are over every seed each configuration got."
+)
+
+
 def searched(exp: Experiment) -> bool:
     """Whether a methods entry searches its learning rate (a range: search.py)."""
     return any(m.lr_range is not None for m in exp.methods)
@@ -418,4 +434,7 @@ def markdown(answers: list[Answer], exp: Experiment) -> str:
                 lines.append(f"- Cheapest within {exp.report.margin:g}: the best itself")
         for name, why in a.excluded:
             lines.append(f"- Does not fit: {name}: {why}")
+    if answers[0].seeds_why:
+        lines += ["", "## Seeds per configuration", "", ADAPTIVE, ""]
+        lines += [f"- {name}: {why}" for name, why in answers[0].seeds_why]
     return "\n".join(lines) + "\n"

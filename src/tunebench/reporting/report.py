@@ -135,8 +135,10 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
                 exp,
             )
         )
-    runs = expand(exp)
-    from tunebench.search import halving
+    from tunebench.search import halving, seeds
+
+    # Adaptive seeds: the first round's runs and the seeds decisions on disk added.
+    runs = seeds.decided_runs(exp, expand(exp), root)
 
     stopped = halving.stopped(exp, runs, root)
     for run in runs:
@@ -169,6 +171,7 @@ def comparison_table(exp: Experiment, root: Path) -> pd.DataFrame:
     )
     table = pd.DataFrame(rows).reindex(columns=IDENTITY + metric_columns + measures)
     table.attrs["metrics"] = metrics
+    table.attrs["seeds_why"] = seeds.why(exp, root)  # run id -> its adaptive seed verdict
     keys = list(zip(table["model"], table["dataset"], strict=True))
     for metric in metrics:
         base = table[table["method"] == "base"].set_index(["model", "dataset"])[metric]
