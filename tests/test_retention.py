@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_experiment
 from test_recommend import table_of
 
-from tunebench import retention
+from tunebench import retention, retention_scoring
 from tunebench.builtin import wordops
 from tunebench.data.templates import render
 from tunebench.experiment import ExperimentError, validate_data
@@ -48,21 +48,21 @@ def hand_loss(model, sequences: list[tuple[list[int], int]]) -> float:
 def test_builtin_sets_are_held_out_of_the_pretraining_corpus(loaded):
     spec = loaded[0]
     corpus = set(wordops.make_lexicon(spec.builtin.corpus_words, seed=spec.builtin.corpus_seed))
-    words = retention._heldout_words(spec.builtin)
-    assert len(words) == retention.BUILTIN_WORDS and not corpus & set(words)
-    choice = retention.builtin_rows("choice", spec.builtin)
+    words = retention_scoring._heldout_words(spec.builtin)
+    assert len(words) == retention_scoring.BUILTIN_WORDS and not corpus & set(words)
+    choice = retention_scoring.builtin_rows("choice", spec.builtin)
     assert {r["answer_index"] for r in choice} == {0, 1, 2, 3}  # the answer is not always first
 
 
 def test_text_and_instruction_losses_match_a_hand_computed_loss(loaded):
     spec, model, tokenizer, dataset = loaded
-    text = retention.builtin_rows("text", spec.builtin)[:5]
+    text = retention_scoring.builtin_rows("text", spec.builtin)[:5]
     # Batched with padding (rows differ in length) against one row at a time by hand.
-    got = retention.score_set(model, tokenizer, text, "text", dataset, batch_size=3)
+    got = retention_scoring.score_set(model, tokenizer, text, "text", dataset, batch_size=3)
     by_hand = hand_loss(model, [(tokenizer(r["text"])["input_ids"], 1) for r in text])
     assert got == pytest.approx(by_hand, rel=1e-5)
 
-    pairs = retention.builtin_rows("instructions", spec.builtin)[:4]
+    pairs = retention_scoring.builtin_rows("instructions", spec.builtin)[:4]
     sequences = []
     for row in pairs:
         messages = [
@@ -73,13 +73,15 @@ def test_text_and_instruction_losses_match_a_hand_computed_loss(loaded):
         prompt = tokenizer(rendered.prompt, add_special_tokens=False)["input_ids"]
         response = tokenizer(rendered.response, add_special_tokens=False)["input_ids"]
         sequences.append((prompt + response, len(prompt)))  # the response's tokens only
-    got = retention.score_set(model, tokenizer, pairs, "instructions", dataset, batch_size=4)
+    got = retention_scoring.score_set(
+        model, tokenizer, pairs, "instructions", dataset, batch_size=4
+    )
     assert got == pytest.approx(hand_loss(model, sequences), rel=1e-5)
 
 
 def test_choice_accuracy_is_the_share_of_most_likely_right_answers(loaded):
     spec, model, tokenizer, dataset = loaded
-    rows = retention.builtin_rows("choice", spec.builtin)[:6]
+    rows = retention_scoring.builtin_rows("choice", spec.builtin)[:6]
     right = 0
     for row in rows:
         prompt = tokenizer(row["prompt"])["input_ids"]
@@ -90,7 +92,7 @@ def test_choice_accuracy_is_the_share_of_most_likely_right_answers(loaded):
                 logp = model(input_ids=torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
             scores.append(sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(ids)))
         right += max(range(len(scores)), key=scores.__getitem__) == row["answer_index"]
-    got = retention.score_set(model, tokenizer, rows, "choice", dataset, batch_size=8)
+    got = retention_scoring.score_set(model, tokenizer, rows, "choice", dataset, batch_size=8)
     assert got == pytest.approx(right / len(rows))
 
 
@@ -100,13 +102,13 @@ def test_a_set_that_fails_to_score_is_the_rows_reason(loaded, tmp_path):
     own.write_text(json.dumps({"text": "the word b a k o ends with o ."}) + "\n")
     settings = Retention(sets=["text", {"name": "mine", "path": str(own)}])
     own.unlink()  # gone after validation: scoring it fails, the other set still counts
-    scores = retention.score(model, tokenizer, spec, dataset, settings, batch_size=8)
+    scores = retention_scoring.score(model, tokenizer, spec, dataset, settings, batch_size=8)
     assert math.isfinite(scores["retention_text_loss"]) and scores["retention_seconds"] > 0
     assert "retention_mine_loss" not in scores
     assert "retention set mine" in scores["reason"] and "no such file" in scores["reason"]
     off = Retention(enabled=False)
     assert retention.measures(off) == {}
-    assert retention.score(model, tokenizer, spec, dataset, off, batch_size=8) == {}
+    assert retention_scoring.score(model, tokenizer, spec, dataset, off, batch_size=8) == {}
 
 
 def bad(**overrides) -> str:

@@ -4,55 +4,16 @@ on the same loaded model, the retention sets (retention.py)."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from tunebench import metrics, models, retention
+from tunebench import metrics, models, retention_scoring
 from tunebench.data.templates import cut_at_stop
 from tunebench.data.tokenize import REJECTED, read_split
 from tunebench.io import read_json, read_jsonl
-
-
-def _batches(items: list, size: int, ceiling=None):
-    """Batches of `items`; after each one the memory ceiling (if any) is checked."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-        if ceiling is not None:
-            ceiling.check(f"evaluation batch {start // size + 1}")
-
-
-def _pad(seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    rows = [
-        ([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs
-    ]
-    return torch.tensor(rows)
-
-
-@torch.no_grad()
-def heldout_loss(model, examples: list[dict], pad_id: int, batch_size: int, ceiling=None) -> dict:
-    """Token-weighted mean cross-entropy over response tokens, and its perplexity."""
-    total, count = 0.0, 0
-    device = model.device
-    for batch in _batches(examples, batch_size, ceiling):
-        ids = _pad([ex["input_ids"] for ex in batch], pad_id, left=False).to(device)
-        mask = _pad([[1] * len(ex["input_ids"]) for ex in batch], 0, left=False).to(device)
-        loss_mask = _pad([ex["completion_mask"] for ex in batch], 0, left=False).to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        targets = ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, -100)
-        total += F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        ).item()
-        count += int((targets != -100).sum())
-    mean = total / max(count, 1)
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "loss_tokens": count}
+from tunebench.likelihood import batches, heldout_loss, pad, response_logprobs
 
 
 @torch.no_grad()
@@ -61,10 +22,10 @@ def generate(
 ):
     outputs = []
     device = model.device
-    for batch in _batches(examples, batch_size, ceiling):
+    for batch in batches(examples, batch_size, ceiling):
         prompts = [ex["input_ids"][: ex["prompt_length"]] for ex in batch]
-        ids = _pad(prompts, tokenizer.pad_token_id, left=True).to(device)
-        mask = _pad([[1] * len(p) for p in prompts], 0, left=True).to(device)
+        ids = pad(prompts, tokenizer.pad_token_id, left=True).to(device)
+        mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(device)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -107,26 +68,6 @@ def load_trained(run, base_location: str, run_dir: Path):
     if run.method == "qlora":
         quant = models.quantization_config(run.quant_type, run.double_quant, run.compute_dtype)
     return load_for_eval(run.model, base_location, run_dir / "model", None, quant, attention)
-
-
-@torch.no_grad()
-def response_logprobs(
-    model, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int, ceiling=None
-) -> list[float]:
-    """log p(response | prompt) of each (prompt ids, response ids): the sum over the response's
-    tokens, as DPO's implicit reward and lm-eval's `acc` use it."""
-    scores = []
-    device = model.device
-    for batch in _batches(pairs, batch_size, ceiling):
-        seqs = [prompt + response for prompt, response in batch]
-        ids = _pad(seqs, pad_id, left=False).to(device)
-        mask = _pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
-        logprobs = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        logprobs = logprobs.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-        for row, (prompt, response) in zip(logprobs, batch, strict=True):
-            start = len(prompt) - 1  # logits at t predict token t + 1
-            scores.append(row[start : start + len(response)].sum().item())
-    return scores
 
 
 def multiple_choice_accuracy(
@@ -251,7 +192,7 @@ def evaluate_trained(
     scores, samples = evaluate_model(
         model, tokenizer, data_dir, tokenized_dir, settings, run.dataset, ceiling
     )
-    scores |= retention.score(
+    scores |= retention_scoring.score(
         model, tokenizer, run.model, run.dataset, settings.retention, settings.batch_size, ceiling
     )
     del model  # the harness, if asked for, loads its own copy
@@ -295,7 +236,7 @@ def evaluate_untuned(
     scores, samples = evaluate_model(
         model, tokenizer, data_dir, tokenized_dir, settings, dataset, ceiling
     )
-    scores |= retention.score(
+    scores |= retention_scoring.score(
         model, tokenizer, spec, dataset, settings.retention, settings.batch_size, ceiling
     )
     del model

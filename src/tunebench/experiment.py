@@ -80,11 +80,26 @@ def validate_matrix(data: dict, source: str = "experiment") -> tuple[Experiment,
         raise ExperimentError(f"{source}: invalid experiment\n  " + "\n  ".join(lines)) from err
     try:
         runs = expand(exp)
+        check_search_budget(exp, runs)
         check_paths(exp)
         check_preference_files(exp, runs)
     except MatrixError as err:
         raise ExperimentError(f"{source}: invalid experiment\n  {err}") from err
     return exp, runs
+
+
+def check_search_budget(exp: Experiment, runs: list[RunConfig]) -> None:
+    """search.budget in steps must take every configuration to the first rung (a budget in
+    GPU-hours or money needs the estimator: `tunebench plan`, `estimate` and the search's
+    first decision check it). Here, not in matrix.py: halving ranks the runs matrix makes."""
+    if exp.search is None or exp.search.budget.unit != "steps":
+        return
+    from tunebench.search import halving
+
+    try:
+        halving.plan_for(exp, runs)
+    except halving.BudgetTooSmall as err:
+        raise MatrixError(err.key, str(err)) from err
 
 
 def path_fields(exp: Experiment):

@@ -305,22 +305,7 @@ def expand(exp: Experiment) -> list[RunConfig]:
         raise MatrixError("exclude", "the matrix is empty: every run was excluded")
     exported_runs(exp, list(unique.values()))  # checks export.runs and export.best_by
     referenced_runs(exp, list(unique.values()))  # checks reference.cells[].run
-    _check_search_budget(exp, list(unique.values()))
     return list(unique.values())
-
-
-def _check_search_budget(exp: Experiment, runs: list[RunConfig]) -> None:
-    """search.budget in steps must take every configuration to the first rung (a budget in
-    GPU-hours or money needs the estimator: `tunebench plan`, `estimate` and the search's
-    first decision check it)."""
-    if exp.search is None or exp.search.budget.unit != "steps":
-        return
-    from tunebench.search import halving  # it ranks runs of this module's making
-
-    try:
-        halving.plan_for(exp, runs)
-    except halving.BudgetTooSmall as err:
-        raise MatrixError(err.key, str(err)) from err
 
 
 # What a run that starts from an SFT run shares with it: it continues that run's weights.
