@@ -16,23 +16,27 @@ import search_replay  # noqa: E402
 
 
 def test_tie_set_is_within_seed_noise_of_the_best():
-    # Each configuration's two seeds differ by 0.02: pooled sd 0.02 / sqrt(2).
+    # Each configuration's two seeds differ by 0.02: a variance of 0.0002 each, and the median
+    # of a chi-squared with one degree of freedom is 0.455 (|z| < 0.674 half the time).
     runs = pd.DataFrame(
         {
             "configuration": ["a", "a", "b", "b", "c", "c"],
             "loss": [1.00, 1.02, 1.02, 1.04, 1.05, 1.07],
         }
     )
-    sd = search_replay.pooled_sd(runs, "loss")
-    assert sd == pytest.approx(0.02 / math.sqrt(2))
+    sd = search_replay.seed_sd(runs, "loss")
+    assert sd == pytest.approx(0.02 / math.sqrt(2) / 0.6745, rel=1e-3)
+    # A diverged configuration's seeds far apart do not widen the noise.
+    diverged = pd.DataFrame({"configuration": ["d", "d"], "loss": [3.0, 3.5]})
+    assert search_replay.seed_sd(pd.concat([runs, diverged]), "loss") == pytest.approx(sd)
     means = runs.groupby("configuration").loss.mean().to_dict()
-    # The margin is 2 x sd x sqrt(2 / 2) = 0.028: b (0.02 worse) ties, c (0.05 worse) does not.
+    # The margin is 2 x sd x sqrt(2 / 2) = 0.042: b (0.02 worse) ties, c (0.05 worse) does not.
     assert search_replay.tie_set(means, sd, seeds=2, lower_is_better=True) == {"a", "b"}
-    # More seeds, a smaller margin (0.02): b still ties, at the edge.
+    # More seeds, a smaller margin (0.030): b still ties; a quarter of the noise: b does not.
     assert search_replay.tie_set(means, sd, seeds=4, lower_is_better=True) == {"a", "b"}
-    assert search_replay.tie_set(means, sd / 2, seeds=2, lower_is_better=True) == {"a"}
+    assert search_replay.tie_set(means, sd / 4, seeds=2, lower_is_better=True) == {"a"}
     # Higher is better (a test score): c is then the best, alone.
-    assert search_replay.tie_set(means, sd, seeds=2, lower_is_better=False) == {"c"}
+    assert search_replay.tie_set(means, sd / 4, seeds=2, lower_is_better=False) == {"c"}
 
 
 def test_compute_shares():
