@@ -99,3 +99,18 @@ def train_command(run, model_dir, tokenized, run_dir: Path, *options: str) -> li
         "{}",
         *options,
     ]
+
+
+def start_run(cwd: Path, cores: int, log: Path, **env: str) -> subprocess.Popen:
+    """`tunebench run exp.yaml` in the background, in a session of its own so that a test can
+    kill it with all its jobs (os.killpg), its output into `log`."""
+    environment = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env}
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [str(BIN / "tunebench"), "run", "exp.yaml", "--", "--cores", str(cores)],
+            cwd=cwd,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import METHODS, run_for, train, train_command
+from helpers import METHODS, run_for, start_run, train, train_command
 
 from tunebench.io import read_json
 
@@ -141,15 +141,7 @@ def test_a_workflow_caught_mid_training_shows_its_progress_and_refuses_a_second_
     (run,) = expand(validate_data(exp))
     progress = tmp_path / "results" / "tiny" / "runs" / run.run_id / "train" / "progress.json"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TUNEBENCH_PROGRESS_EVERY": "1"}
-    with open(tmp_path / "run.log", "w") as log:
-        first = subprocess.Popen(
-            [str(BIN / "tunebench"), "run", "exp.yaml", "--", "--cores", "1"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    first = start_run(tmp_path, 1, tmp_path / "run.log", TUNEBENCH_PROGRESS_EVERY="1")
     try:
         deadline = time.time() + 300
         while time.time() < deadline and first.poll() is None:

@@ -283,12 +283,11 @@ def test_a_search_is_killed_resumed_and_continued_with_a_larger_budget(tmp_path)
     one more configuration, which continues from its rung checkpoint, and retrains nothing."""
     import os
     import signal
-    import subprocess
     import time
 
     import pandas as pd
     import yaml
-    from helpers import BIN, tunebench
+    from helpers import start_run, tunebench
     from test_workflow import planned_jobs, snakemake_dry_run
 
     exp = searching(
@@ -304,16 +303,7 @@ def test_a_search_is_killed_resumed_and_continued_with_a_larger_budget(tmp_path)
     root = tmp_path / "results" / "tiny"
     rungs = {r.run_id: root / layout.RUNG_RESULT.format(run_id=r.run_id, step=4) for r in runs}
     decision = root / layout.SEARCH_DECISION.format(rung=0)
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(
-            [str(BIN / "tunebench"), "run", "exp.yaml", "--", "--cores", "2"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    first = start_run(tmp_path, 2, tmp_path / "first.log")
     # Killed once the decision is made and its promoted run's last rung has started.
     started = root / "logs" / "train"
     try:
