@@ -245,10 +245,7 @@ def two_searches(seeds=(0,)):
 
 def test_the_learning_rate_is_chosen_on_validation_not_on_test(tmp_path):
     exp = two_searches(seeds=(0, 1))
-    write_results(
-        tmp_path,
-        exp,
-    )
+    write_results(tmp_path, exp)
     configs, (answer,), text = report(tmp_path, exp)
     lora = configs[configs["method"] == "lora"]
     full = configs[configs["method"] == "full"]
@@ -312,10 +309,7 @@ def test_ties_go_to_the_smaller_learning_rate():
 
 def test_comparison_md_shows_the_chosen_and_tried_learning_rates(tmp_path):
     exp = two_searches()
-    write_results(
-        tmp_path,
-        exp,
-    )
+    write_results(tmp_path, exp)
     compile_comparison(exp, tmp_path, tmp_path / "out")
     text = (tmp_path / "out" / "comparison.md").read_text()
     table = text.split("### Learning rates")[0]
@@ -425,10 +419,7 @@ def test_a_reference_cell_on_a_searched_configuration_compares_its_chosen_rate(t
         ],
     }
     exp = validate_data(data)
-    write_results(
-        tmp_path,
-        exp,
-    )
+    write_results(tmp_path, exp)
     table = comparison_table(exp, tmp_path)
     rows = reproduction.compare(table, configurations.configurations(table), exp)
     assert rows["configuration"].tolist() == ["m lora r4 lr 0.0001", "m full lr 0.001"]
