@@ -50,6 +50,9 @@ BASELINE_SAMPLES = "baselines/{model}/{dataset}/eval/samples.jsonl"
 SEARCH_DECISION = "search/rung-{rung}.json"
 # Each round's adaptive seed decision (search.seeds.decide), round 0 first.
 SEEDS_ROUND = "search/seeds-round-{round}.json"
+# `tunebench preflight`'s report (preflight.md/.json) and the calibration later estimates use.
+PREFLIGHT = "preflight"
+PREFLIGHT_CALIBRATION = "preflight/calibration.json"
 LOG = "logs/{rule}/{name}.log"
 BENCHMARK = "benchmarks/{rule}/{name}.tsv"
 COMPARISON = ("comparison.csv", "comparison.md", "comparison.html")

@@ -11,10 +11,12 @@ preflight experiment (results/<name>-preflight/preflight.yaml) is the experiment
   architecture with random weights (as the presets' resources mode does); local models, GGUF
   files and built-in models kept (a built-in one pre-trained for one step: its weights do not
   change the cost).
-It runs through the ordinary workflow up to training (`--until train`, one job at a time, so a
-run's step time is its own) and writes results/<name>/preflight/preflight.{md,json}: per shape,
-the measured peak allocated and reserved memory (CUDA; a CPU's peak RSS), step time, tokens/s
-and MFU beside the prediction, and why a shape failed. The exit code is 1 when any shape failed.
+It runs every run's training through the ordinary workflow, one job at a time (so a run's step
+time is its own), and writes results/<name>/preflight/preflight.{md,json}: per shape, the
+measured peak allocated and reserved memory (CUDA's; on a CPU the profiler's tensor peak and the
+process's peak RSS), step time, tokens/s and MFU beside the prediction, and why a shape failed;
+and calibration.json, what a GPU measured as ratios later estimates use. The exit code is 1
+when any shape failed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from tunebench import layout
 from tunebench.experiment import load_experiment, read_yaml, validate_data
 from tunebench.spec import Experiment
 
-FOLDER = "preflight"  # under the experiment's results root
 STEPS = 3
 # One word is at least one token for any tokenizer: this many words per max_length token
 # makes every answer pass max_length.
@@ -71,15 +72,10 @@ def derive(path: Path, steps: int = STEPS) -> tuple[Path, list[str]]:
                 "cannot be reached here)"
             )
     files = _longest_pairs(root / "data", exp.training.max_length, exp.training.batch_size)
+    from tunebench.presets import synthetic_dataset
+
     for i, data in enumerate(exp.datasets):
-        settings["datasets"][i] = {
-            "name": data.name,
-            "files": files,
-            "format": "preference",
-            "too_long": "truncate",
-            "deduplicate": False,
-            "leakage": "report",
-        }
+        settings["datasets"][i] = synthetic_dataset(data.name, files, "preference")
     changes.append("every dataset: synthetic pairs past max_length (every batch a longest batch)")
     settings["name"] = name
     settings["description"] = f"preflight of {exp.name} ({path}): " + "; ".join(changes) + "."
@@ -139,19 +135,25 @@ COLUMNS = (
 )
 
 
-def rows(derived: Experiment) -> list[dict]:
-    """Every shape's training result (measured and predicted), or the reason it has none."""
+def train_results(derived: Experiment) -> tuple[list, dict[str, dict]]:
+    """The preflight's runs, and the training result of each that has one, by run id."""
     from tunebench.io import read_json
     from tunebench.matrix import expand
 
     root = layout.results_root(derived.name)
+    runs = expand(derived)
+    paths = {run.run_id: root / layout.TRAIN_RESULT.format(run_id=run.run_id) for run in runs}
+    return runs, {run_id: read_json(path) for run_id, path in paths.items() if path.is_file()}
+
+
+def rows(runs: list, records: dict[str, dict]) -> list[dict]:
+    """Every shape's training result (measured and predicted), or the reason it has none."""
     out = []
-    for run in expand(derived):
-        path = root / layout.TRAIN_RESULT.format(run_id=run.run_id)
-        if not path.is_file():
+    for run in runs:
+        record = records.get(run.run_id)
+        if record is None:
             out.append({"run_id": run.run_id, "status": "not run", "reason": "no result"})
             continue
-        record = read_json(path)
         row = record.get("prediction", {}) | record
         if "measured_step_seconds" not in row and row.get("steps") and row.get("train_seconds"):
             row["measured_step_seconds"] = row["train_seconds"] / row["steps"]
@@ -165,20 +167,25 @@ def write_report(exp: Experiment, derived: Experiment, changes: list[str]) -> tu
     """results/<name>/preflight/preflight.{md,json}; returns the Markdown file and whether every
     shape trained."""
     from tunebench import measure
+    from tunebench.estimate import machine_calibration
 
-    found = rows(derived)
+    runs, records = train_results(derived)
+    found = rows(runs, records)
     ok = bool(found) and all(r["status"] == "ok" for r in found)
-    folder = layout.results_root(exp.name) / FOLDER
+    root = layout.results_root(exp.name)
+    folder = root / layout.PREFLIGHT
     folder.mkdir(parents=True, exist_ok=True)
-    hardware = measure.hardware()
-    machine = hardware.get("accelerator") or measure.machine()
+    machine = measure.hardware().get("accelerator") or measure.machine()
+    date = measure.measured_on().split(" on ")[0]
     payload = {"machine": machine, "changes": changes, "ok": ok, "shapes": found}
     (folder / "preflight.json").write_text(json.dumps(payload, indent=1) + "\n")
-    calibration = _write_calibration(derived, folder, machine)
+    # The ratios later estimates of the experiment use, beside the report.
+    calibration = machine_calibration.build(runs, records, machine, date)
+    machine_calibration.path_in(root).write_text(json.dumps(calibration, indent=1) + "\n")
     lines = [
         f"# Preflight of {exp.name}",
         "",
-        f"On {machine}, {measure.measured_on().split(' on ')[0]}. Changed for the preflight: "
+        f"On {machine}, {date}. Changed for the preflight: "
         + "; ".join(changes)
         + ". Memory: CUDA's peak allocated and reserved where a GPU trained; on a CPU, "
         "allocated is the peak of live tensors (torch's profiler, training.profile_memory), "
@@ -200,26 +207,6 @@ def write_report(exp: Experiment, derived: Experiment, changes: list[str]) -> tu
     return out, ok
 
 
-def _write_calibration(derived: Experiment, folder: Path, machine: str) -> dict:
-    """calibration.json beside the report: the ratios later estimates of the experiment use."""
-    from tunebench import measure
-    from tunebench.estimate import machine_calibration
-    from tunebench.io import read_json
-    from tunebench.matrix import expand
-
-    root = layout.results_root(derived.name)
-    runs = expand(derived)
-    records = {}
-    for run in runs:
-        path = root / layout.TRAIN_RESULT.format(run_id=run.run_id)
-        if path.is_file():
-            records[run.run_id] = read_json(path)
-    date = measure.measured_on().split(" on ")[0]
-    calibration = machine_calibration.build(runs, records, machine, date)
-    (folder / machine_calibration.FILE).write_text(json.dumps(calibration, indent=1) + "\n")
-    return calibration
-
-
 def _calibration_sentence(calibration: dict) -> str:
     count = len(calibration["shapes"])
     if not count:
@@ -230,7 +217,7 @@ def _calibration_sentence(calibration: dict) -> str:
     return (
         f"Calibration: {count} shapes measured in GPU memory. `tunebench estimate` and `plan`, "
         "`resources.train: auto` and `resources.predicted_oom` now scale the estimates of "
-        f"those shapes by the measured/predicted ratios ({FOLDER}/calibration.json; delete it "
+        f"those shapes by the measured/predicted ratios ({layout.PREFLIGHT_CALIBRATION}; delete it "
         "to go back to the counted estimate)."
     )
 

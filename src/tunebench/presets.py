@@ -250,14 +250,7 @@ def _resources(settings: dict, exp: Experiment, made: Path, steps: int, tiny: bo
     tokenizer_dir = made / exp.models[0].name
     files = _full_length_rows(tokenizer_dir, texts, training["max_length"], rows, made / "data")
     for i, data in enumerate(exp.datasets):
-        settings["datasets"][i] = {
-            "name": data.name,
-            "files": files,
-            "format": "text",
-            "too_long": "truncate",
-            "deduplicate": False,
-            "leakage": "report",
-        }
+        settings["datasets"][i] = synthetic_dataset(data.name, files, "text")
         changes.append(
             f"dataset {data.name}: {rows} synthetic rows of max_length tokens (memory and "
             "speed at the longest batch; quality not claimed)"
@@ -378,6 +371,19 @@ def _architecture(model) -> dict:
             f"({str(err).splitlines()[0]}); add it to the table with its source"
         ) from err
     return config.to_diff_dict() | {"model_type": config.model_type}
+
+
+def synthetic_dataset(name: str, files: dict, fmt: str) -> dict:
+    """A dataset entry for synthetic longest rows in place of an experiment's own (resources
+    mode here, the preflight): cut to max_length, and none of the checks meant for real data."""
+    return {
+        "name": name,
+        "files": files,
+        "format": fmt,
+        "too_long": "truncate",
+        "deduplicate": False,
+        "leakage": "report",
+    }
 
 
 def _full_length_rows(

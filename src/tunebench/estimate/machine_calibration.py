@@ -22,7 +22,6 @@ from pathlib import Path
 from tunebench.estimate import verdict
 from tunebench.estimate.memory import GIB
 
-FILE = "calibration.json"  # in results/<experiment>/preflight/ (preflight.FOLDER)
 CUDA_MEMORY = "cuda_max_reserved"  # measure.py's memory_kind on a GPU
 # Run fields that change neither memory nor speed, or that a preflight changes on purpose:
 # the shape is the rest (model and dataset by name: the preflight swaps unreachable models for
@@ -89,7 +88,9 @@ def _unusable(record: dict | None) -> str:
 
 def path_in(root: Path) -> Path:
     """The calibration file of the experiment whose results root is `root`."""
-    return root / "preflight" / FILE
+    from tunebench import layout
+
+    return root / layout.PREFLIGHT_CALIBRATION
 
 
 def load(exp) -> dict | None:
@@ -134,7 +135,7 @@ def apply(record: dict, run, calibration: dict | None, gpus) -> dict:
         | {"peak_allocated": allocated, "peak_reserved": reserved},
         "calibrated_by": (
             f"preflight on {calibration['machine']} ({calibration['measured_on']}, "
-            f"{calibration.get('path', FILE)}): measured/counted allocated "
+            f"{calibration.get('path', 'calibration.json')}): measured/counted allocated "
             f"x{ratios['allocated']:.2f}, reserved x{ratios['reserved']:.2f}"
         ),
     }
