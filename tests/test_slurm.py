@@ -256,6 +256,76 @@ def test_a_run_spanning_two_nodes_trains_across_them(cluster, tmp_path):
     assert all(nodes == "2" and "gres/gpu=2" in tres for _, nodes, tres in jobs)
 
 
+def test_bare_snakemake_runs_a_search_on_slurm(cluster, tmp_path):
+    """A small successive-halving search (one method, three learning rates, rungs at steps 4
+    and 8, a budget for one to go on) from bare `snakemake --profile workflow/profiles/slurm`:
+    every rung is a Slurm job on the (fake) GPU, the promotion decision is a checkpoint between
+    them, and the table has the pruned rows beside the one trained to the end."""
+    from test_search_halving import LR_RANGE, searching
+
+    from tunebench import layout
+    from tunebench.experiment import validate_data
+    from tunebench.matrix import expand
+
+    exp = searching(
+        {"steps": 16}, methods=[{"method": "lora", "ranks": [4], "learning_rate": LR_RANGE}]
+    )
+    exp["evaluation"] = {"max_new_tokens": 4, "max_examples": 8}
+    exp["resources"] = {
+        "train": {"gpus": 1, "gpu_model": "fake", "mem_gb": 2, "runtime_minutes": 20},
+        "evaluate": {"mem_gb": 2, "runtime_minutes": 20},
+        "default": {"mem_gb": 2, "runtime_minutes": 20},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    runs = {r.run_id for r in expand(validate_data(exp))}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(REPO / "workflow" / "Snakefile"),
+            "--configfile",
+            "exp.yaml",
+            "--profile",
+            str(REPO / "workflow" / "profiles" / "slurm"),
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            "--slurm-no-account",
+            "--jobs",
+            "4",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "comparison.csv").set_index("run_id")
+    assert runs <= set(table.index)  # beside the untuned model's row
+    table = table.loc[sorted(runs)]
+    assert sorted(table["status"]) == ["ok", "pruned", "pruned"]
+    assert (table.loc[table["status"] == "pruned", "stopped_at_step"] == 4).all()
+    # Every rung trained as its own Slurm job on the fake GPU: the three candidates to step 4,
+    # then the promoted one on to the end from its rung checkpoint.
+    accounting = sacct("Comment,State,AllocTRES")
+
+    def jobs(rule: str) -> list[list[str]]:
+        return [
+            line.split("|")
+            for line in accounting.splitlines()
+            if f"rule_{rule}_wildcards_" in line and any(r in line for r in runs)
+        ]
+
+    assert len(jobs("train_rung")) == 3 and len(jobs("train")) == 1, accounting
+    assert all(
+        s == "COMPLETED" and "gres/gpu=1" in t for _, s, t in jobs("train_rung") + jobs("train")
+    )
+    (best,) = table.index[table["status"] == "ok"]
+    finished = tmp_path / "results" / "tiny" / layout.TRAIN_RESULT.format(run_id=best)
+    assert json.loads(finished.read_text())["resumed_from_step"] == 4
+
+
 def test_cancelled_states_are_normalised_for_the_plugin():
     """The plugin compares states exactly; "CANCELLED by 0" must read as "CANCELLED"."""
     import asyncio
