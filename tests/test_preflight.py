@@ -82,7 +82,8 @@ def test_every_shape_trains_beside_its_estimate_and_a_failing_one_is_named(tmp_p
     assert os.path.isfile(tmp_path / "results/tiny/preflight/preflight.md")
     # A CPU measured RSS: nothing to calibrate GPU estimates with, and the report says so.
     calibration = json.loads((tmp_path / "results/tiny/preflight/calibration.json").read_text())
-    assert calibration["shapes"] == {} and len(calibration["skipped"]) == 4
+    (here,) = calibration["classes"].values()
+    assert here["shapes"] == {} and len(here["skipped"]) == 4
     assert "Calibration: none" in done.stdout
 
 
@@ -119,9 +120,7 @@ def test_a_preflight_on_a_gpu_calibrates_later_estimates_of_its_shapes(tmp_path,
     }
     calibration = machine_calibration.build(trained, on_gpu, "NVIDIA L40S", "2026-12-04")
     assert list(calibration["skipped"].values()) == ["status oom"]
-    path = machine_calibration.path_in(tmp_path / "results" / exp.name)
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(calibration))
+    machine_calibration.save(tmp_path / "results" / exp.name, "any", calibration)
 
     for record in estimate_experiment(exp, runs, gpus):
         before = counted[record["run_id"]]
@@ -140,3 +139,90 @@ def test_a_preflight_on_a_gpu_calibrates_later_estimates_of_its_shapes(tmp_path,
     on_cpu = {first.run_id: on_gpu[first.run_id] | {"memory_kind": "cpu_peak_rss"}}
     cpu = machine_calibration.build(trained, on_cpu, "a CPU", "2026-12-04")
     assert cpu["shapes"] == {} and "RSS" in cpu["skipped"][first.run_id]
+
+
+def test_each_job_gets_the_calibration_of_the_gpu_class_it_asks_for(tmp_path, monkeypatch):
+    """Two classes measured with different ratios: a run whose job names a class gets that
+    class's; a class nobody measured keeps the counted estimate; an estimate for no particular
+    job takes the more cautious class; the train stage picks by the GPU it runs on; and
+    `train: auto` sizes each class with its own ratio."""
+    from tunebench import preflight, resources
+    from tunebench.estimate import machine_calibration
+    from tunebench.estimate.gpus import find
+    from tunebench.estimate.runs import estimate_experiment
+    from tunebench.experiment import load_experiment
+    from tunebench.matrix import expand
+
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_experiment(methods=[{"method": "lora", "ranks": [4], "learning_rate": 5e-3}])
+    settings["resources"] = {
+        "train": {"gpus": 1, "gpu_model": "l40s"},
+        "overrides": [{"match": {"method": "lora"}, "train": {"gpu_model": "a100"}}],
+    }
+    exp = load_experiment(write(tmp_path, settings))
+    assert preflight.gpu_classes(exp) == {
+        "l40s": "resources.train.gpu_model",
+        "a100": "resources.overrides[0].train.gpu_model",
+    }
+    derived = load_experiment(preflight.derive(tmp_path / "exp.yaml", 2, "a100")[0])
+    assert derived.name == "tiny-preflight-a100"
+    assert len(preflight.shapes_of_class(derived, "a100")) == 1
+    assert preflight.shapes_of_class(derived, "l40s") == []  # the override moved the run
+    with pytest.raises(preflight.ExperimentError, match=r"resources.overrides\[0\].*'a100'.*fake"):
+        preflight.check_classes(preflight.gpu_classes(exp), {"fake", "l40s"})
+
+    (run,) = expand(exp)
+    (trained,) = expand(derived)
+    gpus = [find("A100-80GB")]
+    counted = estimate_experiment(exp, [run], gpus, calibrated=False)[0]
+    root = tmp_path / "results" / exp.name
+    for gpu_class, machine, reserved in (
+        ("a100", "NVIDIA A100", 0.5),
+        ("h100", "NVIDIA H100", 0.8),
+    ):
+        record = {
+            "status": "ok",
+            "memory_kind": machine_calibration.CUDA_MEMORY,
+            "peak_memory_gb": reserved,
+            "peak_memory_allocated_gb": 0.25,
+            "prediction": estimate_experiment(derived, [trained], gpus, calibrated=False)[0],
+        }
+        built = machine_calibration.build([trained], {trained.run_id: record}, machine, "today")
+        machine_calibration.save(root, gpu_class, built)
+    ratio = {
+        c: machine_calibration.load(exp)["classes"][c]["shapes"][machine_calibration.shape_key(run)]
+        for c in ("a100", "h100")
+    }
+    assert ratio["a100"]["reserved"] < ratio["h100"]["reserved"]
+
+    def scaled(**where) -> dict:
+        return machine_calibration.apply(counted, run, machine_calibration.load(exp), gpus, **where)
+
+    # The run's job asks for a100 (its override): a100's ratio, and estimate_experiment agrees.
+    (asked,) = estimate_experiment(exp, [run], gpus)
+    assert asked["calibration_class"] == "a100" and "NVIDIA A100" in asked["calibrated_by"]
+    assert asked["predicted_peak_gb"] == pytest.approx(
+        counted["predicted_peak_gb"] * ratio["a100"]["reserved"]
+    )
+    assert "calibrated_by" not in scaled(gpu_class="l40s")  # measured on no L40S
+    assert scaled()["calibration_class"] == "h100"  # no job in mind: the more cautious
+    assert scaled(device="NVIDIA A100")["calibration_class"] == "a100"  # the GPU it runs on
+
+    # train: auto: each class sized with its own ratio. An L40S measured 300 GiB (say its
+    # allocator fragmented badly): the run goes to the H100 class although, as counted, the
+    # smaller L40S would do.
+    record["peak_memory_gb"] = 300.0
+    built = machine_calibration.build([trained], {trained.run_id: record}, "NVIDIA L40S", "today")
+    machine_calibration.save(root, "l40s", built)
+    settings["resources"] = {
+        "train": "auto",
+        "auto": {"gpus": [{"slurm": "h100", "gpu": "H100"}, {"slurm": "l40s", "gpu": "L40S"}]},
+    }
+    exp = load_experiment(write(tmp_path, settings))
+    assert preflight.gpu_classes(exp) == {
+        "h100": "resources.auto.gpus[0].slurm",
+        "l40s": "resources.auto.gpus[1].slurm",
+    }
+    assert resources.auto_train(exp, run).gpu_model == "h100"
+    machine_calibration.path_in(root).unlink()
+    assert resources.auto_train(exp, run).gpu_model == "l40s"

@@ -326,6 +326,48 @@ def test_bare_snakemake_runs_a_search_on_slurm(cluster, tmp_path):
     assert json.loads(finished.read_text())["resumed_from_step"] == 4
 
 
+def test_a_preflight_runs_one_short_job_per_gpu_class_on_slurm(cluster, tmp_path):
+    """`tunebench preflight --profile slurm`: a class the cluster lacks is an error naming its
+    key before anything is submitted; the class it has gets one short Slurm job per shape on
+    that GPU, reported under its class."""
+    exp = tiny_experiment(methods=[{"method": "lora", "ranks": [4], "learning_rate": 5e-3}])
+    exp["resources"] = {
+        "train": {"gpus": 1, "gpu_model": "fake", "mem_gb": 2, "runtime_minutes": 10},
+        "default": {"mem_gb": 2, "runtime_minutes": 10},
+        "overrides": [{"match": {"method": "lora"}, "train": {"gpu_model": "h100"}}],
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    command = [str(BIN / "tunebench"), "preflight", "exp.yaml", "--steps", "2"]
+    command += ["--profile", "slurm"]
+
+    def preflight() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
+
+    unknown = preflight()
+    assert unknown.returncode == 2, unknown.stdout[-2000:] + unknown.stderr[-2000:]
+    assert "resources.overrides[0].train.gpu_model" in unknown.stderr
+    assert "'h100'" in unknown.stderr and "fake" in unknown.stderr
+    assert not (tmp_path / "results").exists(), "nothing was made or submitted"
+
+    del exp["resources"]["overrides"]
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    done = preflight()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "results/tiny/preflight/preflight.json").read_text())
+    assert [c["gpu_class"] for c in report["classes"]] == ["fake"]
+    (shape,) = report["shapes"]
+    assert shape["status"] == "ok" and shape["gpu_class"] == "fake", shape
+    jobs = [
+        line.split("|")
+        for line in sacct("Comment,State,AllocTRES").splitlines()
+        if f"rule_train_wildcards_{shape['run_id']}" in line
+    ]
+    assert len(jobs) == 1 and all(s == "COMPLETED" and "gres/gpu=1" in t for _, s, t in jobs)
+
+
 def test_cancelled_states_are_normalised_for_the_plugin():
     """The plugin compares states exactly; "CANCELLED by 0" must read as "CANCELLED"."""
     import asyncio

@@ -185,7 +185,7 @@ def cmd_estimate(args) -> int:
 
 
 def _say_calibration(records: list[dict]) -> None:
-    """Which estimates a preflight on this machine scaled (estimate/machine_calibration.py)."""
+    """Which estimates a preflight scaled (estimate/machine_calibration.py)."""
     calibrated = [r for r in records if "calibrated_by" in r]
     if calibrated:
         print(

@@ -50,6 +50,15 @@ def check_executor(exp: Experiment, profile: str | None, extra: list[str]) -> No
     before anything starts, not as a failed row after the data are prepared."""
     if not exp.resources.spans_nodes():
         return
+    if executor_of(profile, extra) != "slurm":
+        raise ExperimentError(
+            "resources.train.nodes > 1: a run spans nodes only as a Slurm job (srun starts one "
+            "task per node); run with --profile slurm, or train on one node (remove nodes)"
+        )
+
+
+def executor_of(profile: str | None, extra: list[str]) -> str | None:
+    """The executor jobs run through: Snakemake's own option, else the profile's."""
     import yaml
 
     executor = None
@@ -61,11 +70,7 @@ def check_executor(exp: Experiment, profile: str | None, extra: list[str]) -> No
             executor = value
         elif option.startswith("--executor="):
             executor = option.split("=", 1)[1]
-    if executor != "slurm":
-        raise ExperimentError(
-            "resources.train.nodes > 1: a run spans nodes only as a Slurm job (srun starts one "
-            "task per node); run with --profile slurm, or train on one node (remove nodes)"
-        )
+    return executor
 
 
 def locked_by_another_run(workdir: Path, snakemake_args: list[str]) -> bool:

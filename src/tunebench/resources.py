@@ -29,17 +29,24 @@ LOAD_MINUTES = 15  # loading, saving and the validation pass, beside the trainin
 def auto_train(exp: Experiment, run) -> JobResources:
     """`resources.train: auto`: the smallest GPU class the run's predicted peak (times the
     headroom) fits on, host memory for its checkpoint, and its predicted time with headroom."""
+    from tunebench.estimate import machine_calibration
     from tunebench.estimate.gpus import find
     from tunebench.estimate.runs import estimate_experiment
 
     auto = exp.resources.auto
     classes = sorted(((find(c.gpu), c.slurm) for c in auto.gpus), key=lambda c: c[0].memory_gib)
     gpus = [gpu for gpu, _ in classes] or [find("A100-80GB")]
-    record = estimate_experiment(exp, [run], gpus)[0]
+    record = estimate_experiment(exp, [run], gpus, calibrated=False)[0]
     if "error" in record:
         return JobResources(gpus=1, mem_gb=MIN_HOST_GB, runtime_minutes=auto.runtime_minutes)
-    need = record["predicted_peak_gb"] * auto.memory_headroom
-    chosen = next(((g, s) for g, s in classes if need <= g.memory_gib), None)
+    calibration = machine_calibration.load(exp)
+
+    def need(slurm: str) -> float:
+        """The predicted peak on that class: with a preflight's ratios of that class."""
+        on_it = machine_calibration.apply(record, run, calibration, gpus, gpu_class=slurm)
+        return on_it["predicted_peak_gb"] * auto.memory_headroom
+
+    chosen = next(((g, s) for g, s in classes if need(s) <= g.memory_gib), None)
     if chosen is None and classes:  # nothing fits: the largest (predicted_oom may skip it)
         chosen = classes[-1]
     gpu, slurm = chosen if chosen else (gpus[0], None)
@@ -66,6 +73,22 @@ def predicted_oom_limit_gb(exp: Experiment) -> float:
     return max(find(c.gpu).memory_gib for c in res.auto.gpus)
 
 
+def _matching(exp: Experiment, kind: str, axes: dict) -> list[JobResources]:
+    """The `kind` requests of every override whose fields all match `axes`, in order."""
+    return [
+        getattr(o, kind)
+        for o in exp.resources.overrides
+        if all(axes.get(k) == v for k, v in o.match.items())
+    ]
+
+
+def requested_gpu_model(exp: Experiment, run) -> str | None:
+    """The GPU class a run's training job names (resources.train, then its overrides); None
+    under `train: auto` without an override naming one (auto chooses it per run)."""
+    base = exp.resources.train if isinstance(exp.resources.train, JobResources) else JobResources()
+    return _merge(base, *_matching(exp, "train", run.axes())).gpu_model
+
+
 def resolve(exp: Experiment, kind: str, axes: dict | None = None, run=None) -> JobResources:
     """kind: train | evaluate | default; axes: the run's fields (None for other jobs); run:
     the run itself, which `train: auto` sizes from its estimate."""
@@ -74,12 +97,7 @@ def resolve(exp: Experiment, kind: str, axes: dict | None = None, run=None) -> J
         base = auto_train(exp, run) if run is not None else JobResources(gpus=1)
     if axes is None or kind == "default":
         return base
-    matching = [
-        getattr(o, kind)
-        for o in exp.resources.overrides
-        if all(axes.get(k) == v for k, v in o.match.items())
-    ]
-    return _merge(base, *matching)
+    return _merge(base, *_matching(exp, kind, axes))
 
 
 def snakemake_resources(exp: Experiment, kind: str, axes: dict | None = None, run=None) -> dict:

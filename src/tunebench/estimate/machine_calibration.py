@@ -3,9 +3,17 @@ estimate, for later estimates of the same experiment.
 
 The estimator counts memory from the configuration; a preflight measures it on the machine
 itself. Its ratios (measured / predicted peak allocated and reserved GPU memory) are kept per
-training shape in results/<experiment>/preflight/calibration.json, and `estimate`, `plan`,
-`resources.train: auto`, `resources.predicted_oom` and the launcher's DDP/FSDP choice multiply
-the estimate of a run of that shape by them, and say so (`calibrated_by` in the record).
+GPU class and training shape in results/<experiment>/preflight/calibration.json, and
+`estimate`, `plan`, `resources.train: auto` and `resources.predicted_oom` multiply the
+estimate of a run of that shape by them, and say so (`calibrated_by` in the record).
+
+A GPU class is what Slurm calls it (`resources.train.gpu_model`, an override's, or
+`resources.auto.gpus[].slurm`); a preflight on this machine, or of jobs that name no class,
+is the class `any`. Which class's ratios a run gets (`choose`): the class its job asks for,
+else the one measured on the GPU it runs on, else `any`; a run whose class is not known (an
+estimate for no particular job) gets the only class there is, or of several the one with the
+largest reserved ratio for its shape (the cautious choice). A job that names a class nobody
+measured keeps the counted estimate: another GPU's allocator is no evidence for it.
 
 Only CUDA measurements calibrate: a CPU preflight measures the process's RSS (libraries
 included), which is not what the estimate predicts. A shape the preflight did not train keeps
@@ -23,6 +31,7 @@ from tunebench.estimate import verdict
 from tunebench.estimate.memory import GIB
 
 CUDA_MEMORY = "cuda_max_reserved"  # measure.py's memory_kind on a GPU
+ANY = "any"  # the class of a preflight on this machine, or of jobs that name no GPU class
 # Run fields that change neither memory nor speed, or that a preflight changes on purpose:
 # the shape is the rest (model and dataset by name: the preflight swaps unreachable models for
 # random weights and every dataset for synthetic longest rows).
@@ -93,6 +102,17 @@ def path_in(root: Path) -> Path:
     return root / layout.PREFLIGHT_CALIBRATION
 
 
+def save(root: Path, gpu_class: str, calibration: dict) -> Path:
+    """Keep `calibration` (build's) as the class's in the experiment's file, beside the other
+    classes' (a preflight of one class leaves the others' measurements alone)."""
+    path = path_in(root)
+    found = load_from(root) or {"classes": {}}
+    classes = found["classes"] | {gpu_class: calibration}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"classes": classes}, indent=1) + "\n")
+    return path
+
+
 def load(exp) -> dict | None:
     """The experiment's calibration, if a preflight wrote one."""
     from tunebench import layout
@@ -111,19 +131,60 @@ def load_from(root: Path) -> dict | None:
     """The calibration under a results root (an unreadable file: none, the plain estimate)."""
     path = path_in(root)
     try:
-        return json.loads(path.read_text()) | {"path": str(path)}
+        found = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(found.get("classes"), dict):
+        return None
+    return found | {"path": str(path)}
 
 
-def apply(record: dict, run, calibration: dict | None, gpus) -> dict:
-    """`record` (estimate_run's) with its memory scaled by the ratios of the run's shape, the
-    verdicts redone, and `calibrated_by` saying from what; unchanged without a ratio."""
-    if not calibration or "error" in record:
+def choose(
+    calibration: dict | None, run, gpu_class: str | None = None, device: str | None = None
+) -> tuple[str, dict] | None:
+    """The class whose ratios apply to `run` (the module docstring says which), and its
+    calibration; None when none applies. gpu_class: the class the run's job asks for; device:
+    the name of the GPU it runs on (torch.cuda.get_device_name)."""
+    if not calibration:
+        return None
+    classes = {
+        name: entry
+        for name, entry in calibration["classes"].items()
+        if shape_key(run) in entry.get("shapes", {})
+    }
+    if gpu_class and gpu_class in classes:
+        return gpu_class, classes[gpu_class]
+    if device:
+        on_it = [name for name, entry in classes.items() if entry.get("machine") == device]
+        if on_it:
+            return on_it[0], classes[on_it[0]]
+    if ANY in classes:
+        return ANY, classes[ANY]
+    if gpu_class or device or not classes:
+        return None
+    key = shape_key(run)
+    name = max(sorted(classes), key=lambda n: classes[n]["shapes"][key]["reserved"])
+    return name, classes[name]
+
+
+def apply(
+    record: dict,
+    run,
+    calibration: dict | None,
+    gpus,
+    gpu_class: str | None = None,
+    device: str | None = None,
+) -> dict:
+    """`record` (estimate_run's) with its memory scaled by the ratios of the run's shape on the
+    class `choose` picks, the verdicts redone, and `calibrated_by` saying from what; unchanged
+    without a ratio."""
+    if "error" in record:
         return record
-    ratios = calibration["shapes"].get(shape_key(run))
-    if ratios is None:
+    chosen = choose(calibration, run, gpu_class, device)
+    if chosen is None:
         return record
+    name, measured = chosen
+    ratios = measured["shapes"][shape_key(run)]
     allocated = record["predicted_allocated_gb"] * ratios["allocated"]
     reserved = record["predicted_peak_gb"] * ratios["reserved"]
     out = record | {
@@ -134,10 +195,11 @@ def apply(record: dict, run, calibration: dict | None, gpus) -> dict:
         "memory_gib": record["memory_gib"]
         | {"peak_allocated": allocated, "peak_reserved": reserved},
         "calibrated_by": (
-            f"preflight on {calibration['machine']} ({calibration['measured_on']}, "
+            f"preflight on {measured['machine']} (GPU class {name}, {measured['measured_on']}, "
             f"{calibration.get('path', 'calibration.json')}): measured/counted allocated "
             f"x{ratios['allocated']:.2f}, reserved x{ratios['reserved']:.2f}"
         ),
+        "calibration_class": name,
     }
     out["gpus"] = {
         name: entry | {"verdict": verdict(reserved * GIB, gpu)}

@@ -92,13 +92,15 @@ def estimate_at(
     gpus: list[Gpu] | None = None,
     calibration: dict | None = None,
     device: str = "cuda",
+    gpu_name: str | None = None,
 ) -> dict:
     """estimate_run for a run whose base model a step has found at `model_location` (the train
     stage's prediction beside measurement and its predicted_oom check, the launcher's auto
-    strategy); scaled by a preflight's `calibration` when given (machine_calibration)."""
+    strategy); scaled by a preflight's `calibration` when given (machine_calibration), of the
+    GPU class measured on `gpu_name`, the GPU the step runs on, where there is one."""
     gpus = gpus or []
     record = estimate_run(run, config_at(run, model_location), gpus, device=device)
-    return machine_calibration.apply(record, run, calibration, gpus)
+    return machine_calibration.apply(record, run, calibration, gpus, device=gpu_name)
 
 
 def made_model_dir(exp, model) -> Path | None:
@@ -110,11 +112,14 @@ def made_model_dir(exp, model) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def estimate_experiment(exp, runs, gpus: list[Gpu]) -> list[dict]:
+def estimate_experiment(exp, runs, gpus: list[Gpu], calibrated: bool = True) -> list[dict]:
     """Every run's record; a run whose model or settings cannot be estimated gets an `error`.
-    A preflight of the experiment on this machine calibrates the runs of the shapes it trained
-    (`calibrated_by` says so)."""
-    calibration = machine_calibration.load(exp)
+    A preflight of the experiment calibrates the runs of the shapes it trained, with the ratios
+    of the GPU class each run's job asks for (`calibrated_by` says so); calibrated=False: as
+    counted."""
+    from tunebench.resources import requested_gpu_model
+
+    calibration = machine_calibration.load(exp) if calibrated else None
     configs: dict[str, tuple] = {}
     records = []
     for run in runs:
@@ -123,7 +128,10 @@ def estimate_experiment(exp, runs, gpus: list[Gpu]) -> list[dict]:
                 configs[run.model.name] = spec_config(run.model, made_model_dir(exp, run.model))
             config, source = configs[run.model.name]
             record = estimate_run(run, config, gpus, exp.cost.price_per_hour)
-            record = machine_calibration.apply(record, run, calibration, gpus)
+            if calibration:
+                record = machine_calibration.apply(
+                    record, run, calibration, gpus, requested_gpu_model(exp, run)
+                )
             records.append(record | {"config_source": source})
         except (EstimateError, OSError, ValueError) as err:
             records.append({"run_id": run.run_id, "error": str(err).splitlines()[0]})

@@ -195,10 +195,12 @@ def check_predicted_fit(
 ) -> None:
     """resources.predicted_oom: skip: a run predicted not to fit in `limit_gb` of GPU memory
     is a `predicted_oom` row, and no GPU time is spent on it. A preflight's `calibration`
-    of this machine scales the prediction (estimate/machine_calibration.py)."""
+    scales the prediction, with the ratios measured on this GPU where a preflight ran on one
+    like it (estimate/machine_calibration.py)."""
     from tunebench.estimate.runs import estimate_at
 
-    predicted = estimate_at(run, model_location, calibration=calibration)
+    gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    predicted = estimate_at(run, model_location, calibration=calibration, gpu_name=gpu_name)
     if predicted["predicted_peak_gb"] > limit_gb:
         how = f" ({predicted['calibrated_by']})" if "calibrated_by" in predicted else ""
         raise StageFailure(
