@@ -308,3 +308,31 @@ def test_full_fine_tuning_dpo_counts_its_reference_copy(tmp_path):
     sft, dpo = sorted(json.loads(out.stdout)["runs"], key=lambda r: "-dpo-" in r["run_id"])
     extra = dpo["memory_gib"]["weights"] - sft["memory_gib"]["weights"]
     assert extra == pytest.approx(sft["memory_gib"]["trainable_parameters"]) and extra > 0
+
+
+def test_the_estimate_is_for_the_longest_batch_of_the_tokenised_data(tmp_path, monkeypatch):
+    """Once the data are tokenised, a run is estimated at its longest training example where
+    that is shorter than max_length (a batch is padded to its longest row); before, and with
+    packing, at max_length."""
+    import json
+
+    from tunebench.estimate.gpus import find
+    from tunebench.estimate.runs import estimate_experiment, tokenized_dir
+
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_experiment(methods=[{"method": "lora", "ranks": [4], "learning_rate": 5e-3}])
+    settings["training"]["max_length"] = 256
+    exp = validate_data(settings)
+    (run,) = expand(exp)
+    before = estimate_experiment(exp, [run], [find("L40S")])[0]
+    assert before["seq_len"] == 256
+    manifest = tokenized_dir(exp, run) / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"splits": {"train": {"max_tokens": 40}}}))
+    after = estimate_experiment(exp, [run], [find("L40S")])[0]
+    assert after["seq_len"] == 40
+    assert after["memory_gib"]["activations"] < before["memory_gib"]["activations"]
+    settings["training"]["packing"] = True  # packed rows are max_length long whatever the data
+    packed = validate_data(settings)
+    (packed_run,) = expand(packed)
+    assert estimate_experiment(packed, [packed_run], [find("L40S")])[0]["seq_len"] == 256

@@ -211,7 +211,7 @@ def train(
             from tunebench.estimate import machine_calibration
 
             calibration = machine_calibration.load_for_run(run_dir)
-            check_predicted_fit(run, location, predicted_oom_mb / 1024, calibration)
+            check_predicted_fit(run, location, predicted_oom_mb / 1024, calibration, tokenized)
         if processes > 1 or nodes > 1:
             from tunebench.training import launch
 

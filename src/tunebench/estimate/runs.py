@@ -42,14 +42,21 @@ def train_steps(run) -> int | None:
 
 
 def estimate_run(
-    run, config, gpus: list[Gpu], prices: dict[str, float] | None = None, device: str = "cuda"
+    run,
+    config,
+    gpus: list[Gpu],
+    prices: dict[str, float] | None = None,
+    device: str = "cuda",
+    longest: int | None = None,
 ) -> dict:
     """One run's estimate as a flat record (see the module docstring), as it would train on
-    `device` (a CPU trains in float32 where a GPU would use bf16)."""
-    setup = from_run(run, device)
+    `device` (a CPU trains in float32 where a GPU would use bf16), its batches no longer than
+    `longest` tokens where the tokenised data says so (setup.from_run)."""
+    setup = from_run(run, device, longest)
     result = estimate(config, setup, gpus)
     record = {
         "run_id": run.run_id,
+        "seq_len": setup.seq_len,
         "compute_dtype": setup.compute_dtype,
         "model_flops_per_token": flops_per_token(setup, result.footprint, config)[0],
         "trainable_params": result.footprint.trainable_params,
@@ -93,14 +100,38 @@ def estimate_at(
     calibration: dict | None = None,
     device: str = "cuda",
     gpu_name: str | None = None,
+    tokenized: Path | None = None,
 ) -> dict:
     """estimate_run for a run whose base model a step has found at `model_location` (the train
     stage's prediction beside measurement and its predicted_oom check, the launcher's auto
     strategy); scaled by a preflight's `calibration` when given (machine_calibration), of the
-    GPU class measured on `gpu_name`, the GPU the step runs on, where there is one."""
+    GPU class measured on `gpu_name`, the GPU the step runs on, where there is one; for the
+    longest batch of the data tokenised in `tokenized`, when given."""
     gpus = gpus or []
-    record = estimate_run(run, config_at(run, model_location), gpus, device=device)
+    longest = longest_train_tokens(tokenized) if tokenized else None
+    record = estimate_run(run, config_at(run, model_location), gpus, device=device, longest=longest)
     return machine_calibration.apply(record, run, calibration, gpus, device=gpu_name)
+
+
+def longest_train_tokens(tokenized: Path) -> int | None:
+    """The longest tokenised training example (the tokenize step's manifest); None before the
+    data are tokenised."""
+    from tunebench.io import read_json
+
+    try:
+        return int(read_json(tokenized / "manifest.json")["splits"]["train"]["max_tokens"]) or None
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def tokenized_dir(exp, run) -> Path:
+    """Where the workflow tokenises a run's data for its model (as workflow/rules/common.smk)."""
+    from tunebench import layout
+    from tunebench.matrix import dataset_key, tokenizer_key
+
+    return layout.results_root(exp.name) / layout.TOKENIZED.format(
+        dataset=dataset_key(run.dataset), tokenizer=tokenizer_key(run.model)
+    )
 
 
 def made_model_dir(exp, model) -> Path | None:
@@ -127,7 +158,8 @@ def estimate_experiment(exp, runs, gpus: list[Gpu], calibrated: bool = True) -> 
             if run.model.name not in configs:
                 configs[run.model.name] = spec_config(run.model, made_model_dir(exp, run.model))
             config, source = configs[run.model.name]
-            record = estimate_run(run, config, gpus, exp.cost.price_per_hour)
+            longest = longest_train_tokens(tokenized_dir(exp, run))
+            record = estimate_run(run, config, gpus, exp.cost.price_per_hour, longest=longest)
             if calibration:
                 record = machine_calibration.apply(
                     record, run, calibration, gpus, requested_gpu_model(exp, run)

@@ -55,7 +55,9 @@ class Setup:
     compute_dtype: str = "bfloat16"  # training.precision resolved, or QLoRA's compute_dtype
     optimizer: str = "adamw_torch"  # training.optimizer
     batch_size: int = 1  # training.batch_size (per device)
-    seq_len: int = 512  # training.max_length: the longest batch sets the peak
+    # The longest batch sets the peak: training.max_length, or the user's tokenised data's
+    # longest training example where it is shorter (from_run's `longest`).
+    seq_len: int = 512
     gradient_accumulation: int = 1  # training.gradient_accumulation
     gradient_checkpointing: bool = False  # training.gradient_checkpointing
     attention: str = "sdpa"  # training.attention: sdpa | flash_attention_2 | eager
@@ -103,9 +105,15 @@ class Setup:
         return self.method == "qlora" and self.stack == "hf"
 
 
-def from_run(run, device: str = "cuda") -> Setup:
-    """The Setup of a tunebench run (matrix.RunConfig), as it would train on `device`."""
+def from_run(run, device: str = "cuda", longest: int | None = None) -> Setup:
+    """The Setup of a tunebench run (matrix.RunConfig), as it would train on `device`.
+    longest: the tokenised training data's longest example, where known: a batch is padded to
+    its longest row, so no batch is longer (packing fills every row to max_length, and a
+    preference pair's rejected answer is not in that count: both keep max_length)."""
     t = run.training
+    seq_len = t.max_length
+    if longest and not t.packing and run.objective == "sft":
+        seq_len = min(t.max_length, longest)
     if run.method == "qlora":
         compute = run.compute_dtype
     elif t.precision != "auto":
@@ -126,7 +134,7 @@ def from_run(run, device: str = "cuda") -> Setup:
         # sequences (the reference's no-grad forward keeps no activations).
         batch_size=t.batch_size * (2 if run.objective != "sft" else 1),
         reference_copy=run.objective == "dpo" and run.method == "full",
-        seq_len=t.max_length,
+        seq_len=seq_len,
         gradient_accumulation=t.gradient_accumulation,
         gradient_checkpointing=t.gradient_checkpointing,
         attention=t.attention,

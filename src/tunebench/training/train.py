@@ -191,7 +191,11 @@ def check_settings(run: RunConfig) -> None:
 
 
 def check_predicted_fit(
-    run: RunConfig, model_location: str, limit_gb: float, calibration: dict | None = None
+    run: RunConfig,
+    model_location: str,
+    limit_gb: float,
+    calibration: dict | None = None,
+    tokenized: Path | None = None,
 ) -> None:
     """resources.predicted_oom: skip: a run predicted not to fit in `limit_gb` of GPU memory
     is a `predicted_oom` row, and no GPU time is spent on it. A preflight's `calibration`
@@ -200,7 +204,9 @@ def check_predicted_fit(
     from tunebench.estimate.runs import estimate_at
 
     gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    predicted = estimate_at(run, model_location, calibration=calibration, gpu_name=gpu_name)
+    predicted = estimate_at(
+        run, model_location, calibration=calibration, gpu_name=gpu_name, tokenized=tokenized
+    )
     if predicted["predicted_peak_gb"] > limit_gb:
         how = f" ({predicted['calibrated_by']})" if "calibrated_by" in predicted else ""
         raise StageFailure(
@@ -214,7 +220,9 @@ def check_predicted_fit(
         )
 
 
-def predicted_vs_measured(run: RunConfig, model_location: str, measured: dict) -> dict:
+def predicted_vs_measured(
+    run: RunConfig, model_location: str, measured: dict, tokenized: Path | None = None
+) -> dict:
     """What `tunebench estimate` predicts for this run, beside what it measured: each GPU run
     shows how good the estimate was. An estimate that cannot be made is noted, never fatal."""
     try:
@@ -226,11 +234,15 @@ def predicted_vs_measured(run: RunConfig, model_location: str, measured: dict) -
         if gpu_name:
             with contextlib.suppress(KeyError):  # a GPU the table lacks: memory only
                 gpus = [find(gpu_name)]
-        out = measured_against(estimate_at(run, model_location, gpus), measured, gpu_name)
+        out = measured_against(
+            estimate_at(run, model_location, gpus, tokenized=tokenized), measured, gpu_name
+        )
         if gpu_name is None and measured.get("peak_memory_allocated_gb"):
             # training.profile_memory on a CPU: the estimate of the run as it trained here
             # (a CPU's precision), beside the profiler's tensor peak.
-            here = estimate_at(run, model_location, device="cpu")["predicted_allocated_gb"]
+            here = estimate_at(run, model_location, device="cpu", tokenized=tokenized)[
+                "predicted_allocated_gb"
+            ]
             out |= allocated_against(here, measured["peak_memory_allocated_gb"])
         return out
     except Exception as err:  # noqa: BLE001 - the run finished; its prediction is extra
@@ -384,7 +396,7 @@ def train_run(
         **memory,
     }
     return {
-        "prediction": predicted_vs_measured(run, model_location, measured),
+        "prediction": predicted_vs_measured(run, model_location, measured, tokenized_dir),
         "trainable_params": trainable,
         "total_params": total,
         "train_seconds": train_seconds,
