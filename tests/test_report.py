@@ -232,3 +232,32 @@ def test_the_pareto_chart_leaves_out_a_search_s_pruned_configurations_but_not_fa
         row.get("status") for rows in spec["datasets"].values() for row in rows if "band" in row
     }
     assert statuses == {"oom"}
+
+
+def test_a_preflight_is_a_section_of_the_html_report(compiled, tmp_path):
+    """results/<name>/preflight/preflight.json, when `tunebench preflight` wrote one: its
+    shapes, measured beside predicted, and why one failed."""
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(compiled[0], root)
+    shapes = [
+        {"gpu_class": "a100", "run_id": "m-lora-r4", "status": "ok", "peak_memory_gb": 3.25,
+         "predicted_peak_gb": 3.5, "allocated_error_pct": 4.2},
+        {"gpu_class": "a100", "run_id": "m-qlora-r64", "status": "failed",
+         "reason": "bitsandbytes: no kernel image is available"},
+    ]  # fmt: skip
+    write_json(
+        root / layout.PREFLIGHT / "preflight.json",
+        {"classes": [{"gpu_class": "a100", "machine": "NVIDIA A100"}], "changes": ["3 steps"],
+         "ok": False, "shapes": shapes},
+    )  # fmt: skip
+    compile_comparison(experiment(), root, root, partial=True)
+    report = (root / "comparison_partial_report.html").read_text()
+    assert '<h2 id="preflight">Preflight</h2>' in report and 'href="#preflight"' in report
+    assert "GPU class a100 on NVIDIA A100" in report and "Some shapes failed" in report
+    (table,) = re.findall(r'"data_json": "(.*?)(?<!\\)"', report.split('id="preflight"')[1])
+    rows = json.loads(json.loads(f'"{table}"'))
+    assert rows[1][:3] == ["a100", "m-qlora-r64", "failed"]
+    assert rows[1][-1] == "bitsandbytes: no kernel image is available"
+    assert '"peak GiB, predicted"' in report or "peak GiB, predicted" in report

@@ -128,7 +128,33 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
         searched=recommend.searched(exp),
         searched_note=recommend.SEARCHED,
         searches=search.searches(configs).to_dict("records"),
+        preflight=_preflight(root),
     )
+
+
+def _preflight(root: Path) -> dict | None:
+    """`tunebench preflight`'s measurements of the experiment (preflight.json), if it ran."""
+    from tunebench import layout, preflight
+    from tunebench.io import read_json
+
+    path = root / layout.PREFLIGHT / "preflight.json"
+    if not path.is_file():
+        return None
+    found = read_json(path)
+    columns, before = {}, ""
+    for key, title, _ in preflight.COLUMNS:
+        # The Markdown report's "predicted" sits beside what it predicts; here it says which.
+        columns[key] = f"{before}, predicted" if title == "predicted" else title
+        before = title
+    shapes = pd.DataFrame(found["shapes"], columns=list(columns)).rename(columns=columns)
+    return {
+        "where": "; ".join(
+            f"GPU class {c['gpu_class']} on {c['machine']}" for c in found["classes"]
+        ),
+        "changes": "; ".join(found["changes"]),
+        "ok": found["ok"],
+        "html": _table_html(shapes),
+    }
 
 
 def _reproduction(rows, exp) -> dict:
