@@ -44,6 +44,9 @@ PREFERENCE = ("preference_accuracy",)
 
 def run(experiment: Path, workdir: Path, env: dict) -> tuple[pd.DataFrame, float]:
     shutil.copy(experiment, workdir / experiment.name)
+    data = workdir / "experiments" / "data"
+    if not data.exists():  # the experiment's relative data paths, inside the scratch project
+        shutil.copytree(REPO / "experiments" / "data", data)
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "tunebench", "run", experiment.name],
@@ -82,6 +85,20 @@ def shown(experiment: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
 
 
+def narrower_env(env: dict) -> tuple[dict, str]:
+    """`env` with PyTorch, oneDNN and MKL held to the next narrower instruction set than this
+    machine's, and the settings as a line (retention_cost.py --kernels narrower uses it too)."""
+    from tunebench.measure import cpu_isa
+
+    isa = cpu_isa()
+    if isa not in NARROWER:
+        raise SystemExit(f"no narrower kernels known for {isa}")
+    aten, onednn = NARROWER[isa]
+    held = {"ATEN_CPU_CAPABILITY": aten, "ONEDNN_MAX_CPU_ISA": onednn}
+    held["MKL_ENABLE_INSTRUCTIONS"] = onednn
+    return env | held, ", ".join(f"{k}={v}" for k, v in held.items())
+
+
 def main() -> None:
     from tunebench.measure import cpu_isa, measured_on
 
@@ -89,15 +106,8 @@ def main() -> None:
     parser.add_argument("experiment", type=Path, nargs="?", default=REPO / "experiments/smoke.yaml")
     args = parser.parse_args()
     isa = cpu_isa()
-    if isa not in NARROWER:
-        raise SystemExit(f"no narrower kernels known for {isa}")
-    aten, onednn = NARROWER[isa]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    narrow_env = env | {
-        "ATEN_CPU_CAPABILITY": aten,
-        "ONEDNN_MAX_CPU_ISA": onednn,
-        "MKL_ENABLE_INSTRUCTIONS": onednn,
-    }
+    narrow_env, held = narrower_env(env)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "native").mkdir()
         (Path(tmp) / "narrow").mkdir()
@@ -114,8 +124,7 @@ def main() -> None:
     text = [
         f"# Kernel paths: {shown(args.experiment)}",
         "",
-        f"measured {measured_on()}; native kernels ({isa}), then ATEN_CPU_CAPABILITY={aten}, "
-        f"ONEDNN_MAX_CPU_ISA={onednn}, MKL_ENABLE_INSTRUCTIONS={onednn}",
+        f"measured {measured_on()}; native kernels ({isa}), then {held}",
         f"wall time: {native_seconds:.0f} s native, {narrow_seconds:.0f} s narrower",
         "",
         side.round(3).to_markdown(index=False),

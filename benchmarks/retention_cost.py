@@ -4,10 +4,14 @@ run once in a scratch folder, then each evaluation job's time split into its ret
 table: each configuration's gain on the task beside its retention deltas.
 
     python benchmarks/retention_cost.py [experiments/smoke.yaml] [--results results/smoke]
-        [--seeds 0 1] [--workdir DIR] [--out benchmarks/figures/retention_cost.md]
+        [--seeds 0 1] [--workdir DIR] [--kernels narrower]
+        [--out benchmarks/figures/retention_cost.md]
 
---results reads a finished results folder instead of running the experiment. Writes
-benchmarks/figures/retention_cost.md (machine and date at the top).
+--results reads a finished results folder instead of running the experiment. --kernels
+narrower runs it with PyTorch, oneDNN and MKL held to the next narrower instruction set
+(kernel_paths.py): a finding stated for both CPU kernel paths needs both runs. Writes
+benchmarks/figures/retention_cost.md (machine, kernels and date at the top), with each
+configuration's forgetting per unit of gain on the task (Biderman et al. 2024's comparison).
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ LIMIT = 0.10  # the issue's budget: at most a tenth of evaluation time
 
 
 def run(
-    experiment: Path, workdir: Path, seeds: list[int] | None = None, base_only: bool = False
+    experiment: Path,
+    workdir: Path,
+    seeds: list[int] | None = None,
+    base_only: bool = False,
+    env: dict | None = None,
 ) -> Path:
     settings = yaml.safe_load(experiment.read_text())
     if seeds:  # more seeds give the forgetting an interval
@@ -64,6 +72,7 @@ def run(
     done = subprocess.run(
         [sys.executable, "-m", "tunebench", "run", experiment.name, *targets],
         cwd=workdir,
+        env=env,
         capture_output=True,
         text=True,
     )
@@ -122,6 +131,28 @@ def by_configuration(root: Path) -> pd.DataFrame:
     return out
 
 
+def per_unit_of_gain(root: Path, experiment: Path) -> pd.DataFrame:
+    """Each configuration's gain on the task's ranking metric and its forgetting on every
+    retention measure (a loss's rise, an accuracy's fall), and forgetting / gain."""
+    from tunebench import retention
+    from tunebench.reporting.recommend import ranking_metric
+
+    exp = validate_data(yaml.safe_load(experiment.read_text()))
+    metric, higher = ranking_metric(exp)
+    configs = pd.read_csv(root / "comparison_by_config.csv")
+    configs = configs[configs["method"] != "base"]
+    gain = configs[f"delta_{metric}_vs_base"] * (1 if higher else -1)
+    out = pd.DataFrame({"configuration": configs["configuration"], f"gain ({metric})": gain})
+    for column in configs:
+        if column.startswith("delta_retention_") and column.endswith("_vs_base"):
+            measure = column.removeprefix("delta_").removesuffix("_vs_base")
+            forgot = configs[column].map(lambda d, m=measure: retention.forgetting(d, m))
+            name = measure.removeprefix("retention_")
+            out[f"forgot {name}"] = forgot
+            out[f"forgot {name} / gain"] = forgot / gain.where(gain > 0)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -132,6 +163,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="replace training.seeds")
     parser.add_argument("--workdir", type=Path, help="run there and keep it (default: scratch)")
     parser.add_argument(
+        "--kernels",
+        choices=("native", "narrower"),
+        default="native",
+        help="narrower: PyTorch, oneDNN and MKL held to the next narrower instruction set",
+    )
+    parser.add_argument(
         "--base-only",
         action="store_true",
         help="evaluate the untuned models only: the cost, without training (no forgetting)",
@@ -140,11 +177,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        root = args.results or run(args.experiment.resolve(), workdir, args.seeds, args.base_only)
+        env, kernels = {**os.environ, "HF_HUB_OFFLINE": "1"}, "native"
+        if args.kernels == "narrower":
+            from kernel_paths import narrower_env
+
+            env, kernels = narrower_env(env)
+        root = args.results or run(
+            args.experiment.resolve(), workdir, args.seeds, args.base_only, env
+        )
         cost = jobs(root)
         table = (root / "comparison.csv").is_file()
         forgot = forgetting(root) if table else None
         configs = by_configuration(root) if table else None
+        per_gain = per_unit_of_gain(root, args.experiment) if table else None
     total = cost[["job_seconds", "scoring_seconds", "retention_seconds"]].sum()
     share_job = total["retention_seconds"] / total["job_seconds"]
     share_scoring = total["retention_seconds"] / total["scoring_seconds"]
@@ -163,6 +208,7 @@ def main() -> None:
     shown = args.experiment.resolve().relative_to(REPO)
     extra = f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""
     extra += " --base-only" if args.base_only else ""
+    extra += " --kernels narrower" if args.kernels == "narrower" else ""
     seeds = " ".join(map(str, args.seeds)) if args.seeds else "as in the experiment"
     load = (
         ""
@@ -173,7 +219,7 @@ def main() -> None:
     verdict = "within" if share_job <= LIMIT else "OVER"
     text = (
         f"# Retention scoring's cost: {args.experiment.name}\n\n"
-        f"- Measured: {measured_on()}\n"
+        f"- Measured: {measured_on()}; CPU kernels: {kernels}\n"
         f"- Command: `python benchmarks/retention_cost.py {shown}{extra}`\n"
         "- Job seconds: Snakemake's wall time of each evaluation job (process start, model "
         "load, scoring); scoring seconds: the task's scoring and retention inside it; retention "
@@ -193,6 +239,10 @@ def main() -> None:
             + forgot.round(3).to_markdown(index=False)
             + "\n\n## By configuration: mean change vs the untuned model "
             "[95% interval over seeds]\n\n" + configs.to_markdown(index=False) + "\n"
+            "\n## Forgetting per unit of gain (means over seeds; a loss's rise, an accuracy's "
+            "fall; empty where there was no gain)\n\n"
+            + per_gain.round(3).to_markdown(index=False)
+            + "\n"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
