@@ -44,6 +44,7 @@ from tunebench.spec import SearchBudget  # noqa: E402
 EXPERIMENT = "benchmarks/data/search-replay.yaml"
 FIGURES = ROOT / "benchmarks" / "figures"
 WALL = "replay_grid_wall.json"  # --run's wall times, beside the grid's results
+CORES = 2  # what --run gives Snakemake: this project's machines have 2
 TEST_METRIC = "exact_match"  # the built-in task's report metric (higher is better)
 REPLAYS = 2_000  # per setting: a hit rate near 0.9 has a 95% interval of about +-0.013
 # Budgets as multiples of the smallest that works; None: ample (each rung keeps the best 1/eta).
@@ -144,7 +145,9 @@ def run_grid(experiment: str) -> None:
     calls = (("grid", [*targets, "--omit-from", "compile"]), ("decisions_and_report", []))
     for name, extra in calls:
         start = time.perf_counter()
-        code = subprocess.call(["tunebench", "run", experiment, "--", "--cores", "2", *extra])
+        code = subprocess.call(
+            ["tunebench", "run", experiment, "--", "--cores", str(CORES), *extra]
+        )
         wall[f"{name}_seconds"] = time.perf_counter() - start
         if code:
             sys.exit(f"tunebench run {experiment} exited {code}")
@@ -482,11 +485,19 @@ def fairness(grid: Grid) -> tuple[list[str], str]:
     return lines, verdict
 
 
+def stem_of(exp) -> str:
+    """The figure's file name: search_replay for the built-in grid, search_replay-<rest> for
+    another (search-replay-smollm2: search_replay-smollm2)."""
+    rest = exp.name.removeprefix("search-replay").lstrip("-")
+    return "search_replay" + (f"-{rest}" if rest else "")
+
+
 def write(grid: Grid, rows: pd.DataFrame, fit, eval_seconds: float, jobs: int, out: Path) -> None:
     root = layout.results_root(grid.exp.name)
     table = summary(rows)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "search_replay.csv", index=False)
+    stem = stem_of(grid.exp)
+    table.to_csv(out / f"{stem}.csv", index=False)
     wall_path = root / WALL
     wall = read_json(wall_path) if wall_path.is_file() else {}
     seeds = len(grid.exp.training.seeds)
@@ -541,7 +552,8 @@ def write(grid: Grid, rows: pd.DataFrame, fit, eval_seconds: float, jobs: int, o
         f"validated at steps {', '.join(str(s) for s in grid.steps)}"
         + (
             f"; trained and evaluated in {wall['grid_seconds']:.0f} s wall time on this machine "
-            f"(2 jobs at a time, the machine shared), decisions and report "
+            f"({CORES // grid.exp.resources.threads} at a time on {CORES} cores, the machine "
+            "shared), decisions and report "
             f"{wall['decisions_and_report_seconds']:.0f} s."
             if wall
             else "."
@@ -588,7 +600,7 @@ def write(grid: Grid, rows: pd.DataFrame, fit, eval_seconds: float, jobs: int, o
         verdict,
         "",
     ]
-    (out / "search_replay.md").write_text("\n".join(lines))
+    (out / f"{stem}.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -604,7 +616,7 @@ def main() -> None:
     fit, eval_seconds, jobs = job_fit(layout.results_root(grid.exp.name))
     rows = replays(grid, fit, eval_seconds, args.replays)
     write(grid, rows, fit, eval_seconds, jobs, args.out)
-    print((args.out / "search_replay.md").read_text())
+    print((args.out / f"{stem_of(grid.exp)}.md").read_text())
 
 
 if __name__ == "__main__":
