@@ -394,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "preflight",
-        "train every distinct shape a few steps on its longest batches, here: measured memory "
-        "and speed beside the estimate",
+        "train every distinct shape a few steps on its longest batches, here (or with --profile "
+        "slurm, on each GPU class the experiment asks for): measured memory and speed beside "
+        "the estimate",
     )
     add_experiment(p)
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per shape")
