@@ -14,13 +14,16 @@ library's message):
    every package the workflow imports.
 2. default: `tunebench run experiments/smoke.yaml` on the GPU (Snakemake, TRL, PEFT,
    bitsandbytes): every row's status, CUDA peak memory and time.
-3. methods: experiments/examples/llama-3.2-1b-methods.yaml in resources mode (Llama 3.2 1B's
-   architecture with random weights, synthetic rows at max_length, --methods-steps optimizer steps,
-   trained one job at a time): predicted (tunebench estimate) against measured reserved and
-   allocated memory and step time for every method.
-4. preset: one published comparison in resources mode (--preset, default fms-mistral-7b,
+3. preflight: `tunebench preflight experiments/smoke.yaml` (the default experiment's shapes on
+   the GPU, measured beside predicted), then `tunebench estimate` of it, which reads the
+   preflight's calibration.
+4. methods: `tunebench preflight` of experiments/examples/llama-3.2-1b-methods.yaml (Llama 3.2 1B's
+   architecture with random weights, synthetic rows past max_length, --methods-steps optimizer
+   steps, trained one job at a time): predicted against measured reserved and allocated memory
+   and step time for every method, then the calibrated estimate.
+5. preset: one published comparison in resources mode (--preset, default fms-mistral-7b,
    --preset-steps steps): its reproduction table (memory beside the published figures).
-5. unsloth: the Unsloth backend against the HF one, where Unsloth is installed there; else the
+6. unsloth: the Unsloth backend against the HF one, where Unsloth is installed there; else the
    step says it was not staged.
 
 --dry runs every step on a CPU at a CPU's size (the default experiment shortened, tiny models of
@@ -50,7 +53,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 METHODS = ROOT / "experiments" / "examples" / "llama-3.2-1b-methods.yaml"
 # Seconds each step may take at most (the overall budget may leave it less).
-STEP_LIMITS = {"environment": 60, "default": 150, "methods": 150, "preset": 240, "unsloth": 120}
+STEP_LIMITS = {
+    "environment": 60,
+    "default": 150,
+    "preflight": 120,
+    "methods": 150,
+    "preset": 240,
+    "unsloth": 120,
+}
 # What the workflow imports, recorded with every figure.
 PACKAGES = [
     *("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets"),
@@ -380,12 +390,7 @@ def default(check: Check) -> None:
     import yaml
 
     started, limit = time.monotonic(), check.seconds_left("default")
-    experiment = Path(check.args.default_experiment).resolve()
-    if check.args.dry and experiment == SMOKE:
-        settings = yaml.safe_load(SMOKE.read_text())
-        settings = dry_smoke(settings)
-        experiment = check.work / "smoke-dry.yaml"
-        experiment.write_text(yaml.safe_dump(settings, sort_keys=False))
+    experiment = default_experiment(check)
     name = yaml.safe_load(experiment.read_text())["name"]
     code, log = check.run("default", check.tunebench("run", str(experiment)), limit)
     results = check.work / "default" / "results" / name
@@ -410,6 +415,17 @@ def default(check: Check) -> None:
         body += tail(log)
     check.write("default", "the default experiment through `tunebench run`", status,
                 "\n".join(body), time.monotonic() - started)  # fmt: skip
+
+
+def default_experiment(check: Check) -> Path:
+    """--default-experiment; with --dry the default experiment at a CPU's size."""
+    import yaml
+
+    experiment = Path(check.args.default_experiment).resolve()
+    if check.args.dry and experiment == SMOKE:
+        experiment = check.work / "smoke-dry.yaml"
+        experiment.write_text(yaml.safe_dump(dry_smoke(yaml.safe_load(SMOKE.read_text()))))
+    return experiment
 
 
 def dry_smoke(settings: dict) -> dict:
@@ -446,44 +462,68 @@ def derive(check: Check, step: str, source: Path, steps: int, limit: float) -> P
 
 
 def methods(check: Check) -> None:
-    """`tunebench preflight` of the example (on a GPU: Llama 3.2 1B's architecture with random
-    weights, as the hub cannot be reached; --dry: of its resources-mode version at a CPU's
-    size, a tiny model of the same family)."""
-    started, limit = time.monotonic(), check.seconds_left("methods")
-    source = METHODS
-    if check.args.dry:
-        source = derive(check, "methods", METHODS, check.args.methods_steps, limit)
+    """`tunebench preflight` of the methods example (on a GPU: Llama 3.2 1B's architecture with
+    random weights, as the hub cannot be reached; --dry: of its resources-mode version at a
+    CPU's size, a tiny model of the same family)."""
+    preflight_step(check, "methods", METHODS, "every method of llama-3.2-1b-methods")
+
+
+def preflight(check: Check) -> None:
+    """`tunebench preflight` of the default experiment (--default-experiment)."""
+    preflight_step(
+        check, "preflight", default_experiment(check), "the default experiment's preflight"
+    )
+
+
+def preflight_step(check: Check, step: str, experiment: Path, title: str) -> None:
+    """tunebench preflight EXPERIMENT on this machine, its report, then `tunebench estimate`
+    of the same experiment (which now reads the preflight's calibration)."""
+    started, limit = time.monotonic(), check.seconds_left(step)
+    source = experiment
+    if check.args.dry and experiment == METHODS:
+        source = derive(check, step, METHODS, check.args.methods_steps, limit)
     body, rows = [], []
     if source is None:
         status = "failed"
         body += [
             "Deriving the experiment at a CPU's size failed.",
-            *tail(check.logs.joinpath("methods.log").read_text()),
+            *tail(check.logs.joinpath(f"{step}.log").read_text()),
         ]
     else:
         command = check.tunebench(
             "preflight", str(source), "--steps", str(check.args.methods_steps)
         )
-        code, log = check.run("methods", command, limit - (time.monotonic() - started))
+        code, log = check.run(step, command, limit - (time.monotonic() - started))
         name = f"{yaml_name(source)}-preflight"
-        results = check.work / "methods" / "results"
-        report = read_json(results / yaml_name(source) / "preflight" / "preflight.json")
+        results = check.work / step / "results"
+        folder = results / yaml_name(source) / "preflight"
+        report = read_json(folder / "preflight.json")
         rows = report.get("shapes") or train_rows(results / name)
         status = outcome(code, limit, rows, None)
         body += [
             f"`tunebench preflight {short(str(source))} --steps {check.args.methods_steps}`: "
-            f"{'; '.join(report.get('changes', []))}. Every shape trained one job at a time. "
-            "Predicted: tunebench estimate from the configuration alone. Measured: torch's peak "
-            "reserved and allocated CUDA memory over training; step time is training time over "
-            "steps (the first step, with its warm-up, included).",
+            "every shape trained one job at a time. Predicted: tunebench estimate from the "
+            "configuration alone. Measured: torch's peak reserved and allocated CUDA memory "
+            "over training; step time is training time over steps (the first step, with its "
+            "warm-up, included).",
             "",
-            *measured_table(rows),
-            *unfinished(results / name),
         ]
+        if (folder / "preflight.md").is_file():
+            body += [(folder / "preflight.md").read_text().replace("# ", "## ", 1), ""]
+        else:
+            body += ["No preflight report was written; every run's training result:", ""]
+            body += measured_table(rows)
+        body += unfinished(results / name)
         if status == "failed":
             body += tail(log)
-    check.write("methods", "every method of llama-3.2-1b-methods, predicted against measured",
-                status, "\n".join(body), time.monotonic() - started)  # fmt: skip
+        # The calibration the preflight recorded, as a later estimate uses it.
+        before = len(log)
+        code, log = check.run(
+            step, check.tunebench("estimate", str(source)), max(check.seconds_left(step), 30)
+        )
+        estimate = log[before:].split("\n", 1)[-1]  # less the "+ command" line
+        body += ["## `tunebench estimate` after the preflight", "", "```", estimate.strip(), "```"]
+    check.write(step, title, status, "\n".join(body), time.monotonic() - started)
 
 
 def yaml_name(path: Path) -> str:
@@ -570,7 +610,13 @@ def unsloth(check: Check) -> None:
                 time.monotonic() - started)  # fmt: skip
 
 
-STEPS = {"default": default, "methods": methods, "preset": preset, "unsloth": unsloth}
+STEPS = {
+    "default": default,
+    "preflight": preflight,
+    "methods": methods,
+    "preset": preset,
+    "unsloth": unsloth,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,7 @@ def test_the_check_runs_end_to_end_on_a_cpu_in_dry_mode(tmp_path):
     assert {k: v["status"] for k, v in outcomes.items()} == {
         "environment": "ok",
         "default": "ok",
+        "preflight": "ok",
         "methods": "ok",
         "preset": "ok",
         "unsloth": "skipped",
@@ -136,8 +137,13 @@ def test_the_check_runs_end_to_end_on_a_cpu_in_dry_mode(tmp_path):
     assert "installed chunk-1: 1 packages" in (out / "gpu_environment.md").read_text()
     methods = (out / "gpu_methods.md").read_text()
     # Every method of the example: full, LoRA r16 and r64, QLoRA, DoRA, each with a prediction.
-    rows = [line for line in methods.splitlines() if line.startswith("| llama-1b-")]
-    assert len(rows) == 5 and all("| ok |" in row and "(0." in row for row in rows)
+    rows = [line for line in methods.splitlines() if line.startswith("| any | llama-1b-")]
+    assert len(rows) == 5 and all("| ok | 0." in row for row in rows), methods
+    # Each preflight is followed by the estimate that reads its calibration.
+    for step in ("preflight", "methods"):
+        text = (out / f"gpu_{step}.md").read_text()
+        assert "## `tunebench estimate` after the preflight" in text
+        assert "error:" not in text.split("after the preflight")[1], text
     assert "## Reproduction: fms-acceleration" in (out / "gpu_preset.md").read_text()
     with tarfile.open(out / "gpu_logs.tar.gz") as tar:
         assert any(n.endswith("train/result.json") for n in tar.getnames())
