@@ -161,7 +161,9 @@ class Check:
         (self.out / "gpu_check.json").write_text(json.dumps(self.outcomes, indent=1) + "\n")
         with tarfile.open(self.out / "gpu_logs.tar.gz", "w:gz") as tar:
             tar.add(self.logs, arcname="logs")
-            for path in sorted(self.work.glob("*/results/**/*")):
+            # A step's results, or those of each experiment a step ran in a folder of its own.
+            found = [*self.work.glob("*/results/**/*"), *self.work.glob("*/*/results/**/*")]
+            for path in sorted(found):
                 keep = path.suffix in (".json", ".md", ".csv", ".log", ".yaml")
                 if path.is_file() and keep and path.stat().st_size < 2**20:
                     tar.add(path, arcname=str(path.relative_to(self.work)))
@@ -610,6 +612,9 @@ def retention(check: Check) -> None:
         command = check.python(str(ROOT / "benchmarks" / "retention_cost.py"), str(experiment))
         command += ["--seeds", *map(str, check.args.retention_seeds)]
         command += ["--workdir", str(check.work / "retention" / name), "--out", str(out)]
+        finished = check.work / "default" / "results" / name
+        if check.args.dry and (finished / "comparison.csv").is_file():
+            command += ["--results", str(finished)]  # the default step's runs: no second run
         code, log = check.run("retention", command, limit)
         body += [f"## {short(str(experiment))}, seeds {check.args.retention_seeds}", ""]
         if code == 0 and out.is_file():

@@ -108,6 +108,17 @@ def jobs(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trained_on(root: Path) -> str:
+    """Where the runs trained, from their results' provenance (a GPU where there was one)."""
+    devices = sorted(
+        {
+            read_json(path).get("provenance", {}).get("hardware", {}).get("accelerator") or "cpu"
+            for path in root.glob(layout.TRAIN_RESULT.format(run_id="*"))
+        }
+    )
+    return f"runs trained on: {', '.join(devices) or 'none'}"
+
+
 def forgetting(root: Path) -> pd.DataFrame:
     """Each run's gains on the task beside its retention deltas."""
     table = pd.read_csv(root / "comparison.csv")
@@ -186,6 +197,7 @@ def main() -> None:
             args.experiment.resolve(), workdir, args.seeds, args.base_only, env
         )
         cost = jobs(root)
+        devices = trained_on(root)
         table = (root / "comparison.csv").is_file()
         forgot = forgetting(root) if table else None
         configs = by_configuration(root) if table else None
@@ -220,7 +232,7 @@ def main() -> None:
     verdict = "within" if share_job <= LIMIT else "OVER"
     text = (
         f"# Retention scoring's cost: {args.experiment.name}\n\n"
-        f"- Measured: {measured_on()}; CPU kernels: {kernels}\n"
+        f"- Measured: {measured_on()}; CPU kernels: {kernels}; {devices}\n"
         f"- Command: `python benchmarks/retention_cost.py {shown}{extra}`\n"
         "- Job seconds: Snakemake's wall time of each evaluation job (process start, model "
         "load, scoring); scoring seconds: the task's scoring and retention inside it; retention "

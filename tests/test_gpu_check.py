@@ -128,6 +128,7 @@ def test_the_check_runs_end_to_end_on_a_cpu_in_dry_mode(tmp_path):
         "methods": "ok",
         "preset": "ok",
         "unsloth": "skipped",
+        "retention": "ok",
     }, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.returncode == 0
     for step in outcomes:
@@ -145,5 +146,7 @@ def test_the_check_runs_end_to_end_on_a_cpu_in_dry_mode(tmp_path):
         assert "## `tunebench estimate` after the preflight" in text
         assert "error:" not in text.split("after the preflight")[1], text
     assert "## Reproduction: fms-acceleration" in (out / "gpu_preset.md").read_text()
+    retention = (out / "gpu_retention.md").read_text()
+    assert "Forgetting per unit of gain" in retention and "runs trained on: cpu" in retention
     with tarfile.open(out / "gpu_logs.tar.gz") as tar:
         assert any(n.endswith("train/result.json") for n in tar.getnames())
