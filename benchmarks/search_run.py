@@ -130,6 +130,13 @@ def choices(grid, runs: pd.DataFrame) -> list[dict]:
     return out
 
 
+def cpu_seconds(root: Path) -> float:
+    """CPU seconds of every job of an experiment (Snakemake's benchmark files, cpu_time):
+    unlike wall time, barely moved by other work sharing the machine's cores."""
+    files = sorted(root.glob(layout.BENCHMARK.format(rule="*", name="*")))
+    return float(sum(pd.read_csv(f, sep="\t")["cpu_time"].sum() for f in files))
+
+
 def label(grid, key: str) -> str:
     run = grid.configs[key][0]
     rank = f" r{run.rank}" if run.rank else ""
@@ -156,6 +163,8 @@ def main() -> None:
     search_exp = load_experiment(path)
     runs = searched(grid, search_exp)
     grid_seconds = wall["grid_seconds"] + wall["decisions_and_report_seconds"]
+    grid_cpu = cpu_seconds(grid_root)
+    search_cpu = cpu_seconds(layout.results_root(search_exp.name))
     grid_steps = len(grid.table) * grid.exp.training.max_steps
     steps = int(runs["steps"].sum())
     statuses = runs["status"].value_counts().to_dict()
@@ -174,14 +183,18 @@ def main() -> None:
         f"`--cores {CORES}`; the grid: every configuration through every rung to the end, the "
         "same command (`search_replay.py --run`).",
         "",
-        "| | wall time | optimizer steps (seeds each count) | runs |",
-        "|---|---|---|---|",
-        f"| full grid | {grid_seconds:,.0f} s | {grid_steps:,} | {len(grid.table)} trained to "
-        "the end |",
-        f"| search | {seconds:,.0f} s ({seconds / grid_seconds:.0%}) | {steps:,} "
-        f"({steps / grid_steps:.0%}) | "
+        "| | wall time | CPU time of its jobs | optimizer steps (seeds each count) | runs |",
+        "|---|---|---|---|---|",
+        f"| full grid | {grid_seconds:,.0f} s | {grid_cpu:,.0f} s | {grid_steps:,} | "
+        f"{len(grid.table)} trained to the end |",
+        f"| search | {seconds:,.0f} s ({seconds / grid_seconds:.0%}) | {search_cpu:,.0f} s "
+        f"({search_cpu / grid_cpu:.0%}) | {steps:,} ({steps / grid_steps:.0%}) | "
         + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         + " |",
+        "",
+        "CPU time: the sum of Snakemake's benchmark files' cpu_time over every job of each "
+        "(data, model import, training, evaluation, decisions, report); unlike wall time it "
+        "barely moves when other work shares the cores.",
         "",
         "What the search chose (lowest mean validation loss among the configurations it trained "
         "to the end) against the grid's tie sets (search_replay.py's: within 2 standard errors "
