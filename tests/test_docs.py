@@ -33,8 +33,11 @@ PAGES = [
 ]
 
 MARKER = re.compile(r"^<!--\s*figure:\s*(.*?)\s*-->\s*$")
-# A number standing on its own: not part of a word, a version (2.13.0) or an id (q8_0, r16).
-NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-+]?\d+)?%?(?![\w.])")
+# A number standing on its own: not part of a word, a version (2.13.0), an id (q8_0, r16) or a
+# hyphenated name (a run id's hash, s0-30e27131, would read as 30 x 10^27131).
+NUMBER = re.compile(
+    r"(?<![\w.-])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-+]?\d+)?%?(?![\w.])"
+)
 MEASURED_LOOKING = re.compile(r"^[-+]?[\d,]*\.\d|%$")
 
 
