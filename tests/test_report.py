@@ -14,7 +14,7 @@ import pytest
 import vl_convert
 from conftest import TINY_BUILTIN, tiny_experiment
 
-from tunebench import layout
+from tunebench import layout, preflight
 from tunebench.experiment import validate_data
 from tunebench.io import write_json
 from tunebench.matrix import baselines, dataset_key, expand, model_key
@@ -250,7 +250,7 @@ def test_a_preflight_is_a_section_of_the_html_report(compiled, tmp_path):
     write_json(
         root / layout.PREFLIGHT / "preflight.json",
         {"classes": [{"gpu_class": "a100", "machine": "NVIDIA A100"}], "changes": ["3 steps"],
-         "ok": False, "shapes": shapes},
+         "ok": False, "shapes": shapes, "columns": [[k, t] for k, t, _ in preflight.COLUMNS]},
     )  # fmt: skip
     compile_comparison(experiment(), root, root, partial=True)
     report = (root / "comparison_partial_report.html").read_text()

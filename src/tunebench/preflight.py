@@ -128,8 +128,8 @@ def gpu_classes(exp: Experiment) -> dict[str, str]:
 def shapes_of_class(derived: Experiment, gpu_class: str) -> list:
     """The preflight runs whose training job asks for `gpu_class`: under `train: auto`, all
     (derive let auto choose only that class); else those whose request names it (ANY: none)."""
+    from tunebench.job_requests import requested_gpu_model
     from tunebench.matrix import expand
-    from tunebench.resources import requested_gpu_model
 
     runs = expand(derived)
     if derived.resources.train == "auto" and gpu_class != ANY:
@@ -275,7 +275,11 @@ def write_report(exp: Experiment, trained: list[tuple], changes: list[str]) -> t
     ok = bool(found) and all(r["status"] == "ok" for r in found)
     folder = root / layout.PREFLIGHT
     folder.mkdir(parents=True, exist_ok=True)
+    # The column titles travel with the rows: the HTML report reads them without importing this
+    # module (which imports the workflow's orchestration, which imports the report).
+    columns = [[key, title] for key, title, _ in COLUMNS]
     payload = {"classes": classes, "changes": changes, "ok": ok, "shapes": found}
+    payload["columns"] = columns
     (folder / "preflight.json").write_text(json.dumps(payload, indent=1) + "\n")
     where = "; ".join(f"GPU class {c['gpu_class']} on {c['machine']}" for c in classes)
     lines = [

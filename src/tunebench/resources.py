@@ -10,15 +10,8 @@ from __future__ import annotations
 
 import os
 
+from tunebench.job_requests import matching, merge
 from tunebench.spec import Experiment, JobResources
-
-
-def _merge(base: JobResources, *layers: JobResources) -> JobResources:
-    values = base.model_dump()
-    for layer in layers:
-        values |= layer.model_dump(exclude_none=True)
-    return JobResources(**values)
-
 
 # Host memory to load a model: its 16-bit checkpoint, with room for the process around it.
 HOST_BYTES_PER_PARAM = 3.0
@@ -73,22 +66,6 @@ def predicted_oom_limit_gb(exp: Experiment) -> float:
     return max(find(c.gpu).memory_gib for c in res.auto.gpus)
 
 
-def _matching(exp: Experiment, kind: str, axes: dict) -> list[JobResources]:
-    """The `kind` requests of every override whose fields all match `axes`, in order."""
-    return [
-        getattr(o, kind)
-        for o in exp.resources.overrides
-        if all(axes.get(k) == v for k, v in o.match.items())
-    ]
-
-
-def requested_gpu_model(exp: Experiment, run) -> str | None:
-    """The GPU class a run's training job names (resources.train, then its overrides); None
-    under `train: auto` without an override naming one (auto chooses it per run)."""
-    base = exp.resources.train if isinstance(exp.resources.train, JobResources) else JobResources()
-    return _merge(base, *_matching(exp, "train", run.axes())).gpu_model
-
-
 def resolve(exp: Experiment, kind: str, axes: dict | None = None, run=None) -> JobResources:
     """kind: train | evaluate | default; axes: the run's fields (None for other jobs); run:
     the run itself, which `train: auto` sizes from its estimate."""
@@ -97,7 +74,7 @@ def resolve(exp: Experiment, kind: str, axes: dict | None = None, run=None) -> J
         base = auto_train(exp, run) if run is not None else JobResources(gpus=1)
     if axes is None or kind == "default":
         return base
-    return _merge(base, *_matching(exp, kind, axes))
+    return merge(base, *matching(exp, kind, axes))
 
 
 def snakemake_resources(exp: Experiment, kind: str, axes: dict | None = None, run=None) -> dict:

@@ -148,7 +148,7 @@ def estimate_experiment(exp, runs, gpus: list[Gpu], calibrated: bool = True) -> 
     A preflight of the experiment calibrates the runs of the shapes it trained, with the ratios
     of the GPU class each run's job asks for (`calibrated_by` says so); calibrated=False: as
     counted."""
-    from tunebench.resources import requested_gpu_model
+    from tunebench.job_requests import requested_gpu_model
 
     calibration = machine_calibration.load(exp) if calibrated else None
     configs: dict[str, tuple] = {}

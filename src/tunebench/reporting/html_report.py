@@ -134,7 +134,7 @@ def render(exp, table, configs, answers, root: Path, partial: bool = False, repr
 
 def _preflight(root: Path) -> dict | None:
     """`tunebench preflight`'s measurements of the experiment (preflight.json), if it ran."""
-    from tunebench import layout, preflight
+    from tunebench import layout
     from tunebench.io import read_json
 
     path = root / layout.PREFLIGHT / "preflight.json"
@@ -142,7 +142,10 @@ def _preflight(root: Path) -> dict | None:
         return None
     found = read_json(path)
     columns, before = {}, ""
-    for key, title, _ in preflight.COLUMNS:
+    # preflight.json names its columns and their titles (preflight.COLUMNS).
+    keys = dict.fromkeys(key for shape in found["shapes"] for key in shape)  # an older file
+    named = found.get("columns") or [[key, key] for key in keys]
+    for key, title in named:
         # The Markdown report's "predicted" sits beside what it predicts; here it says which.
         columns[key] = f"{before}, predicted" if title == "predicted" else title
         before = title
