@@ -278,8 +278,13 @@ def write_report(exp: Experiment, trained: list[tuple], changes: list[str]) -> t
     # The column titles travel with the rows: the HTML report reads them without importing this
     # module (which imports the workflow's orchestration, which imports the report).
     columns = [[key, title] for key, title, _ in COLUMNS]
-    payload = {"classes": classes, "changes": changes, "ok": ok, "shapes": found}
-    payload["columns"] = columns
+    payload = {
+        "classes": classes,
+        "changes": changes,
+        "ok": ok,
+        "shapes": found,
+        "columns": columns,
+    }
     (folder / "preflight.json").write_text(json.dumps(payload, indent=1) + "\n")
     where = "; ".join(f"GPU class {c['gpu_class']} on {c['machine']}" for c in classes)
     lines = [
