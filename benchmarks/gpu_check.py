@@ -45,6 +45,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -618,7 +619,8 @@ def retention(check: Check) -> None:
         code, log = check.run("retention", command, limit)
         body += [f"## {short(str(experiment))}, seeds {check.args.retention_seeds}", ""]
         if code == 0 and out.is_file():
-            body += [out.read_text().replace("\n# ", "\n## ").replace("# ", "### ", 1), ""]
+            # Its headings one level under this experiment's (## here): # -> ###, ## -> ####.
+            body += [re.sub(r"(?m)^#", "###", out.read_text()), ""]
         else:
             status = "failed" if code is not None else f"timed out after {limit:.0f} s"
             body += [f"Exit code {code}.", *tail(log), ""]

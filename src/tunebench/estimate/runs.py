@@ -152,13 +152,17 @@ def estimate_experiment(exp, runs, gpus: list[Gpu], calibrated: bool = True) -> 
 
     calibration = machine_calibration.load(exp) if calibrated else None
     configs: dict[str, tuple] = {}
+    longest_of: dict[Path, int | None] = {}
     records = []
     for run in runs:
         try:
             if run.model.name not in configs:
                 configs[run.model.name] = spec_config(run.model, made_model_dir(exp, run.model))
             config, source = configs[run.model.name]
-            longest = longest_train_tokens(tokenized_dir(exp, run))
+            folder = tokenized_dir(exp, run)
+            if folder not in longest_of:  # one manifest per dataset and tokenizer, not per run
+                longest_of[folder] = longest_train_tokens(folder)
+            longest = longest_of[folder]
             record = estimate_run(run, config, gpus, exp.cost.price_per_hour, longest=longest)
             if calibration:
                 record = machine_calibration.apply(
