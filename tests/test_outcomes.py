@@ -5,16 +5,20 @@ for each status each stage can end in."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BUILTIN
+from conftest import REPO, TINY_BUILTIN
 from helpers import METHODS, run_for, train
 
 from tunebench import outcomes, stages
 from tunebench.io import read_json, write_json
+from tunebench.precision import cpu_isa
 from tunebench.spec import BuiltinModel, DatasetSpec, Evaluation, ModelSpec
 
 
@@ -221,3 +225,22 @@ def test_statuses_are_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for status in outcomes.STATUSES:
         assert f"`{status}`" in readme, status
+
+
+@pytest.mark.slow  # a fresh interpreter: torch reads ATEN_CPU_CAPABILITY once, when imported
+def test_results_record_the_kernels_that_ran_not_only_the_cpu():
+    """A result trained with kernel_paths.py's narrower kernels says so in its provenance (the
+    same CPU gives different numbers on each path)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from kernel_paths import NARROWER, narrower_env
+
+    env, _ = narrower_env(dict(os.environ))
+    ran = subprocess.run(
+        [sys.executable, "-c", "from tunebench import measure; print(measure.hardware())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    aten, onednn, _ = NARROWER[cpu_isa()]
+    assert f"'cpu_kernels': '{aten.upper()} ONEDNN_MAX_CPU_ISA={onednn}" in ran

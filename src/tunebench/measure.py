@@ -95,11 +95,26 @@ def hardware() -> dict:
         "accelerator": "cpu",
         "cpu": cpu_name(),
         "cpu_isa": cpu_isa(),
+        "cpu_kernels": cpu_kernels(),
         "accelerator_count": 0,
         "cpu_threads": torch.get_num_threads(),
         "device": "cpu",
         "host": platform.node(),
     }
+
+
+# The variables that hold each library's kernels below what the CPU offers
+# (benchmarks/kernel_paths.py sets them): a result trained so differs from one trained without.
+KERNEL_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_kernels() -> str:
+    """The vector instructions torch's own kernels use (ATEN_CPU_CAPABILITY can narrow them),
+    and any limit on oneDNN's and MKL's: what the CPU offers is not always what ran."""
+    import torch
+
+    limits = [f"{name}={os.environ[name]}" for name in KERNEL_LIMITS if os.environ.get(name)]
+    return " ".join([torch.backends.cpu.get_cpu_capability(), *limits])
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict:
