@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+import kernel_paths
 import pandas as pd
 import yaml
 
@@ -31,25 +28,15 @@ METRICS = ("exact_match", "test_loss", "validation_loss")
 
 
 def run(experiment: Path, workdir: Path, threads: int) -> tuple[pd.DataFrame, float, Path]:
+    """kernel_paths.run on the experiment with resources.threads set: its table, wall seconds
+    and results folder."""
     settings = yaml.safe_load(experiment.read_text())
     settings.setdefault("resources", {})["threads"] = threads
-    (workdir / experiment.name).write_text(yaml.safe_dump(settings, sort_keys=False))
-    data = workdir / "experiments" / "data"
-    if not data.exists():  # the experiment's relative data paths, inside the scratch project
-        shutil.copytree(REPO / "experiments" / "data", data)
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "tunebench", "run", experiment.name],
-        cwd=workdir,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - started
-    root = workdir / "results" / settings["name"]
-    if not (root / "comparison.csv").is_file():
-        raise SystemExit(f"{workdir}: no table\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return pd.read_csv(root / "comparison.csv"), seconds, root
+    staged = workdir / "staged" / experiment.name  # kernel_paths.run copies it into workdir
+    staged.parent.mkdir(parents=True)
+    staged.write_text(yaml.safe_dump(settings, sort_keys=False))
+    table, seconds = kernel_paths.run(staged, workdir, {**os.environ, "HF_HUB_OFFLINE": "1"})
+    return table, seconds, workdir / "results" / settings["name"]
 
 
 def rule_seconds(root: Path) -> pd.Series:
