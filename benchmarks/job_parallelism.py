@@ -78,7 +78,7 @@ def main() -> None:
     )
     for metric in metrics:
         side[f"{metric} change"] = side[f"{metric} parallel"] - side[f"{metric} serial"]
-    shown = experiment.relative_to(REPO) if experiment.is_relative_to(REPO) else experiment.name
+    shown = kernel_paths.shown(experiment)
     text = [
         f"# One job at a time or one job per core: {shown}",
         "",

@@ -22,9 +22,9 @@ import itertools
 import re
 from pathlib import Path
 
+import kernel_paths
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
 SECTION = "Forgetting per unit of gain"
 
 
@@ -57,6 +57,20 @@ def is_full(configuration: str) -> bool:
     return " full" in f" {configuration}"
 
 
+def row(side: pd.DataFrame, configuration: str) -> pd.Series:
+    return side[side["configuration"] == configuration].iloc[0]
+
+
+def more_per_gain(side: pd.DataFrame, a: str, b: str, labels: list[str]) -> dict[str, bool]:
+    """On each path where both have a ratio: did `a` forget more per unit of gain than `b`?"""
+    row_a, row_b = row(side, a), row(side, b)
+    return {
+        label: bool(row_a[f"per gain {label}"] > row_b[f"per gain {label}"])
+        for label in labels
+        if pd.notna(row_a[f"per gain {label}"]) and pd.notna(row_b[f"per gain {label}"])
+    }
+
+
 def compare(
     figures: list[Path], labels: list[str], measure: str
 ) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -78,14 +92,9 @@ def compare(
         side = part if side is None else side.merge(part, on="configuration", how="outer")
     flips = []
     for a, b in itertools.combinations(side["configuration"], 2):
-        row_a = side[side["configuration"] == a].iloc[0]
-        row_b = side[side["configuration"] == b].iloc[0]
-        signs = {
-            label: (row_a[f"per gain {label}"] > row_b[f"per gain {label}"])
-            for label in labels
-            if pd.notna(row_a[f"per gain {label}"]) and pd.notna(row_b[f"per gain {label}"])
-        }
+        signs = more_per_gain(side, a, b, labels)
         if len(set(signs.values())) > 1:
+            row_a, row_b = row(side, a), row(side, b)
             flips.append(
                 f"{a} vs {b}: "
                 + "; ".join(
@@ -98,13 +107,7 @@ def compare(
     full = [c for c in side["configuration"] if is_full(c)]
     adapters = [c for c in side["configuration"] if not is_full(c)]
     for f, a in itertools.product(full, adapters):
-        row_f = side[side["configuration"] == f].iloc[0]
-        row_a = side[side["configuration"] == a].iloc[0]
-        more = [
-            row_f[f"per gain {label}"] > row_a[f"per gain {label}"]
-            for label in labels
-            if pd.notna(row_f[f"per gain {label}"]) and pd.notna(row_a[f"per gain {label}"])
-        ]
+        more = list(more_per_gain(side, f, a, labels).values())
         if len(more) < len(labels):
             verdict = "not comparable on every path (no gain on one)"
         elif all(more):
@@ -130,10 +133,7 @@ def main() -> None:
     if len(labels) != len(args.figures):
         raise SystemExit(f"--labels: {len(labels)} names for {len(args.figures)} figure files")
     side, flips, claims = compare(args.figures, labels, args.measure)
-    shown = [
-        str(f.resolve().relative_to(REPO)) if f.resolve().is_relative_to(REPO) else f.name
-        for f in args.figures
-    ]
+    shown = [kernel_paths.shown(f) for f in args.figures]
     text = (
         f"# Forgetting per unit of gain on every path: {args.measure}\n\n"
         "Read from retention_cost.py's figure files (each measured where its line says):\n\n"
