@@ -69,3 +69,36 @@ def test_replay_promotes_within_each_method_by_the_rung_score():
     assert reached == {"full": [3, 2], "lora": [2, 1]}
     again, _ = search_replay.replay(scores, brackets, steps, counts, list(reversed(scores)))
     assert again == winners
+
+
+def test_the_published_sweep_replay_reads_curves_noise_and_rungs():
+    """benchmarks/search_replay_published.py's pure parts, on a hand-made table in
+    peft_curves.py's format: two snapshots of two configurations and one found once."""
+    import search_replay_published as published
+
+    assert published.curve_of("250:0.3 500:0.42") == {250: 0.3, 500: 0.42}
+    table = pd.DataFrame(
+        {
+            "commit": ["new", "new", "new", "old", "old"],
+            "experiment": ["a", "b", "c", "a", "b"],
+            "test_accuracy": [0.50, 0.40, 0.30, 0.52, 0.40],
+            "valid_accuracy_by_step": ["250:0.1 500:0.5", "250:0.2 500:0.4", "250:0.3 500:0.1"]
+            + ["250:0.1 500:0.6", "250:0.2 500:0.4"],
+        }
+    )
+    assert published.curves(table[table.commit == "new"])["c"] == {250: 0.3, 500: 0.1}
+    noise = published.rerun_noise(table)
+    # Only a and b were rerun; the median of their variances (0.0002 and 0, on test) over the
+    # median of a chi-squared with one degree of freedom, as search_replay.seed_sd.
+    assert noise["configurations"] == 2
+    assert noise["test"] == pytest.approx(math.sqrt(0.0001 / 0.4549), rel=1e-3)
+    assert noise["validation"] == pytest.approx(math.sqrt(0.0025 / 0.4549), rel=1e-3)
+    # Rungs are kept only where every one is a validated step: 5,000 / eta^k.
+    steps = list(range(250, 5001, 250))
+    rungs = {tuple(r) for _, _, r in published.schedules(steps, 5000)}
+    assert (1250, 2500, 5000) in rungs and (250, 5000) in rungs
+    assert all(set(r) <= set(steps) for r in rungs)
+    assert not any(1666 in r for r in rungs)  # eta 3's rungs were never validated
+    # The smallest budget takes all to the first rung and one on; ample, the best 1/eta.
+    assert published.counts(9, [1250, 5000], 4, 1.0) == [9, 1]
+    assert published.counts(9, [1250, 5000], 4, None) == [9, 3]
