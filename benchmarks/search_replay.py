@@ -292,6 +292,15 @@ def schedules(grid: Grid) -> list[tuple[int, int, list[int]]]:
     return list(out.values())
 
 
+def setting(eta: int, steps: list[int], factor: float | None) -> dict:
+    """A replay's schedule and budget, as the figure's first columns show them."""
+    return {
+        "eta": eta,
+        "rungs": "/".join(str(s) for s in steps),
+        "budget": "ample" if factor is None else f"{factor:g}x smallest",
+    }
+
+
 def replays(grid: Grid, fit, eval_seconds: float, n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     noise = truths(grid)
@@ -339,9 +348,7 @@ def replays(grid: Grid, fit, eval_seconds: float, n: int, seed: int = 0) -> pd.D
                     test_ties = tie_set(test, noise[scope]["test"], seeds, lower_is_better=False)
                     rows.append(
                         {
-                            "eta": eta,
-                            "rungs": "/".join(str(s) for s in steps),
-                            "budget": "ample" if factor is None else f"{factor:g}x smallest",
+                            **setting(eta, steps, factor),
                             "scope": scope,
                             "trial": trial,
                             "configurations": len(members),

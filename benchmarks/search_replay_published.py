@@ -35,9 +35,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import search_replay as grid_replay  # noqa: E402
 from peft_curves import OUT as CURVES  # noqa: E402
 from peft_curves import REPLAYED  # noqa: E402
-from search_replay import REPLAYS, TIE_Z, percent, replay, seed_sd, steps_spent, tie_set  # noqa: E402
 
 from tunebench.search import halving  # noqa: E402
 
@@ -68,8 +68,8 @@ def rerun_noise(table: pd.DataFrame) -> dict[str, float]:
     )
     runs = runs[runs.groupby("experiment").commit.transform("nunique") > 1]
     return {
-        "validation": seed_sd(runs, "validation"),
-        "test": seed_sd(runs, "test_accuracy"),
+        "validation": grid_replay.seed_sd(runs, "validation"),
+        "test": grid_replay.seed_sd(runs, "test_accuracy"),
         "configurations": runs.experiment.nunique(),
     }
 
@@ -119,20 +119,18 @@ def replays(table: pd.DataFrame, n: int, seed: int = 0) -> tuple[pd.DataFrame, d
                 order = [alias[keys[i]] for i in rng.permutation(size)]
                 plan = {BRACKET: counts(size, rungs, eta, factor)}
                 brackets = dict.fromkeys(named, BRACKET)
-                winners, reached = replay(named, brackets, rungs, plan, order)
+                winners, reached = grid_replay.replay(named, brackets, rungs, plan, order)
                 winner = next(k for k in keys if alias[k] == winners[BRACKET])
                 final = {k: logs[k][max_steps] for k in keys}
                 tested = {k: test[k] for k in keys}
-                val_ties = tie_set(final, noise["validation"], 1, lower_is_better=False)
-                test_ties = tie_set(tested, noise["test"], 1, lower_is_better=False)
+                val_ties = grid_replay.tie_set(final, noise["validation"], 1, lower_is_better=False)
+                test_ties = grid_replay.tie_set(tested, noise["test"], 1, lower_is_better=False)
                 # The whole sweep's own choice: the best final validation accuracy (ties: the
                 # smaller name, as promote breaks them).
                 own = min(keys, key=lambda k: (-final[k], alias[k]))
                 rows.append(
                     {
-                        "eta": eta,
-                        "rungs": "/".join(str(s) for s in rungs),
-                        "budget": "ample" if factor is None else f"{factor:g}x smallest",
+                        **grid_replay.setting(eta, rungs, factor),
                         "trial": trial,
                         "configurations": size,
                         "in_test_ties": winner in test_ties,
@@ -140,7 +138,8 @@ def replays(table: pd.DataFrame, n: int, seed: int = 0) -> tuple[pd.DataFrame, d
                         "sweep_choice_in_test_ties": own in test_ties,
                         "in_validation_ties": winner in val_ties,
                         "validation_ties_share": len(val_ties) / size,
-                        "steps_share": steps_spent(reached[BRACKET], rungs, 1) / (size * max_steps),
+                        "steps_share": grid_replay.steps_spent(reached[BRACKET], rungs, 1)
+                        / (size * max_steps),
                     }
                 )
     return pd.DataFrame(rows), {**noise, "steps": steps, "max_steps": max_steps}
@@ -165,7 +164,7 @@ def write(table: pd.DataFrame, rows: pd.DataFrame, noise: dict, out: Path) -> Pa
     shown = lines_of.assign(
         configurations=lines_of.configurations.round(1),
         **{
-            c: lines_of[c].map(percent)
+            c: lines_of[c].map(grid_replay.percent)
             for c in (
                 "in_test_ties",
                 "random_in_test_ties",
@@ -188,12 +187,12 @@ def write(table: pd.DataFrame, rows: pd.DataFrame, noise: dict, out: Path) -> Pa
     sweep = table[table.commit == REPLAYED]
     final = {k: c[max(c)] for k, c in curves(sweep).items()}
     test = dict(zip(sweep.experiment, sweep.test_accuracy, strict=True))
-    test_ties = tie_set(test, noise["test"], 1, lower_is_better=False)
-    val_ties = tie_set(final, noise["validation"], 1, lower_is_better=False)
+    test_ties = grid_replay.tie_set(test, noise["test"], 1, lower_is_better=False)
+    val_ties = grid_replay.tie_set(final, noise["validation"], 1, lower_is_better=False)
     top = max(final.values())
     best_val = sorted(k for k, v in final.items() if v == top)
-    test_margin = TIE_Z * noise["test"] * math.sqrt(2)
-    val_margin = TIE_Z * noise["validation"] * math.sqrt(2)
+    test_margin = grid_replay.TIE_Z * noise["test"] * math.sqrt(2)
+    val_margin = grid_replay.TIE_Z * noise["validation"] * math.sqrt(2)
     lines = [
         "# Successive halving replayed on a published sweep: PEFT's MetaMathQA comparison",
         "",
@@ -213,17 +212,18 @@ def write(table: pd.DataFrame, rows: pd.DataFrame, noise: dict, out: Path) -> Pa
         f"validation accuracies of a random subset of the configurations ({SMALLEST_SWEEP} to "
         "all), in a random order. Ties in validation accuracy (50 questions: steps of 0.02) go "
         "to the smaller name, as promote breaks them, and each replay names the configurations "
-        "at random (a search's names are run ids, hashes). **Tie set**: the configurations of that "
-        f"subset within {TIE_Z:g} standard errors of a difference (rerun sd x sqrt(2)) of the "
-        "best, on test accuracy and on the final validation accuracy. **Rerun sd**: how much "
-        "the same configuration and seed moved between this snapshot and older ones (rerun "
-        "with other library versions: commits a99942694e and a475f56c81), the median over the "
-        f"{noise['configurations']} configurations found in two or more snapshots of their "
-        f"variance: {noise['test']:.4f} on test ({test_margin:.3f} the tie margin), "
-        f"{noise['validation']:.4f} on validation ({val_margin:.3f}). A different seed would "
-        "likely move them more, so these tie sets are narrow. *Whole sweep's choice*: the "
-        "configuration with the best final validation accuracy among the subset, every one "
-        "trained to the end: the best halving can hope to match.",
+        "at random (a search's names are run ids, hashes). **Tie set**: the configurations of "
+        f"that subset within {grid_replay.TIE_Z:g} standard errors of a difference (rerun sd x "
+        "sqrt(2)) of the best, on test accuracy and on the final validation accuracy. "
+        "**Rerun sd**: how much the same configuration and seed moved between this snapshot "
+        "and older ones (rerun with other library versions: commits a99942694e and "
+        f"a475f56c81), the median over the {noise['configurations']} configurations found in "
+        f"two or more snapshots of their variance: {noise['test']:.4f} on test "
+        f"({test_margin:.3f} the tie margin), {noise['validation']:.4f} on validation "
+        f"({val_margin:.3f}). A different seed would likely move them more, so these tie sets "
+        "are narrow. *Whole sweep's choice*: the configuration with the best final validation "
+        "accuracy among the subset, every one trained to the end: what the sweep without a "
+        "search would choose.",
         "",
         shown.to_markdown(index=False),
         "",
@@ -249,7 +249,7 @@ def write(table: pd.DataFrame, rows: pd.DataFrame, noise: dict, out: Path) -> Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replays", type=int, default=REPLAYS)
+    parser.add_argument("--replays", type=int, default=grid_replay.REPLAYS)
     parser.add_argument("--out", type=Path, default=FIGURES)
     args = parser.parse_args()
     table = pd.read_csv(CURVES)
