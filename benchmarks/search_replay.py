@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -151,6 +152,8 @@ def run_grid(experiment: str) -> None:
         wall[f"{name}_seconds"] = time.perf_counter() - start
         if code:
             sys.exit(f"tunebench run {experiment} exited {code}")
+    # Whether other work shared the cores while the grid trained.
+    wall["load_average_15min"] = os.getloadavg()[2]
     (root / WALL).write_text(json.dumps(wall, indent=2) + "\n")
 
 
@@ -499,7 +502,9 @@ def stem_of(exp) -> str:
     return "search_replay" + (f"-{rest}" if rest else "")
 
 
-def write(grid: Grid, rows: pd.DataFrame, fit, eval_seconds: float, jobs: int, out: Path) -> None:
+def write(
+    grid: Grid, rows: pd.DataFrame, fit, eval_seconds: float, jobs: int, out: Path, experiment: str
+) -> None:
     root = layout.results_root(grid.exp.name)
     table = summary(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -552,16 +557,20 @@ def write(grid: Grid, rows: pd.DataFrame, fit, eval_seconds: float, jobs: int, o
         "# Successive halving replayed on a full grid",
         "",
         f"Measured {measure.measured_on()} by `python benchmarks/search_replay.py` "
-        f"(the grid: `python benchmarks/search_replay.py --run`, `{EXPERIMENT}`).",
+        f"(the grid: `python benchmarks/search_replay.py --run --experiment {experiment}`).",
         "",
         f"The grid: {len(grid.configs)} configurations ({grid.table.bracket.nunique()} methods) x "
         f"{seeds} seeds = {len(grid.table)} runs of {grid.exp.training.max_steps} steps, each "
         f"validated at steps {', '.join(str(s) for s in grid.steps)}"
         + (
             f"; trained and evaluated in {wall['grid_seconds']:.0f} s wall time on this machine "
-            f"({CORES // grid.exp.resources.threads} at a time on {CORES} cores, the machine "
-            "shared), decisions and report "
-            f"{wall['decisions_and_report_seconds']:.0f} s."
+            f"({CORES // grid.exp.resources.threads} at a time on {CORES} cores"
+            + (
+                f", 15-minute load average {wall['load_average_15min']:.1f} at the end"
+                if "load_average_15min" in wall
+                else ""
+            )
+            + f"), decisions and report {wall['decisions_and_report_seconds']:.0f} s."
             if wall
             else "."
         ),
@@ -622,7 +631,7 @@ def main() -> None:
     grid = load_grid(args.experiment)
     fit, eval_seconds, jobs = job_fit(layout.results_root(grid.exp.name))
     rows = replays(grid, fit, eval_seconds, args.replays)
-    write(grid, rows, fit, eval_seconds, jobs, args.out)
+    write(grid, rows, fit, eval_seconds, jobs, args.out, args.experiment)
     print((args.out / f"{stem_of(grid.exp)}.md").read_text())
 
 
