@@ -89,9 +89,7 @@ def schedules(steps: list[int], max_steps: int) -> list[tuple[int, int, list[int
 def counts(n: int, rungs: list[int], eta: int, factor: float | None) -> list[int]:
     """halving.counts_within for one bracket of `n` configurations of one seed each, a step
     costing 1: the smallest budget that works is all to the first rung and one to the end."""
-    segs = halving.segments(rungs)
-    smallest = n * segs[0] + sum(segs[1:])
-    share = n * rungs[-1] if factor is None else factor * smallest
+    share = n * rungs[-1] if factor is None else factor * halving.smallest(n, rungs)
     return halving.counts_within(n, rungs, eta, share, 1.0)
 
 
@@ -126,7 +124,7 @@ def replays(table: pd.DataFrame, n: int, seed: int = 0) -> tuple[pd.DataFrame, d
                 val_ties = grid_replay.tie_set(final, noise["validation"], 1, lower_is_better=False)
                 test_ties = grid_replay.tie_set(tested, noise["test"], 1, lower_is_better=False)
                 # The whole sweep's own choice: the best final validation accuracy (ties: the
-                # smaller name, as promote breaks them).
+                # smaller alias, as promote breaks them).
                 own = min(keys, key=lambda k: (-final[k], alias[k]))
                 rows.append(
                     {

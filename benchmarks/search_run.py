@@ -150,7 +150,7 @@ def plain_grid_seconds(grid, root: Path) -> float:
     training job per run from search_replay.job_fit's seconds = a + b x steps."""
     (a, b), _, _ = job_fit(root)
     total, _ = job_totals(root)
-    training = sum(job_totals(root, rule)[0] for rule in ("train", "train_rung"))
+    training, _ = job_totals(root, "train*")  # train and train_rung
     return total - training + len(grid.table) * (a + b * grid.exp.training.max_steps)
 
 

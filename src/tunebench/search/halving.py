@@ -119,6 +119,13 @@ def segments(steps: list[int]) -> list[int]:
     return [b - a for a, b in zip([0, *steps[:-1]], steps, strict=True)]
 
 
+def smallest(n: int, steps: list[int]) -> int:
+    """The fewest steps (of one run each) a bracket of `n` configurations can be searched in:
+    all of them to the first rung, and one on to the last."""
+    seg = segments(steps)
+    return n * seg[0] + sum(seg[1:])
+
+
 def counts_within(n: int, steps: list[int], eta: int, share: float, per_step: float) -> list[int]:
     """How many of a bracket's `n` configurations reach each rung within `share`, each costing
     `per_step` a step: all reach the first; at each later rung the best ceil(1/eta) of those
@@ -159,10 +166,8 @@ def plan(
             "search", "no run to search: every SFT run is continued by a dpo/orpo run"
         )
     share = budget / len(brackets)
-    seg = segments(steps)
     minimums = {
-        name: (len(groups) * seg[0] + sum(seg[1:])) * costs[name]
-        for name, groups in brackets.items()
+        name: smallest(len(groups), steps) * costs[name] for name, groups in brackets.items()
     }
     minimum = max(minimums.values()) * len(brackets)
     out = Plan(steps, search.eta, unit, budget, minimum)
@@ -175,7 +180,7 @@ def plan(
         )
     for name, groups in sorted(brackets.items()):
         counts = counts_within(len(groups), steps, search.eta, share, costs[name])
-        cost = sum(c * s * costs[name] for c, s in zip(counts, seg, strict=True))
+        cost = sum(c * s * costs[name] for c, s in zip(counts, segments(steps), strict=True))
         full = len(groups) * steps[-1] * costs[name]
         out.brackets[name] = BracketPlan(name, len(groups), counts, cost, full)
     return out
