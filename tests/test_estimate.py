@@ -214,7 +214,11 @@ def cli(*args, cwd=REPO):
 
 
 def test_estimate_command(tmp_path):
-    out = cli("estimate", "experiments/smoke.yaml", "--gpu", "A100-80GB", "--gpu", "T4", "--json")
+    # From an empty folder: in the repository, a finished `make run` leaves results/smoke, whose
+    # tokenised data the estimate then measures instead of predicting (DPO's pairs are not then
+    # exactly twice the SFT run's tokens).
+    smoke = str(REPO / "experiments" / "smoke.yaml")
+    out = cli("estimate", smoke, "--gpu", "A100-80GB", "--gpu", "T4", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     records = json.loads(out.stdout)["runs"]
     assert len(records) == 7
