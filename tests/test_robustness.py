@@ -44,6 +44,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_the_same(
     resumed = train(run, model_dir, tokenized, killed)
     assert resumed["status"] == "ok"
     assert resumed["resumed_from_step"] >= 20 and resumed["steps"] == 200
+    assert not (killed / "checkpoints").exists(), "finished: its checkpoints are dropped"
     # Optimizer, LR schedule, RNG and data order were restored: the same final loss.
     assert resumed["train_loss_last"] == pytest.approx(whole["train_loss_last"], rel=1e-4)
     assert resumed["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-4)

@@ -232,8 +232,9 @@ def test_bad_search_input_is_an_error_naming_its_key(change, message):
 def test_a_run_stopped_at_a_rung_and_resumed_ends_as_the_run_trained_alone(
     tiny_model, tiny_data, tmp_path
 ):
-    """The schedule is the full run's: stopping at step 4 (a checkpoint with optimizer,
-    scheduler and RNG) and resuming to 8 gives the weights and loss of the 8 steps alone."""
+    """The schedule is the full run's: stopping at steps 2 and 4 (a checkpoint with optimizer,
+    scheduler and RNG) and resuming to 8 gives the weights and loss of the 8 steps alone. Each
+    rung keeps only its own checkpoint, and the finished run keeps none: its model is saved."""
     from safetensors.torch import load_file
 
     _, model_dir = tiny_model
@@ -254,12 +255,17 @@ def test_a_run_stopped_at_a_rung_and_resumed_ends_as_the_run_trained_alone(
 
     alone = train(tmp_path / "alone", tmp_path / "alone.json")
     searched = tmp_path / "searched"
+    assert train(searched, tmp_path / "first.json", stop_at_step=2)["status"] == "ok"
     rung = train(searched, tmp_path / "rung.json", stop_at_step=4)
     assert rung["status"] == "ok" and rung["rung_step"] == 4 and rung["validation_loss"]
-    assert (layout.checkpoints_in(searched) / "checkpoint-4" / "optimizer.pt").is_file()
+    assert rung["resumed_from_step"] == 2
+    checkpoints = layout.checkpoints_in(searched)
+    assert [p.name for p in checkpoints.glob("checkpoint-*")] == ["checkpoint-4"], "2 dropped"
+    assert (checkpoints / "checkpoint-4" / "optimizer.pt").is_file()
     assert not (searched / "model").exists(), "a rung leaves a checkpoint, not a model"
     resumed = train(searched, tmp_path / "end.json")
     assert resumed["status"] == "ok" and resumed["resumed_from_step"] == 4
+    assert not checkpoints.exists(), "a finished run's model is saved: no checkpoint is kept"
     assert resumed["steps"] == alone["steps"] == 8
     assert resumed["validation_loss"] == pytest.approx(alone["validation_loss"], rel=1e-5)
     losses = [[h["loss"] for h in r["log_history"] if "loss" in h] for r in (alone, resumed)]

@@ -900,7 +900,8 @@ class Training(Strict):
     save_steps: PositiveInt | None = Field(
         None,
         description="checkpoint interval; a killed or preempted run resumes from the last "
-        "checkpoint (default: no intermediate checkpoints)",
+        "checkpoint, and a finished run deletes its checkpoints once its model is saved "
+        "(default: no intermediate checkpoints)",
     )
     deterministic: bool = Field(
         False,
