@@ -38,22 +38,20 @@ log = logging.getLogger("tunebench.training.train")
 CHECKPOINT_COMPLETE = "trainer_state.json"
 
 
+def checkpoints_by_step(folder: Path) -> dict[int, Path]:
+    """Trainer's checkpoint folders (checkpoint-<step>) in `folder`, by step."""
+    found = (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit())
+    return {int(p.name.split("-")[-1]): p for p in found}
+
+
 def last_complete_checkpoint(folder: Path, before: int | None = None) -> str | None:
     """The newest checkpoint that was fully written (and, with `before`, of an earlier step);
     partial ones (killed mid-save) are moved aside to `incomplete/` so that neither resume nor
     checkpoint rotation trips over them."""
     if not folder.is_dir():
         return None
-    found = sorted(
-        (
-            p
-            for p in folder.glob("checkpoint-*")
-            if p.name.split("-")[-1].isdigit()
-            and (before is None or int(p.name.split("-")[-1]) < before)
-        ),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
+    steps = checkpoints_by_step(folder)
+    found = [steps[s] for s in sorted(steps, reverse=True) if before is None or s < before]
     for checkpoint in found:
         if (checkpoint / CHECKPOINT_COMPLETE).is_file():
             return str(checkpoint)
@@ -72,9 +70,8 @@ def drop_checkpoints(folder: Path, before: int | None = None) -> None:
     if before is None:
         shutil.rmtree(folder, ignore_errors=True)
         return
-    for checkpoint in folder.glob("checkpoint-*"):
-        step = checkpoint.name.split("-")[-1]
-        if step.isdigit() and int(step) < before:
+    for step, checkpoint in checkpoints_by_step(folder).items():
+        if step < before:
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
