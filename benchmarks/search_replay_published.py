@@ -58,6 +58,12 @@ def curves(table: pd.DataFrame) -> dict[str, dict[int, float]]:
     return dict(zip(table.experiment, map(curve_of, table.valid_accuracy_by_step), strict=True))
 
 
+def replayed(table: pd.DataFrame) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """The replayed snapshot's validation curves and test accuracies, by experiment."""
+    sweep = table[table.commit == REPLAYED]
+    return curves(sweep), dict(zip(sweep.experiment, sweep.test_accuracy, strict=True))
+
+
 def rerun_noise(table: pd.DataFrame) -> dict[str, float]:
     """How much a rerun moves the final validation and the test accuracy: search_replay's seed
     noise (the median over configurations of their variance across snapshots) over the
@@ -95,10 +101,8 @@ def counts(n: int, rungs: list[int], eta: int, factor: float | None) -> list[int
 
 def replays(table: pd.DataFrame, n: int, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(seed)
-    sweep = table[table.commit == REPLAYED]
-    logs = curves(sweep)
-    test = dict(zip(sweep.experiment, sweep.test_accuracy, strict=True))
-    max_steps = int(sweep.max_steps.iloc[0])
+    logs, test = replayed(table)
+    max_steps = int(table[table.commit == REPLAYED].max_steps.iloc[0])
     steps = sorted(set.intersection(*(set(c) for c in logs.values())))
     noise = rerun_noise(table)
     # Halving ranks the lowest first: the accuracies negated.
@@ -182,9 +186,8 @@ def write(table: pd.DataFrame, rows: pd.DataFrame, noise: dict, out: Path) -> Pa
             "steps_share": "share of the sweep's steps",
         }
     )
-    sweep = table[table.commit == REPLAYED]
-    final = {k: c[max(c)] for k, c in curves(sweep).items()}
-    test = dict(zip(sweep.experiment, sweep.test_accuracy, strict=True))
+    logs, test = replayed(table)
+    final = {k: c[max(c)] for k, c in logs.items()}
     test_ties = grid_replay.tie_set(test, noise["test"], 1, lower_is_better=False)
     val_ties = grid_replay.tie_set(final, noise["validation"], 1, lower_is_better=False)
     top = max(final.values())
@@ -199,7 +202,7 @@ def write(table: pd.DataFrame, rows: pd.DataFrame, noise: dict, out: Path) -> Pa
         "`benchmarks/data/peft-metamathqa-curves.csv`, from `python benchmarks/peft_curves.py "
         "PEFT_GIT_DIR`, each row with its source file).",
         "",
-        f"The sweep: {len(sweep)} configurations of github.com/huggingface/peft "
+        f"The sweep: {len(test)} configurations of github.com/huggingface/peft "
         f"`method_comparison/MetaMathQA/results/*.json` at commit {REPLAYED[:10]}: "
         f"meta-llama/Llama-3.2-3B fine-tuned for {noise['max_steps']:,} steps, validation "
         f"accuracy on 50 GSM8K-train questions every {noise['steps'][0]} steps, test accuracy "
@@ -227,9 +230,9 @@ def write(table: pd.DataFrame, rows: pd.DataFrame, noise: dict, out: Path) -> Pa
         "",
         "## The whole sweep",
         "",
-        f"- Test tie set ({len(test_ties)} of {len(sweep)}): "
+        f"- Test tie set ({len(test_ties)} of {len(test)}): "
         + ", ".join(f"{k} {test[k]:.3f}" for k in sorted(test_ties, key=lambda k: (-test[k], k))),
-        f"- Validation tie set: {len(val_ties)} of {len(sweep)} configurations within "
+        f"- Validation tie set: {len(val_ties)} of {len(test)} configurations within "
         "the validation tie margin of the best (50 questions separate few of them).",
         f"- The best final validation accuracy, {top:.2f}: "
         + ", ".join(

@@ -144,12 +144,11 @@ def job_totals(root: Path, rules: str = "*") -> tuple[float, float]:
     )
 
 
-def plain_grid_seconds(grid, root: Path) -> float:
+def plain_grid_seconds(grid, root: Path, total: float) -> float:
     """The grid's job seconds had each run trained in one job, as a grid without a search does:
-    its measured jobs, less its training jobs (three per run here: one per rung), plus one
-    training job per run from search_replay.job_fit's seconds = a + b x steps."""
+    its measured jobs (`total` seconds), less its training jobs (three per run here: one per
+    rung), plus one training job per run from search_replay.job_fit's seconds = a + b x steps."""
     (a, b), _, _ = job_fit(root)
-    total, _ = job_totals(root)
     training, _ = job_totals(root, "train*")  # train and train_rung
     return total - training + len(grid.table) * (a + b * grid.exp.training.max_steps)
 
@@ -185,7 +184,7 @@ def main() -> None:
     grid_seconds = wall["grid_seconds"] + wall["decisions_and_report_seconds"]
     grid_jobs, grid_cpu = job_totals(grid_root)
     search_jobs, search_cpu = job_totals(layout.results_root(search_exp.name))
-    plain = plain_grid_seconds(grid, grid_root)
+    plain = plain_grid_seconds(grid, grid_root, grid_jobs)
     grid_steps = len(grid.table) * grid.exp.training.max_steps
     steps = int(runs["steps"].sum())
     statuses = runs["status"].value_counts().to_dict()
